@@ -1,0 +1,5 @@
+import sys
+
+from arr_coc.cli import main
+
+sys.exit(main())

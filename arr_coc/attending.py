@@ -1,0 +1,210 @@
+"""Budget allocation: which visual tokens the VLM keeps.
+
+``allocate`` turns per-token relevance (and, for feature-based methods, the
+merger's visual features) into the kept token indices of each image, in raster
+order. Every method goes through one registry, :data:`SELECTORS`, so a variant
+names its method by string and the service, the evaluation and the benchmarks all
+share the same code path.
+
+Per-image independence: each image is selected on its own, with its own budget and
+seed, so batching never changes a selection.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from numbers import Integral, Real
+
+import torch
+
+from arr_coc.errors import InvalidBudgetError, InvalidGridError, UnknownMethodError
+
+Budget = int | float
+Grid = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class SelectionInput:
+    """Everything a selector may look at for one image.
+
+    relevance: ``[N]`` float scores, higher = keep (``None`` for methods that ignore it).
+    grid: ``(H', W')`` with ``H' * W' == N``.
+    features: ``[N, C]`` visual features after the merger, or ``None``.
+    query: ``[C]`` question embedding in the feature space, or ``None``.
+    """
+
+    relevance: torch.Tensor | None
+    grid: Grid
+    features: torch.Tensor | None = None
+    query: torch.Tensor | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+
+Selector = Callable[[SelectionInput, int, int], torch.Tensor]
+"""``selector(item, k, seed) -> LongTensor [k]`` of unique indices (any order)."""
+
+SELECTORS: dict[str, Selector] = {}
+FEATURE_METHODS: set[str] = set()
+
+
+def register(name: str, *, needs_features: bool = False) -> Callable[[Selector], Selector]:
+    """Add a selector to the registry under ``name``."""
+
+    def wrap(fn: Selector) -> Selector:
+        SELECTORS[name] = fn
+        if needs_features:
+            FEATURE_METHODS.add(name)
+        return fn
+
+    return wrap
+
+
+def resolve_budget(budget: Budget, num_tokens: int) -> int:
+    """Number of tokens to keep out of ``num_tokens``.
+
+    ``budget`` is a count (int >= 1, capped at ``num_tokens``) or a ratio (float in
+    ``(0, 1]``, rounded, at least one token). Anything else raises
+    :class:`InvalidBudgetError`.
+    """
+    if isinstance(budget, bool):
+        raise InvalidBudgetError(f"expected an int >= 1 or a float in (0, 1], got {budget!r}", field="budget")
+    if isinstance(budget, Integral):
+        if budget < 1:
+            raise InvalidBudgetError(f"a token count must be >= 1, got {budget}", field="budget")
+        return min(int(budget), num_tokens)
+    if isinstance(budget, Real):
+        ratio = float(budget)
+        if not math.isfinite(ratio) or not 0.0 < ratio <= 1.0:
+            raise InvalidBudgetError(f"a ratio must be a finite float in (0, 1], got {budget!r}", field="budget")
+        return max(1, min(num_tokens, round(ratio * num_tokens)))
+    raise InvalidBudgetError(f"expected an int >= 1 or a float in (0, 1], got {type(budget).__name__}", field="budget")
+
+
+def check_method(method: str) -> str:
+    """Return ``method`` if the registry knows it, else raise :class:`UnknownMethodError`."""
+    if method not in SELECTORS:
+        raise UnknownMethodError(f"unknown method {method!r}; known: {', '.join(sorted(SELECTORS))}", field="method")
+    return method
+
+
+@register("none")
+def select_all(item: SelectionInput, k: int, seed: int) -> torch.Tensor:
+    """Keep every token (``k`` is ignored: the method defines no budget)."""
+    return torch.arange(item.num_tokens)
+
+
+@register("uniform")
+def select_uniform(item: SelectionInput, k: int, seed: int) -> torch.Tensor:
+    """An evenly spaced ``rows x cols`` lattice over the 2-D grid, thinned to ``k``.
+
+    The lattice has the grid's aspect ratio and at least ``k`` points; its cells
+    are centred in equal bands of rows and columns, so the kept tokens cover the
+    whole image rather than the top rows of the flat index.
+    """
+    height, width = item.grid
+    rows = min(height, max(1, round(math.sqrt(k * height / width))))
+    cols = min(width, math.ceil(k / rows))
+    rows = min(height, max(rows, math.ceil(k / cols)))
+    ys = ((torch.arange(rows, dtype=torch.float64) + 0.5) * height / rows).floor().long()
+    xs = ((torch.arange(cols, dtype=torch.float64) + 0.5) * width / cols).floor().long()
+    lattice = (ys[:, None] * width + xs[None, :]).flatten()
+    if lattice.numel() > k:
+        keep = torch.linspace(0, lattice.numel() - 1, k, dtype=torch.float64).round().long()
+        lattice = lattice[keep]
+    return lattice
+
+
+@register("random")
+def select_random(item: SelectionInput, k: int, seed: int) -> torch.Tensor:
+    """``k`` tokens drawn without replacement from a generator seeded with ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(item.num_tokens, generator=generator)[:k]
+
+
+@register("arr-coc")
+def select_top_relevance(item: SelectionInput, k: int, seed: int) -> torch.Tensor:
+    """The ``k`` most relevant tokens; equal scores keep the lower raster index."""
+    if item.relevance is None:
+        raise ValueError("method 'arr-coc' needs relevance scores")
+    order = torch.sort(item.relevance.detach().float().cpu(), descending=True, stable=True).indices
+    return order[:k]
+
+
+def _per_item(value, count: int, name: str) -> list:
+    if isinstance(value, (list, tuple)):
+        if len(value) != count:
+            raise ValueError(f"{name} has {len(value)} entries for a batch of {count}")
+        return list(value)
+    return [value] * count
+
+
+def _as_items(relevance, grid) -> tuple[list[torch.Tensor], list[Grid]]:
+    if isinstance(relevance, torch.Tensor) and relevance.dim() == 3:
+        maps = list(relevance.flatten(1))
+        grids = [tuple(relevance.shape[1:])] * len(maps)
+        return maps, grids
+    maps = list(relevance) if not isinstance(relevance, torch.Tensor) else list(relevance.reshape(relevance.shape[0], -1))
+    grids = _per_item(grid, len(maps), "grid")
+    for i, (scores, g) in enumerate(zip(maps, grids)):
+        if g is None:
+            g = (1, scores.numel())
+        g = tuple(int(v) for v in g)
+        if len(g) != 2 or min(g) < 1 or g[0] * g[1] != scores.numel():
+            raise InvalidGridError(f"grid {g} does not hold the {scores.numel()} scores of item {i}", field="grid")
+        grids[i] = g
+    return [m.reshape(-1) for m in maps], grids
+
+
+def allocate(
+    relevance: torch.Tensor | Sequence[torch.Tensor],
+    budget: Budget | Sequence[Budget],
+    method: str | Sequence[str] = "arr-coc",
+    seed: int | Sequence[int] = 0,
+    *,
+    grid: Grid | Sequence[Grid] | None = None,
+    features: Sequence[torch.Tensor] | None = None,
+    query: Sequence[torch.Tensor] | None = None,
+) -> list[torch.Tensor]:
+    """Kept visual-token indices for each image of a batch.
+
+    Args:
+        relevance: ``[B, H', W']``, ``[B, N]`` or a list of ``[N_b]`` / ``[H'_b, W'_b]``
+            scores (a list lets images of different sizes share one call).
+        budget: a count (int >= 1) or a ratio (float in ``(0, 1]``), or one per image.
+        method: a registered method name, or one per image.
+        seed: seed of the ``random`` method, or one per image.
+        grid: ``(H', W')`` of each image when ``relevance`` is flat; without it a
+            flat map is a single row. ``uniform`` spreads over this grid.
+        features: per image ``[N_b, C]`` merger outputs, for feature-based methods.
+        query: per image ``[C]`` question embedding, for question-aware methods.
+
+    Returns:
+        One ``LongTensor [min(K_b, N_b)]`` per image: unique indices in ascending
+        (raster) order. Method ``none`` keeps all ``N_b``.
+    """
+    if isinstance(relevance, (list, tuple)) and grid is None:
+        grid = [tuple(m.shape) if m.dim() == 2 else None for m in relevance]
+    maps, grids = _as_items(relevance, grid)
+    count = len(maps)
+    budgets = _per_item(budget, count, "budget")
+    methods = [check_method(m) for m in _per_item(method, count, "method")]
+    seeds = _per_item(seed, count, "seed")
+    feats = _per_item(features, count, "features") if features is not None else [None] * count
+    queries = _per_item(query, count, "query") if query is not None else [None] * count
+
+    kept = []
+    for scores, g, b, m, s, f, q in zip(maps, grids, budgets, methods, seeds, feats, queries):
+        if m in FEATURE_METHODS and f is None:
+            raise ValueError(f"method {m!r} needs the visual features")
+        if scores.is_floating_point() and torch.isnan(scores).any():
+            raise ValueError("relevance contains NaN")
+        k = resolve_budget(b, scores.numel())
+        item = SelectionInput(relevance=scores, grid=g, features=f, query=q)
+        indices = SELECTORS[m](item, k, int(s))
+        kept.append(torch.sort(indices.long().cpu()).values)
+    return kept

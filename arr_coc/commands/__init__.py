@@ -1,0 +1,1 @@
+"""Sub-commands of the ``arr-coc`` CLI, one module each."""

@@ -1,0 +1,76 @@
+"""Typed exceptions of the ARR-COC library.
+
+Every error raised on bad input derives from :class:`ArrCocInputError` and names the
+offending ``field`` plus a human ``detail`` (the limit that was broken), so the
+service can map it to one JSON body ``{"error", "field", "detail"}`` in one place.
+Failures of a model or its files derive from :class:`ArrCocModelError`.
+"""
+
+from __future__ import annotations
+
+
+class ArrCocError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+    def __init__(self, detail: str, *, field: str | None = None) -> None:
+        super().__init__(detail if field is None else f"{field}: {detail}")
+        self.field = field
+        self.detail = detail
+
+    @property
+    def kind(self) -> str:
+        """Short snake-case name of the error class, e.g. ``invalid_budget``."""
+        name = type(self).__name__.removesuffix("Error")
+        return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+
+
+class ArrCocInputError(ArrCocError, ValueError):
+    """The caller passed something outside the documented limits."""
+
+
+class InvalidImageError(ArrCocInputError):
+    """Bytes that do not decode to an image, or an image of unusable size."""
+
+
+class ImageTooLargeError(InvalidImageError):
+    """Image larger than the configured byte or pixel limit (decompression bomb)."""
+
+
+class InvalidGridError(ArrCocInputError):
+    """A visual-token grid that is empty or finer than the image's pixels."""
+
+
+class InvalidBudgetError(ArrCocInputError):
+    """A budget that is not an int >= 1 or a finite float in (0, 1]."""
+
+
+class UnknownMethodError(ArrCocInputError):
+    """A pruning method name that the registry does not know."""
+
+
+class UnknownVariantError(ArrCocInputError):
+    """A variant name that the registry does not know."""
+
+
+class InvalidQuestionError(ArrCocInputError):
+    """An empty question, or one longer than the model's context allows."""
+
+
+class InvalidGenerationConfigError(ArrCocInputError):
+    """Generation parameters outside their ranges (temperature, top_p, ...)."""
+
+
+class ArrCocModelError(ArrCocError, RuntimeError):
+    """A model or checkpoint could not be loaded or run."""
+
+
+class ModelNotFoundError(ArrCocModelError):
+    """A checkpoint directory or hub id that does not exist (or is unreachable)."""
+
+
+class UnsupportedModelError(ArrCocModelError):
+    """A checkpoint whose ``model_type`` is not a supported Qwen-VL family."""
+
+
+class CheckpointFormatError(ArrCocModelError):
+    """A scorer checkpoint whose files are missing, not safetensors, or inconsistent."""

@@ -1,0 +1,74 @@
+"""What one ARR-COC request asks of the VLM, and what it gets back.
+
+These two dataclasses are the contract between the library, the runners and the
+service: the service validates HTTP input into an :class:`AnswerRequest`, the VLM
+runner returns an :class:`AnswerResult`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from PIL import Image
+
+
+@dataclass
+class GenerationParams:
+    """Decoding settings of one request.
+
+    temperature: 0 means greedy; > 0 samples with ``top_p`` nucleus filtering.
+    max_new_tokens: upper bound of generated tokens (>= 1).
+    stop: strings that end the answer (not included in it).
+    seed: seeds sampling, so a sampled answer is reproducible.
+    """
+
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+
+
+@dataclass
+class AnswerRequest:
+    """One question about one image, with the pruning to apply.
+
+    image: RGB PIL image (see ``arr_coc.images.load_image``).
+    method: a name registered in ``arr_coc.attending.SELECTORS``.
+    budget: kept visual tokens, a count (int >= 1) or a ratio (float in (0, 1]).
+    """
+
+    image: Image.Image
+    question: str
+    method: str = "arr-coc"
+    budget: int | float = 0.25
+    generation: GenerationParams = field(default_factory=GenerationParams)
+
+
+@dataclass
+class AnswerResult:
+    """The answer and how it was reached.
+
+    token_ids: generated ids, prompt excluded, stop strings excluded.
+    kept: ``LongTensor [K]`` kept visual-token indices in raster order over ``grid``.
+    relevance: ``[H', W']`` scores in [0, 1] of every visual token.
+    timings_ms: wall-clock milliseconds by stage: ``vision``, ``scoring``,
+        ``prefill`` (time to first token), ``decode``.
+    """
+
+    answer: str
+    token_ids: list[int]
+    kept: torch.Tensor
+    total_tokens: int
+    grid: tuple[int, int]
+    relevance: torch.Tensor
+    timings_ms: dict[str, float]
+
+    @property
+    def kept_tokens(self) -> int:
+        return int(self.kept.numel())
+
+    @property
+    def kept_ratio(self) -> float:
+        return self.kept_tokens / self.total_tokens
