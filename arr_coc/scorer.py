@@ -1,0 +1,140 @@
+"""RelevanceScorer: texture -> three ways of knowing -> balancing, with safetensors I/O.
+
+``RelevanceScorer(query_dim)(images [B, 3, H, W], grid (H', W'), query_embeds [B, D])``
+returns relevance ``[B, H', W']`` in [0, 1], one score per visual token.
+
+A checkpoint is a directory with ``config.json`` (the constructor arguments) and
+``model.safetensors`` (the weights); nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from arr_coc.balancing import TensionBalancer
+from arr_coc.errors import CheckpointFormatError, ModelNotFoundError
+from arr_coc.knowing import ParticipatoryScorer, information_score, perspectival_score
+from arr_coc.texture import DEFAULT_PIXELS_PER_CELL, texture_array
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT = "arr-coc-relevance-scorer"
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    """Constructor arguments of :class:`RelevanceScorer`; ``seed`` fixes the initial weights."""
+
+    query_dim: int
+    hidden: int = 32
+    embed_dim: int = 32
+    pixels_per_cell: int = DEFAULT_PIXELS_PER_CELL
+    seed: int = 0
+
+
+@dataclass
+class ScorerOutput:
+    """Every intermediate of one scoring pass; maps are ``[B, H', W']``."""
+
+    texture: torch.Tensor  # [B, 13, H', W']
+    information: torch.Tensor
+    perspectival: torch.Tensor
+    participatory: torch.Tensor
+    weights: torch.Tensor  # [B, 3, H', W'] mixing weights
+    relevance: torch.Tensor
+    timings_ms: dict[str, float]
+
+
+def _one_by_one(layer, *batched: torch.Tensor) -> torch.Tensor:
+    """Apply ``layer`` to each image of the batch alone and concatenate.
+
+    oneDNN convolutions and BLAS matmuls pick kernels by batch size, so a batched
+    call can differ from a lone call in the last bit; running the learned layers
+    (a few small convolutions on ``H' x W'`` cells) image by image keeps a score
+    independent of its batch mates, exactly.
+    """
+    return torch.cat([layer(*(t[i : i + 1] for t in batched)) for i in range(batched[0].shape[0])])
+
+
+class RelevanceScorer(nn.Module):
+    """Scores every visual token of an image against a question, in [0, 1]."""
+
+    def __init__(self, query_dim: int, **options) -> None:
+        super().__init__()
+        self.config = ScorerConfig(query_dim=query_dim, **options)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.seed)
+            self.participatory = ParticipatoryScorer(query_dim, self.config.hidden, self.config.embed_dim)
+            self.balancer = TensionBalancer(query_dim, self.config.hidden)
+
+    @property
+    def query_dim(self) -> int:
+        return self.config.query_dim
+
+    def score(self, images: torch.Tensor, grid: tuple[int, int], query_embeds: torch.Tensor) -> ScorerOutput:
+        """All stages of scoring ``images [B, 3, H, W]`` on ``grid`` for ``query_embeds [B, D]``."""
+        if query_embeds.dim() != 2 or query_embeds.shape != (images.shape[0], self.query_dim):
+            raise ValueError(f"query_embeds must be [{images.shape[0]}, {self.query_dim}], got {tuple(query_embeds.shape)}")
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal start
+            now = time.perf_counter()
+            timings[stage] = (now - start) * 1000.0
+            start = now
+
+        device = next(self.parameters()).device
+        texture = texture_array(images.to(device), grid, self.config.pixels_per_cell)
+        lap("texture")
+        information = information_score(texture)
+        perspectival = perspectival_score(texture)
+        lap("knowing_fixed")
+        query_embeds = query_embeds.to(device)
+        participatory = _one_by_one(self.participatory, texture, query_embeds)
+        lap("participatory")
+        stacked = torch.stack([information, perspectival, participatory], dim=1)
+        weights = _one_by_one(self.balancer.weights, stacked, query_embeds)
+        relevance = (weights * stacked).sum(dim=1)
+        lap("balancing")
+        return ScorerOutput(texture, information, perspectival, participatory, weights, relevance, timings)
+
+    def forward(self, images: torch.Tensor, grid: tuple[int, int], query_embeds: torch.Tensor) -> torch.Tensor:
+        """Relevance ``[B, H', W']`` in [0, 1]."""
+        return self.score(images, grid, query_embeds).relevance
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into directory ``path``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        weights = {name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()}
+        save_file(weights, str(path / WEIGHTS_FILE), metadata={"format": FORMAT})
+        (path / CONFIG_FILE).write_text(json.dumps({"format": FORMAT, **asdict(self.config)}, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> RelevanceScorer:
+        """Load a directory written by :meth:`save`; typed errors for missing or bad files."""
+        path = Path(path)
+        if not path.is_dir():
+            raise ModelNotFoundError(f"no scorer checkpoint directory at {path}", field="scorer")
+        try:
+            config = json.loads((path / CONFIG_FILE).read_text())
+            known = {f.name for f in fields(ScorerConfig)}
+            if config.pop("format", None) != FORMAT or not known.issuperset(config):
+                raise CheckpointFormatError(f"{path / CONFIG_FILE} is not a relevance-scorer config", field="scorer")
+            scorer = cls(**config)
+            scorer.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=True)
+        except FileNotFoundError as error:
+            raise CheckpointFormatError(f"incomplete checkpoint: {error.filename} is missing", field="scorer") from error
+        except (json.JSONDecodeError, SafetensorError, RuntimeError, TypeError, OSError) as error:
+            raise CheckpointFormatError(f"unreadable checkpoint at {path}: {error}", field="scorer") from error
+        return scorer.to(device).eval()
