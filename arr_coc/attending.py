@@ -149,7 +149,8 @@ def _as_items(relevance, grid) -> tuple[list[torch.Tensor], list[Grid]]:
         grids = [tuple(relevance.shape[1:])] * len(maps)
         return maps, grids
     maps = list(relevance) if not isinstance(relevance, torch.Tensor) else list(relevance.reshape(relevance.shape[0], -1))
-    grids = _per_item(grid, len(maps), "grid")
+    single_grid = grid is None or (len(grid) == 2 and all(isinstance(v, Integral) for v in grid))
+    grids = [grid] * len(maps) if single_grid else _per_item(grid, len(maps), "grid")
     for i, (scores, g) in enumerate(zip(maps, grids)):
         if g is None:
             g = (1, scores.numel())
@@ -208,3 +209,7 @@ def allocate(
         indices = SELECTORS[m](item, k, int(s))
         kept.append(torch.sort(indices.long().cpu()).values)
     return kept
+
+
+# The feature-based baselines register themselves into SELECTORS on import.
+import arr_coc.baselines  # noqa: E402,F401

@@ -1,14 +1,15 @@
 """Three ways of knowing what in an image matters, each a score map ``[B, H', W']`` in [0, 1].
 
-- information (propositional): how much is going on around a cell, the Shannon
-  entropy of lightness, colour and edge strength over its 3x3 neighbourhood;
+- information (propositional): how much is going on in and around a cell, the
+  entropy of a Gaussian fit to its lightness and colour variation;
 - perspectival: what stands out, centre-surround contrast at two neighbourhood
   scales and against the whole image (Itti-Koch style salience);
 - participatory: what matters for this question, a small learned network over
   the texture cells whose output is matched against the query embedding.
 
-The first two have no parameters and are rescaled per image to [0, 1] (a constant
-image scores 0 everywhere); the third is a sigmoid. No statistic crosses images.
+The first two have no parameters (information is on an absolute scale, salience is
+rescaled per image; a constant image scores 0 on both); the third is a sigmoid.
+No statistic crosses images.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from arr_coc.texture import NUM_CHANNELS
 APPEARANCE_CHANNELS = (3, 4, 11, 7)  # lightness, green-red, blue-yellow, edge magnitude
 _APPEARANCE_SHIFT = torch.tensor([0.0, 1.0, 1.0, 0.0])
 _APPEARANCE_SCALE = torch.tensor([1.0, 0.5, 0.5, 1.0])
-ENTROPY_BINS = 8
+CONTRAST_CHANNEL = 12
+ENTROPY_NOISE_FLOOR = 0.02  # lightness std below which a region counts as flat (~5/255)
 SURROUND_SIGMAS = (1.0, 3.0)  # in cells
 
 
@@ -48,22 +50,22 @@ def rescale_per_image(scores: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 def information_score(texture: torch.Tensor) -> torch.Tensor:
-    """Neighbourhood entropy, ``[B, 13, H', W'] -> [B, H', W']`` in [0, 1].
+    """Local entropy, ``[B, 13, H', W'] -> [B, H', W']`` in [0, 1].
 
-    Each appearance feature is soft-binned into ``ENTROPY_BINS`` triangular bins;
-    the bin occupancy over the 3x3 neighbourhood of a cell is a distribution whose
-    entropy, divided by ``log(ENTROPY_BINS)``, is averaged over the features.
+    The entropy of a Gaussian is ``0.5 log(2 pi e sigma^2)``: it grows with the log of
+    the variance. Here ``sigma^2`` is the lightness variance inside the cell (texture
+    channel 12, squared) plus the variance of lightness, a* and b* over the cell's
+    3x3 neighbourhood, all on [0, 1] scales, so ``sigma^2 <= 1``. The score is
+    ``log(1 + sigma^2 / floor^2) / log(1 + 1 / floor^2)`` with a noise floor of
+    ``ENTROPY_NOISE_FLOOR``: 0 for a flat region, 1 at the most varied possible cell,
+    on the same absolute scale for every image.
     """
-    features = appearance(texture)  # [B, 4, H', W']
-    centres = (torch.arange(ENTROPY_BINS, device=texture.device, dtype=texture.dtype) + 0.5) / ENTROPY_BINS
-    features = features.clamp(centres[0].item(), centres[-1].item())
-    membership = (1.0 - (features[:, :, None] - centres[None, None, :, None, None]).abs() * ENTROPY_BINS).clamp_min(0)
-    batch, feats, bins, rows, cols = membership.shape  # [B, 4, 8, H', W'], sums to 1 over bins
-    occupancy = F.avg_pool2d(
-        membership.reshape(batch, feats * bins, rows, cols), 3, stride=1, padding=1, count_include_pad=False
-    ).reshape(batch, feats, bins, rows, cols)
-    entropy = -(occupancy * occupancy.clamp_min(1e-12).log()).sum(dim=2) / math.log(ENTROPY_BINS)
-    return entropy.mean(dim=1).clamp(0.0, 1.0)
+    colours = appearance(texture)[:, :3]  # [B, 3, H', W'] lightness, a*, b* in [0, 1]
+    pool = dict(kernel_size=3, stride=1, padding=1, count_include_pad=False)
+    spread = (F.avg_pool2d(colours**2, **pool) - F.avg_pool2d(colours, **pool) ** 2).clamp_min(0.0).sum(dim=1)
+    variance = texture[:, CONTRAST_CHANNEL] ** 2 + spread
+    floor = ENTROPY_NOISE_FLOOR**2
+    return (torch.log1p(variance / floor) / math.log1p(1.0 / floor)).clamp(0.0, 1.0)
 
 
 def perspectival_score(texture: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,97 @@
+"""``arr-coc relevance``: score every visual token of an image against a question.
+
+Without ``--model`` the grid is one token per 28x28 pixels (the Qwen-VL default of
+14-pixel patches merged 2x2) and the question is hash-embedded; the scorer is the
+untrained (seeded) one unless ``--scorer`` names a checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from arr_coc.attending import allocate
+from arr_coc.heatmap import kept_mask, overlay
+from arr_coc.images import load_image, to_tensor
+from arr_coc.query import hash_embedding
+from arr_coc.scorer import RelevanceScorer
+
+PIXELS_PER_TOKEN = 28
+HASH_QUERY_DIM = 64
+SHADES = " .:-=+*#%@"
+
+
+def sample_image_path() -> Path:
+    """The sample image shipped with the package."""
+    return Path(str(resources.files("arr_coc") / "assets" / "sample.png"))
+
+
+def parse_budget(text: str) -> int | float:
+    """``"64"`` -> 64 tokens; ``"0.25"`` -> a quarter of the tokens."""
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"budget must be an int or a float, got {text!r}") from None
+
+
+def default_grid(size: tuple[int, int]) -> tuple[int, int]:
+    """``(H', W')`` for an image of ``(width, height)`` pixels, one token per 28x28 pixels."""
+    width, height = size
+    return max(1, round(height / PIXELS_PER_TOKEN)), max(1, round(width / PIXELS_PER_TOKEN))
+
+
+def ascii_map(relevance: torch.Tensor, mask) -> str:
+    """One character per token, darker = more relevant; dropped tokens print as ``·``."""
+    lines = []
+    for row, keep_row in zip(relevance.tolist(), mask):
+        line = "".join(SHADES[min(len(SHADES) - 1, int(v * len(SHADES)))] if k else "·" for v, k in zip(row, keep_row))
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    image = load_image(args.image)
+    if args.scorer:
+        scorer = RelevanceScorer.load(args.scorer)
+    else:
+        scorer = RelevanceScorer(HASH_QUERY_DIM).eval()
+    grid = tuple(args.grid) if args.grid else default_grid(image.size)
+    query = hash_embedding(args.question, scorer.query_dim)[None]
+    with torch.inference_mode():
+        relevance = scorer(to_tensor(image)[None], grid, query)[0]
+    kept = allocate(relevance[None], args.budget, args.method, args.seed)[0]
+    if args.heatmap:
+        overlay(image, relevance, kept).save(args.heatmap)
+    if args.json:
+        print(json.dumps({
+            "grid": list(grid),
+            "relevance": [[round(v, 6) for v in row] for row in relevance.tolist()],
+            "kept": kept.tolist(),
+            "kept_tokens": int(kept.numel()),
+            "total_tokens": grid[0] * grid[1],
+        }))
+    else:
+        print(f"grid {grid[0]}x{grid[1]}: kept {kept.numel()} of {grid[0] * grid[1]} tokens ({args.method})")
+        print(ascii_map(relevance, kept_mask(grid, kept)))
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("relevance", help="score the visual tokens of an image against a question")
+    parser.add_argument("image", nargs="?", default=str(sample_image_path()), help="image file (default: the sample)")
+    parser.add_argument("question", nargs="?", default="Where is the red house?")
+    parser.add_argument("--grid", type=int, nargs=2, metavar=("ROWS", "COLS"), help="visual-token grid H' W'")
+    parser.add_argument("--budget", type=parse_budget, default=0.25, help="tokens kept: a count or a ratio")
+    parser.add_argument("--method", default="arr-coc", help="selection method (none, uniform, random, arr-coc)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random method")
+    parser.add_argument("--scorer", help="scorer checkpoint directory (default: untrained, seeded)")
+    parser.add_argument("--heatmap", help="write a PNG heatmap overlay here")
+    parser.add_argument("--json", action="store_true", help="print a JSON object")
+    parser.set_defaults(func=run)

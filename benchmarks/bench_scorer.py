@@ -1,0 +1,57 @@
+"""Images/s of texture + relevance scoring on CPU, and where the time goes.
+
+    python benchmarks/bench_scorer.py [--repeats 10] [--threads N]
+
+For 448x448 images on a 16x16 grid and 1344x1344 on 48x48, at batch 1 and 16:
+images per second of ``RelevanceScorer`` (texture -> knowing -> balancing, untrained
+weights, which cost the same as trained ones) and the share of each stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from arr_coc.scorer import RelevanceScorer
+
+CASES = [(448, (16, 16)), (1344, (48, 48))]
+BATCHES = [1, 16]
+QUERY_DIM = 1536  # Qwen2.5-VL-1.5B-class hidden size: the query projection is not free
+
+
+def measure(scorer, images, grid, queries, repeats):
+    with torch.inference_mode():
+        scorer.score(images, grid, queries)  # warm-up
+        stages: dict[str, float] = {}
+        start = time.perf_counter()
+        for _ in range(repeats):
+            for stage, ms in scorer.score(images, grid, queries).timings_ms.items():
+                stages[stage] = stages.get(stage, 0.0) + ms
+        elapsed = time.perf_counter() - start
+    return images.shape[0] * repeats / elapsed, stages
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    scorer = RelevanceScorer(QUERY_DIM).eval()
+    generator = torch.Generator().manual_seed(0)
+    print(f"torch {torch.__version__}, {args.threads} threads, {args.repeats} repeats, query dim {QUERY_DIM}")
+    print(f"{'image':>10} {'grid':>6} {'batch':>5} {'images/s':>9}   stage shares")
+    for size, grid in CASES:
+        for batch in BATCHES:
+            images = torch.rand(batch, 3, size, size, generator=generator)
+            queries = torch.randn(batch, QUERY_DIM, generator=generator)
+            rate, stages = measure(scorer, images, grid, queries, args.repeats)
+            total = sum(stages.values())
+            shares = "  ".join(f"{name} {100 * ms / total:4.1f}%" for name, ms in stages.items())
+            print(f"{size:>4}x{size:<5} {grid[0]:>2}x{grid[1]:<3} {batch:>5} {rate:>9.1f}   {shares}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""allocate: budgets, methods, determinism, raster order, bad input."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from arr_coc.attending import allocate, resolve_budget
+from arr_coc.errors import InvalidBudgetError, InvalidGridError, UnknownMethodError
+
+CORE_METHODS = ["none", "uniform", "random", "arr-coc"]
+
+
+def expected_count(budget, n, method):
+    if method == "none":
+        return n
+    if isinstance(budget, int):
+        return min(budget, n)
+    return max(1, min(n, round(budget * n)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rows=st.integers(1, 24),
+    cols=st.integers(1, 24),
+    budget=st.one_of(st.integers(1, 700), st.floats(min_value=1e-4, max_value=1.0, exclude_min=False)),
+    method=st.sampled_from(CORE_METHODS),
+    seed=st.integers(0, 2**31 - 1),
+    data=st.data(),
+)
+def test_allocate_properties(rows, cols, budget, method, seed, data):
+    n = rows * cols
+    relevance = torch.tensor(data.draw(st.lists(st.floats(0, 1), min_size=n, max_size=n)), dtype=torch.float32)
+    kept = allocate(relevance.reshape(1, rows, cols), budget, method, seed)[0]
+    assert kept.dtype == torch.long
+    assert kept.numel() == expected_count(budget, n, method)
+    assert torch.equal(kept, torch.unique(kept)), "unique and ascending"
+    assert kept.min() >= 0 and kept.max() < n
+    again = allocate(relevance.reshape(1, rows, cols), budget, method, seed)[0]
+    assert torch.equal(kept, again), "deterministic"
+    if method == "arr-coc":
+        dropped = torch.ones(n, dtype=torch.bool)
+        dropped[kept] = False
+        if dropped.any():
+            assert relevance[kept].min() >= relevance[dropped].max()
+
+
+def test_top_relevance_ties_keep_lower_index():
+    relevance = torch.tensor([[0.5, 0.9, 0.5, 0.5, 0.9, 0.1]])
+    assert allocate(relevance, 3)[0].tolist() == [0, 1, 4]
+
+
+def test_uniform_spreads_over_the_2d_grid():
+    kept = allocate(torch.zeros(1, 16, 16), 16, "uniform")[0]
+    rows, cols = kept // 16, kept % 16
+    assert sorted(set(rows.tolist())) == [2, 6, 10, 14]
+    assert sorted(set(cols.tolist())) == [2, 6, 10, 14]
+
+
+def test_uniform_on_a_wide_grid_keeps_square_spacing():
+    kept = allocate(torch.zeros(1, 4, 32), 32, "uniform")[0]
+    rows, cols = kept // 32, kept % 32
+    assert set(rows.tolist()) == {1, 3}
+    assert sorted(set(cols.tolist())) == list(range(1, 32, 2))
+
+
+def test_random_depends_on_seed_only():
+    relevance = torch.rand(1, 10, 10)
+    a = allocate(relevance, 20, "random", seed=1)[0]
+    b = allocate(torch.rand(1, 10, 10), 20, "random", seed=1)[0]
+    c = allocate(relevance, 20, "random", seed=2)[0]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_mixed_batch_equals_one_by_one():
+    maps = [torch.rand(4, 6), torch.rand(7, 3), torch.rand(2, 2)]
+    budgets, methods, seeds = [5, 0.5, 1.0], ["arr-coc", "uniform", "random"], [0, 0, 3]
+    together = allocate(maps, budgets, methods, seeds)
+    for m, b, meth, s, kept in zip(maps, budgets, methods, seeds, together):
+        assert torch.equal(allocate([m], b, meth, s)[0], kept)
+
+
+def test_flat_relevance_with_grid():
+    kept = allocate(torch.rand(2, 12), 0.5, "uniform", grid=(3, 4))
+    assert [k.numel() for k in kept] == [6, 6]
+
+
+@pytest.mark.parametrize(
+    "budget", [0, -1, -0.5, 0.0, 1.5, 2.0, float("nan"), float("inf"), True, "10", None]
+)
+def test_bad_budget(budget):
+    with pytest.raises(InvalidBudgetError) as info:
+        allocate(torch.rand(1, 4, 4), budget)
+    assert info.value.field == "budget"
+
+
+def test_budget_ratio_rounding():
+    assert resolve_budget(0.25, 256) == 64
+    assert resolve_budget(1e-6, 256) == 1
+    assert resolve_budget(1.0, 256) == 256
+    assert resolve_budget(10_000, 256) == 256
+    assert math.isclose(resolve_budget(0.1, 100), 10)
+
+
+def test_unknown_method():
+    with pytest.raises(UnknownMethodError) as info:
+        allocate(torch.rand(1, 4, 4), 4, "top-k-please")
+    assert info.value.field == "method"
+
+
+def test_grid_that_does_not_hold_the_scores():
+    with pytest.raises(InvalidGridError):
+        allocate(torch.rand(1, 12), 4, "uniform", grid=(5, 5))
+
+
+def test_nan_relevance_is_refused():
+    with pytest.raises(ValueError):
+        allocate(torch.tensor([[0.1, float("nan"), 0.3]]), 1)

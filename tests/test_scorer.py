@@ -1,0 +1,149 @@
+"""Knowing scores, the balancer and RelevanceScorer: ranges, independence, gradients, I/O."""
+
+import json
+
+import pytest
+import torch
+
+from arr_coc.balancing import TensionBalancer
+from arr_coc.errors import CheckpointFormatError, ModelNotFoundError
+from arr_coc.knowing import information_score, perspectival_score
+from arr_coc.scorer import RelevanceScorer
+from arr_coc.texture import texture_array
+from drawing import as_batch, gradient, noise, scene, shapes, text
+
+QUERY_DIM = 24
+
+
+@pytest.fixture(scope="module")
+def images():
+    return [scene(224, 168), shapes(224, 168, seed=3), text(224, 168), noise(224, 168), gradient(224, 168)]
+
+
+@pytest.mark.parametrize("grid", [(6, 8), (12, 16)])
+def test_all_scores_in_unit_range(images, grid):
+    scorer = RelevanceScorer(QUERY_DIM)
+    out = scorer.score(as_batch(*images), grid, torch.randn(len(images), QUERY_DIM))
+    for name in ("information", "perspectival", "participatory", "relevance"):
+        value = getattr(out, name)
+        assert value.shape == (len(images), *grid), name
+        assert torch.isfinite(value).all() and value.min() >= 0 and value.max() <= 1, name
+    assert torch.allclose(out.weights.sum(dim=1), torch.ones(len(images), *grid))
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0])
+def test_constant_image_gives_finite_scores(value):
+    scorer = RelevanceScorer(QUERY_DIM)
+    out = scorer.score(torch.full((2, 3, 56, 56), value), (4, 4), torch.zeros(2, QUERY_DIM))
+    for name in ("information", "perspectival", "participatory", "relevance"):
+        assert torch.isfinite(getattr(out, name)).all(), name
+    assert torch.equal(out.information, torch.zeros(2, 4, 4))
+    assert torch.equal(out.perspectival, torch.zeros(2, 4, 4))
+
+
+def test_information_is_higher_on_busy_regions():
+    image = as_batch(scene(448, 336))
+    half = torch.cat([image[..., :224], torch.rand(1, 3, 336, 224)], dim=-1)
+    info = information_score(texture_array(half, (12, 16)))[0]
+    assert info[:, 10:].mean() > info[:, :6].mean()
+
+
+def test_perspectival_finds_the_odd_one_out():
+    image = torch.full((1, 3, 112, 112), 0.5)
+    image[:, 0, 28:56, 56:84] = 1.0  # one red square on grey
+    salience = perspectival_score(texture_array(image, (4, 4)))[0]
+    assert salience.argmax() == 1 * 4 + 2
+
+
+def test_per_image_independence_is_exact(images):
+    scorer = RelevanceScorer(QUERY_DIM).eval()
+    batch = as_batch(*images)
+    queries = torch.randn(len(images), QUERY_DIM)
+    with torch.inference_mode():
+        together = scorer(batch, (6, 8), queries)
+        for index in range(len(images)):
+            alone = scorer(batch[index : index + 1], (6, 8), queries[index : index + 1])
+            assert torch.equal(alone[0], together[index]), index
+
+
+def test_query_changes_participatory_score(images):
+    scorer = RelevanceScorer(QUERY_DIM)
+    batch = as_batch(images[0], images[0])
+    out = scorer.score(batch, (6, 8), torch.randn(2, QUERY_DIM, generator=torch.Generator().manual_seed(1)))
+    assert not torch.allclose(out.participatory[0], out.participatory[1])
+
+
+def test_untrained_balancer_weights_are_equal():
+    balancer = TensionBalancer(QUERY_DIM)
+    scores = torch.rand(3, 3, 5, 7)
+    weights = balancer.weights(scores, torch.randn(3, QUERY_DIM))
+    assert torch.allclose(weights, torch.full_like(weights, 1 / 3))
+    assert torch.allclose(balancer(scores, torch.randn(3, QUERY_DIM)), scores.mean(dim=1), atol=1e-6)
+
+
+def test_same_seed_same_weights_other_seed_different():
+    a, b, c = RelevanceScorer(QUERY_DIM), RelevanceScorer(QUERY_DIM), RelevanceScorer(QUERY_DIM, seed=1)
+    for (name, x), y, z in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+        assert torch.equal(x, y), name
+    assert any(not torch.equal(x, z) for x, z in zip(a.state_dict().values(), c.state_dict().values()))
+
+
+def test_gradients_reach_every_learned_parameter(images):
+    scorer = RelevanceScorer(QUERY_DIM)
+    optimizer = torch.optim.SGD(scorer.parameters(), lr=0.5)
+    batch, queries = as_batch(*images[:2]), torch.randn(2, QUERY_DIM)
+    target = torch.zeros(2, 6, 8)
+    target[:, 2:4, 3:6] = 1.0
+    for step in range(2):  # zero-initialized output layers pass gradient back from step 2 on
+        optimizer.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy(scorer(batch, (6, 8), queries), target)
+        loss.backward()
+        optimizer.step()
+    for name, parameter in scorer.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert any(n.startswith("participatory.") for n, _ in scorer.named_parameters())
+    assert any(n.startswith("balancer.") for n, _ in scorer.named_parameters())
+
+
+def test_save_load_round_trip(tmp_path, images):
+    scorer = RelevanceScorer(QUERY_DIM, hidden=16, seed=7)
+    with torch.no_grad():
+        for parameter in scorer.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.1)  # not the seeded init
+    scorer.save(tmp_path / "ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = RelevanceScorer.load(tmp_path / "ckpt")
+    assert loaded.config == scorer.config
+    batch, queries = as_batch(*images), torch.randn(len(images), QUERY_DIM)
+    with torch.inference_mode():
+        assert torch.equal(scorer.eval()(batch, (6, 8), queries), loaded(batch, (6, 8), queries))
+
+
+def test_load_missing_directory(tmp_path):
+    with pytest.raises(ModelNotFoundError):
+        RelevanceScorer.load(tmp_path / "absent")
+
+
+@pytest.mark.parametrize("damage", ["no-weights", "no-config", "bad-json", "wrong-format", "pickle-weights", "wrong-shape"])
+def test_load_damaged_checkpoint(tmp_path, damage):
+    path = RelevanceScorer(QUERY_DIM).save(tmp_path / "ckpt")
+    config = json.loads((path / "config.json").read_text())
+    if damage == "no-weights":
+        (path / "model.safetensors").unlink()
+    elif damage == "no-config":
+        (path / "config.json").unlink()
+    elif damage == "bad-json":
+        (path / "config.json").write_text("{not json")
+    elif damage == "wrong-format":
+        (path / "config.json").write_text(json.dumps({**config, "format": "something-else"}))
+    elif damage == "pickle-weights":
+        torch.save(RelevanceScorer(QUERY_DIM).state_dict(), path / "model.safetensors")
+    elif damage == "wrong-shape":
+        (path / "config.json").write_text(json.dumps({**config, "hidden": 8}))
+    with pytest.raises(CheckpointFormatError):
+        RelevanceScorer.load(path)
+
+
+def test_query_of_wrong_size_is_refused():
+    with pytest.raises(ValueError):
+        RelevanceScorer(QUERY_DIM)(torch.rand(1, 3, 56, 56), (2, 2), torch.zeros(1, QUERY_DIM + 1))
