@@ -73,7 +73,7 @@ def _high_depth_to_l(image: Image.Image) -> Image.Image:
     else:
         top = 65535.0 if values.size and values.max() > 255 else 255.0
     scaled = np.clip(np.nan_to_num(values / top), 0.0, 1.0) * 255.0
-    return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
+    return Image.fromarray(np.round(scaled).astype(np.uint8))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
