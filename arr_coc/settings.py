@@ -1,0 +1,69 @@
+"""One settings object for the service, the runners and the CLI.
+
+Every field reads the environment variable ``ARR_COC_<FIELD>`` (upper case), e.g.
+``ARR_COC_MODEL=Qwen/Qwen2.5-VL-3B-Instruct`` or ``ARR_COC_VLM_MAX_BATCH_SIZE=16``.
+Defaults serve the embedded testbed model on CPU; ``bentofile.yaml`` sets the
+production values for the container.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TESTBED_FAMILIES = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl")
+
+
+class Settings(BaseSettings):
+    """ARR-COC configuration; see the README for the table of variables."""
+
+    model_config = SettingsConfigDict(env_prefix="ARR_COC_", extra="ignore", protected_namespaces=())
+
+    # Models
+    model: str = Field("", description="VLM hub id or local directory; empty = the embedded testbed")
+    testbed_family: Literal["qwen2-vl", "qwen2.5-vl", "qwen3-vl"] = Field(
+        "qwen2.5-vl", description="family of the embedded testbed model"
+    )
+    home: Path = Field(Path.home() / ".cache" / "arr-coc", description="where testbed models are built")
+    scorer: str = Field("", description="relevance-scorer checkpoint directory; empty = untrained (seeded)")
+    scorer_artifact: str = Field("", description="W&B artifact name the scorer came from, for run configs")
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'")
+    dtype: str = Field("auto", description="'auto' (bf16 on CUDA, fp32 on CPU), 'float32', 'bfloat16', 'float16'")
+
+    # Serving
+    default_variant: str = Field("arr-coc-25", description="variant served when a request names none")
+    max_image_bytes: int = Field(20 * 1024 * 1024, gt=0, description="largest accepted image, in bytes")
+    max_image_pixels: int = Field(40_000_000, gt=0, description="largest accepted image, in pixels (w*h)")
+    max_question_chars: int = Field(2000, gt=0, description="longest accepted question, in characters")
+    max_new_tokens_limit: int = Field(512, gt=0, description="largest max_new_tokens a request may ask for")
+    default_max_new_tokens: int = Field(32, gt=0, description="max_new_tokens when a request names none")
+
+    # Runners: adaptive batching, workers, resources
+    # BentoML rejects (503) a request it expects to exceed max_latency_ms, so these are
+    # latency ceilings, not batching windows: the dispatcher sizes its windows itself.
+    relevance_max_batch_size: int = Field(16, ge=1)
+    relevance_max_latency_ms: int = Field(20_000, ge=1)
+    vlm_max_batch_size: int = Field(8, ge=1)
+    vlm_max_latency_ms: int = Field(120_000, ge=1)
+    relevance_workers: int = Field(1, ge=1)
+    vlm_workers: int = Field(1, ge=1)
+    runner_timeout_s: int = Field(300, ge=1, description="request timeout of each runner, in seconds")
+    relevance_gpu: float = Field(0.0, ge=0, description="GPU share of the relevance runner (0 = none)")
+    vlm_gpu: float = Field(0.0, ge=0, description="GPU share of the VLM runner (0 = none)")
+
+    # Tracking
+    wandb: bool = Field(False, description="track with W&B even without WANDB_API_KEY (e.g. offline)")
+    wandb_project: str = Field("arr-coc", description="W&B project of serve/train/eval runs")
+    wandb_window_s: float = Field(30.0, gt=0, description="seconds per logged window of serve metrics")
+    wandb_sample_rate: float = Field(0.01, ge=0, le=1, description="share of requests logged as table examples")
+    deployment: str = Field("local", description="deployment name in W&B run names")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

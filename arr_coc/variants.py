@@ -1,0 +1,68 @@
+"""Variants: the unit that is served, evaluated and compared.
+
+A variant is a name plus a VLM, a pruning method, a budget and a scorer checkpoint.
+``VARIANTS`` is the one registry; W&B runs carry ``Variant.as_config()`` so that
+dashboards compare variants on the same metrics. A request may also name a method
+and budget directly: :func:`ad_hoc` turns them into a variant named ``method@budget``.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+from arr_coc.attending import check_method, resolve_budget
+from arr_coc.errors import UnknownVariantError
+
+
+class Variant(BaseModel):
+    """One servable configuration. Empty ``vlm``/``scorer`` mean the deployment's own."""
+
+    model_config = ConfigDict(frozen=True, protected_namespaces=())
+
+    name: str
+    method: str
+    budget: int | float
+    vlm: str = ""
+    scorer: str = ""
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        return check_method(method)
+
+    @field_validator("budget")
+    @classmethod
+    def _valid_budget(cls, budget: int | float) -> int | float:
+        resolve_budget(budget, 1)
+        return budget
+
+    def as_config(self, **extra) -> dict:
+        """Flat dict for a W&B run config."""
+        return {"variant": self.name, "method": self.method, "budget": self.budget,
+                "vlm": self.vlm, "scorer": self.scorer, **extra}  # fmt: skip
+
+
+def _builtin() -> dict[str, Variant]:
+    variants = [Variant(name="full", method="none", budget=1.0)]
+    for method in ("arr-coc", "uniform", "random", "divprune", "cdpruner"):
+        for percent in (10, 25, 50):
+            variants.append(Variant(name=f"{method}-{percent}", method=method, budget=percent / 100))
+    return {v.name: v for v in variants}
+
+
+VARIANTS: dict[str, Variant] = _builtin()
+
+
+def get_variant(name: str) -> Variant:
+    """The registered variant ``name``; :class:`UnknownVariantError` otherwise."""
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise UnknownVariantError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}", field="variant") from None
+
+
+def ad_hoc(method: str, budget: int | float) -> Variant:
+    """A variant for a request that names its method and budget itself (typed errors if bad)."""
+    check_method(method)
+    resolve_budget(budget, 1)
+    return Variant(name=f"{method}@{budget}", method=method, budget=budget)

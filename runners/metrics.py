@@ -1,0 +1,38 @@
+"""Prometheus metrics of the front service, served on BentoML's ``/metrics``.
+
+Created through ``bentoml.metrics`` (a thin layer over ``prometheus_client`` that
+BentoML wires for its multi-process server).
+"""
+
+from __future__ import annotations
+
+import bentoml
+
+KEPT_RATIO = bentoml.metrics.Histogram(
+    name="arr_coc_kept_ratio",
+    documentation="Kept / total visual tokens per answered request",
+    labelnames=["variant"],
+    buckets=(0.05, 0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 0.75, 0.9, 1.0),
+)
+STAGE_LATENCY = bentoml.metrics.Histogram(
+    name="arr_coc_stage_latency_seconds",
+    documentation="Latency of each pipeline stage, as measured in the runners (per batch)",
+    labelnames=["stage"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+RUNNER_BATCH_SIZE = bentoml.metrics.Histogram(
+    name="arr_coc_runner_batch_size",
+    documentation="Size of the adaptive batch a request was served in, per runner",
+    labelnames=["runner"],
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
+)
+ERRORS = bentoml.metrics.Counter(
+    name="arr_coc_errors",
+    documentation="Failed requests by error kind",
+    labelnames=["kind"],
+)
+
+
+def observe_stages(timings_ms: dict[str, float]) -> None:
+    for stage, ms in timings_ms.items():
+        STAGE_LATENCY.labels(stage=stage).observe(ms / 1000.0)

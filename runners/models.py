@@ -1,0 +1,47 @@
+"""Where the runners' models come from: settings -> a checkpoint path or hub id.
+
+``ARR_COC_MODEL`` (and ``ARR_COC_SCORER``) may be:
+- empty: the embedded testbed (``ARR_COC_TESTBED_FAMILY``), built under ``ARR_COC_HOME`` if absent;
+- ``model-store:<tag>``: a model in the BentoML model store, e.g. ``model-store:arr-coc-vlm:latest``
+  (what ``arr-coc models import`` writes and ``bentoml build`` bundles);
+- a local checkpoint directory or a hub id.
+"""
+
+from __future__ import annotations
+
+import bentoml
+
+from arr_coc.settings import Settings
+from arr_coc.vlm.testbed import ensure_testbed
+
+STORE_PREFIX = "model-store:"
+VLM_MODEL_NAME = "arr-coc-vlm"
+SCORER_MODEL_NAME = "arr-coc-scorer"
+
+
+def resolve(reference: str) -> str:
+    """A store reference -> the stored model's directory; anything else unchanged."""
+    if reference.startswith(STORE_PREFIX):
+        return str(bentoml.models.get(reference.removeprefix(STORE_PREFIX)).path)
+    return reference
+
+
+def vlm_source(settings: Settings) -> str:
+    """The VLM checkpoint the runners load."""
+    if not settings.model:
+        return str(ensure_testbed(settings.testbed_family, settings.home / "testbed"))
+    return resolve(settings.model)
+
+
+def scorer_source(settings: Settings) -> str | None:
+    """The scorer checkpoint directory, or ``None`` for the untrained seeded scorer."""
+    return resolve(settings.scorer) if settings.scorer else None
+
+
+def device(settings: Settings) -> str | None:
+    """``None`` lets the library pick (CUDA when visible)."""
+    return None if settings.device == "auto" else settings.device
+
+
+def dtype(settings: Settings) -> str | None:
+    return None if settings.dtype == "auto" else settings.dtype

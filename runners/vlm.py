@@ -1,0 +1,133 @@
+"""VLMRunner: vision encoder + pruned generation of a Qwen-VL model.
+
+``answer(items)`` is batchable: requests with different image sizes, questions,
+methods, budgets and prompt lengths share one batched prefill and decode and get
+the results they would get alone. Each item may carry the relevance map the
+relevance runner computed; without one the runner scores the image itself. If an
+item has bad input, the batch is answered one by one so only that item fails.
+``stream(item)`` yields JSON lines: text deltas, then one summary line.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Generator
+
+import bentoml
+import torch
+
+from arr_coc.errors import ArrCocInputError
+from arr_coc.images import load_image
+from arr_coc.settings import get_settings
+from arr_coc.vlm.pipeline import VLMPipeline
+from arr_coc.vlm.types import AnswerRequest, AnswerResult, GenerationParams
+from runners import models
+from runners.relevance import _resources
+from runners.schemas import AnswerItem, AnswerOutput, RunnerError
+
+settings = get_settings()
+
+
+def to_request(item: AnswerItem) -> AnswerRequest:
+    """Decode one item into the library's request (typed errors on bad input)."""
+    image = load_image(base64.b64decode(item.image_b64), max_bytes=settings.max_image_bytes,
+                       max_pixels=settings.max_image_pixels)  # fmt: skip
+    relevance = None
+    if item.relevance is not None and item.grid is not None:
+        relevance = torch.tensor(item.relevance, dtype=torch.float32).reshape(item.grid)
+    return AnswerRequest(
+        image=image,
+        question=item.question,
+        method=item.method,
+        budget=item.budget,
+        relevance=relevance,
+        generation=GenerationParams(
+            max_new_tokens=item.max_new_tokens, temperature=item.temperature, top_p=item.top_p,
+            stop=tuple(item.stop), seed=item.seed,
+        ),  # fmt: skip
+    )
+
+
+def to_output(result: AnswerResult, batch_size: int) -> AnswerOutput:
+    return AnswerOutput(
+        answer=result.answer,
+        token_ids=result.token_ids,
+        kept=result.kept.tolist(),
+        total_tokens=result.total_tokens,
+        grid=result.grid,
+        relevance=result.relevance.flatten().tolist(),
+        timings_ms=result.timings_ms,
+        batch_size=batch_size,
+    )
+
+
+def error_output(error: ArrCocInputError) -> AnswerOutput:
+    return AnswerOutput(error=RunnerError(kind=error.kind, field=error.field, detail=error.detail))
+
+
+@bentoml.service(
+    name="vlm-runner",
+    resources=_resources(settings.vlm_gpu),
+    workers=settings.vlm_workers,
+    traffic={"timeout": settings.runner_timeout_s},
+)
+class VLMRunner:
+    def __init__(self) -> None:
+        self.pipeline = VLMPipeline.from_pretrained(
+            models.vlm_source(settings),
+            scorer=models.scorer_source(settings),
+            device=models.device(settings),
+            dtype=models.dtype(settings),
+        )
+
+    def _one_by_one(self, items: list[AnswerItem]) -> list[AnswerOutput]:
+        outputs = []
+        for item in items:
+            try:
+                outputs.append(to_output(self.pipeline.answer(to_request(item)), len(items)))
+            except ArrCocInputError as error:
+                outputs.append(error_output(error))
+        return outputs
+
+    @bentoml.api(
+        batchable=True,
+        max_batch_size=settings.vlm_max_batch_size,
+        max_latency_ms=settings.vlm_max_latency_ms,
+    )
+    def answer(self, items: list[AnswerItem]) -> list[AnswerOutput]:
+        try:
+            results = self.pipeline.answer_batch([to_request(item) for item in items])
+        except ArrCocInputError:
+            return self._one_by_one(items)
+        return [to_output(result, len(items)) for result in results]
+
+    @bentoml.api(
+        batchable=True,
+        max_batch_size=settings.vlm_max_batch_size,
+        max_latency_ms=settings.vlm_max_latency_ms,
+    )
+    def select(self, items: list[AnswerItem]) -> list[AnswerOutput]:
+        """Kept tokens only (vision pass + selection, no generation), for ``/relevance``."""
+        outputs = []
+        for item in items:
+            try:
+                prepared = self.pipeline.prepare([to_request(item)], {})[0]
+            except ArrCocInputError as error:
+                outputs.append(error_output(error))
+                continue
+            outputs.append(AnswerOutput(kept=prepared.kept.tolist(), total_tokens=prepared.total_tokens,
+                                        grid=prepared.grid, batch_size=len(items)))  # fmt: skip
+        return outputs
+
+    @bentoml.api
+    def stream(self, item: AnswerItem) -> Generator[str, None, None]:
+        try:
+            answer = self.pipeline.stream(to_request(item))
+        except ArrCocInputError as error:
+            yield json.dumps({"error": error_output(error).error.model_dump()}) + "\n"
+            return
+        for delta in answer:
+            yield json.dumps({"delta": delta}) + "\n"
+        final = to_output(answer.result, 1)
+        yield json.dumps({"done": final.model_dump(exclude={"relevance", "token_ids"})}) + "\n"

@@ -1,0 +1,188 @@
+"""ARR-COC front service: HTTP API over the relevance and VLM runners.
+
+    bentoml serve          # embedded testbed model on CPU, http://localhost:3000
+
+``POST /answer`` answers a question about an image from its relevant visual tokens,
+``POST /answer_stream`` streams the answer as server-sent events, ``POST /relevance``
+returns the relevance map, the kept tokens and a heatmap. Every input is validated
+here before a runner sees it (one exception would fail a runner's whole batch);
+every error is a JSON ``ErrorBody``. ``/readyz`` turns ready once both runners have
+loaded their models; ``/metrics`` adds the ``arr_coc_*`` metrics.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+import uuid
+
+import bentoml
+import torch
+from starlette.responses import JSONResponse, StreamingResponse
+
+from arr_coc.attending import FEATURE_METHODS, allocate
+from arr_coc.errors import ArrCocInputError
+from arr_coc.heatmap import overlay
+from arr_coc.query import check_question
+from arr_coc.settings import get_settings
+from arr_coc.variants import Variant, ad_hoc, get_variant
+from runners import http_errors, metrics
+from runners.payload import decode_image_field
+from runners.relevance import RelevanceRunner
+from runners.schemas import (AnswerItem, AnswerOutput, AnswerRequestBody, AnswerResponse, GenerationFields,
+                             RelevanceRequestBody, RelevanceResponse, ScoreItem, ScoreOutput)  # fmt: skip
+from runners.vlm import VLMRunner
+from training_hooks.service_tracking import Tracking
+
+settings = get_settings()
+API_ROUTES = ("/answer", "/answer_stream", "/relevance")
+
+
+def pick_variant(body) -> Variant:
+    """The request's variant: its method + budget, else its named variant, else the default."""
+    if body.method is not None or body.budget is not None:
+        base = get_variant(body.variant or settings.default_variant)
+        return ad_hoc(body.method or base.method, body.budget if body.budget is not None else base.budget)
+    return get_variant(body.variant or settings.default_variant)
+
+
+class RunnerInputError(ArrCocInputError):
+    """An input error a runner found; carries the runner's kind."""
+
+    def __init__(self, error) -> None:
+        super().__init__(error.detail, field=error.field)
+        self._kind = error.kind
+
+    @property
+    def kind(self) -> str:
+        return self._kind
+
+
+def checked(output: ScoreOutput | AnswerOutput):
+    if output.error is not None:
+        raise RunnerInputError(output.error)
+    return output
+
+
+@bentoml.service(
+    name="arr-coc",
+    traffic={"timeout": settings.runner_timeout_s + 30, "concurrency": 64},
+)
+class ARRCOC:
+    relevance_runner = bentoml.depends(RelevanceRunner)
+    vlm_runner = bentoml.depends(VLMRunner)
+
+    def __init__(self) -> None:
+        self.tracking = Tracking(settings)
+
+    async def _prepare(self, body) -> tuple[Variant, bytes, object, str]:
+        variant = pick_variant(body)
+        question = check_question(body.question, settings.max_question_chars)
+        data, image = decode_image_field(body.image, settings)
+        return variant, data, image, question
+
+    async def _score(self, data: bytes, question: str) -> ScoreOutput:
+        item = ScoreItem(image_b64=base64.b64encode(data).decode(), question=question)
+        output = checked((await self.relevance_runner.to_async.score([item]))[0])
+        metrics.RUNNER_BATCH_SIZE.labels(runner="relevance").observe(output.batch_size)
+        return output
+
+    def _answer_item(self, body: AnswerRequestBody, variant: Variant, data: bytes, question: str,
+                     scored: ScoreOutput) -> AnswerItem:  # fmt: skip
+        return AnswerItem(
+            image_b64=base64.b64encode(data).decode(), question=question, method=variant.method,
+            budget=variant.budget, relevance=scored.relevance, grid=scored.grid,
+            max_new_tokens=body.max_new_tokens, temperature=body.temperature, top_p=body.top_p,
+            stop=body.stop, seed=body.seed,
+        )  # fmt: skip
+
+    def _failed(self, error: Exception, variant: str, started: float) -> JSONResponse:
+        response = http_errors.from_exception(error)
+        kind = json.loads(response.body)["error"]
+        metrics.ERRORS.labels(kind=kind).inc()
+        self.tracking.record(variant, (time.perf_counter() - started) * 1000.0, error_kind=kind)
+        return response
+
+    @bentoml.api(route="/answer", input_spec=AnswerRequestBody)
+    async def answer(self, **fields) -> AnswerResponse:
+        started, body = time.perf_counter(), AnswerRequestBody.model_construct(**fields)
+        variant_name = body.variant or settings.default_variant
+        try:
+            variant, data, image, question = await self._prepare(body)
+            variant_name = variant.name
+            scored = await self._score(data, question)
+            item = self._answer_item(body, variant, data, question, scored)
+            output = checked((await self.vlm_runner.to_async.answer([item]))[0])
+        except Exception as error:  # every failure becomes one ErrorBody; the server keeps serving
+            return self._failed(error, variant_name, started)
+        metrics.RUNNER_BATCH_SIZE.labels(runner="vlm").observe(output.batch_size)
+        timings = {**scored.timings_ms, **output.timings_ms}
+        metrics.observe_stages(timings)
+        kept_ratio = len(output.kept) / output.total_tokens
+        metrics.KEPT_RATIO.labels(variant=variant.name).observe(kept_ratio)
+        self.tracking.record(variant.name, (time.perf_counter() - started) * 1000.0, stages_ms=timings,
+                             kept_ratio=kept_ratio, batch_sizes={"relevance": scored.batch_size, "vlm": output.batch_size},
+                             example=(image, scored, output, question))  # fmt: skip
+        return AnswerResponse(
+            answer=output.answer, variant=variant.name, kept_tokens=len(output.kept), total_tokens=output.total_tokens,
+            kept_ratio=kept_ratio, timings_ms=timings, request_id=uuid.uuid4().hex,
+        )  # fmt: skip
+
+    @bentoml.api(route="/answer_stream", input_spec=AnswerRequestBody)
+    async def answer_stream(self, **fields) -> str:
+        """Server-sent events: ``data: {"delta": ...}`` per text delta, then ``event: done``."""
+        started, body = time.perf_counter(), AnswerRequestBody.model_construct(**fields)
+        try:
+            variant, data, _, question = await self._prepare(body)
+            scored = await self._score(data, question)
+            item = self._answer_item(body, variant, data, question, scored)
+        except Exception as error:
+            return self._failed(error, body.variant or settings.default_variant, started)
+
+        async def events():
+            buffer = ""
+            async for chunk in self.vlm_runner.to_async.stream(item):
+                buffer += chunk
+                *lines, buffer = buffer.split("\n")
+                for line in filter(None, lines):
+                    event = json.loads(line)
+                    if "delta" in event:
+                        yield f"data: {json.dumps({'delta': event['delta']})}\n\n"
+                    else:
+                        name = "done" if "done" in event else "error"
+                        payload = {**event.get("done", event.get("error", {})), "variant": variant.name}
+                        yield f"event: {name}\ndata: {json.dumps(payload)}\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def _kept(self, variant: Variant, data: bytes, question: str, scored: ScoreOutput, seed: int) -> list[int]:
+        """Kept indices: feature-based methods need the VLM's features, the rest only relevance."""
+        if variant.method in FEATURE_METHODS:
+            body = AnswerRequestBody.model_construct(**GenerationFields().model_dump())
+            item = self._answer_item(body, variant, data, question, scored)
+            return checked((await self.vlm_runner.to_async.select([item]))[0]).kept
+        relevance = torch.tensor(scored.relevance).reshape(scored.grid)
+        return allocate(relevance[None], variant.budget, variant.method, seed)[0].tolist()
+
+    @bentoml.api(route="/relevance", input_spec=RelevanceRequestBody)
+    async def relevance(self, **fields) -> RelevanceResponse:
+        started, body = time.perf_counter(), RelevanceRequestBody.model_construct(**fields)
+        try:
+            variant, data, image, question = await self._prepare(body)
+            scored = await self._score(data, question)
+            kept = await self._kept(variant, data, question, scored, body.seed)
+        except Exception as error:
+            return self._failed(error, body.variant or settings.default_variant, started)
+        relevance = torch.tensor(scored.relevance).reshape(scored.grid)
+        buffer = io.BytesIO()
+        overlay(image, relevance, torch.tensor(kept, dtype=torch.long)).save(buffer, format="PNG")
+        return RelevanceResponse(
+            variant=variant.name, grid=scored.grid, relevance=relevance.tolist(), kept=kept, kept_tokens=len(kept),
+            total_tokens=len(scored.relevance), heatmap_png=base64.b64encode(buffer.getvalue()).decode(),
+            request_id=uuid.uuid4().hex,
+        )  # fmt: skip
+
+
+ARRCOC.add_asgi_middleware(http_errors.ErrorBodyMiddleware, api_paths=API_ROUTES)

@@ -1,0 +1,236 @@
+"""The real server (`bentoml serve`) with the testbed model, called over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import io
+import json
+import os
+import re
+import signal
+import struct
+import zlib
+
+import bentoml
+import httpx
+import pytest
+from PIL import Image
+
+from drawing import gradient, noise, scene, shapes
+from serving import Server, b64_png
+
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = Server(tmp_path_factory.mktemp("serve"))
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def http(server):
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        yield client
+
+
+SAMPLE = b64_png(scene(448, 336))
+
+
+def body(**overrides):
+    return {"image": SAMPLE, "question": "Where is the red house?", "max_new_tokens": 6, **overrides}
+
+
+def test_probes(http):
+    assert http.get("/livez").status_code == 200
+    assert http.get("/readyz").status_code == 200
+
+
+def test_answer(http):
+    response = http.post("/answer", json=body())
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert set(result) == {"answer", "variant", "kept_tokens", "total_tokens", "kept_ratio", "timings_ms", "request_id"}
+    assert result["variant"] == "arr-coc-25" and result["total_tokens"] == 192 and result["kept_tokens"] == 48
+    assert result["kept_ratio"] == pytest.approx(0.25)
+    assert {"scoring", "vision", "prefill", "decode"} <= set(result["timings_ms"])
+    assert isinstance(result["answer"], str) and re.fullmatch(r"[0-9a-f]{32}", result["request_id"])
+
+
+def test_data_uri_variant_and_method_budget(http):
+    uri = "data:image/png;base64," + SAMPLE
+    full = http.post("/answer", json=body(image=uri, variant="full")).json()
+    assert full["variant"] == "full" and full["kept_tokens"] == full["total_tokens"] == 192
+    custom = http.post("/answer", json=body(method="uniform", budget=10)).json()
+    assert custom["variant"] == "uniform@10" and custom["kept_tokens"] == 10
+
+
+def test_sync_http_client(server, http):
+    with bentoml.SyncHTTPClient(server.url, timeout=120) as client:
+        result = client.answer(image=SAMPLE, question="Where is the red house?", max_new_tokens=6)
+        relevance = client.relevance(image=SAMPLE, question="Where is the red house?", budget=0.5)
+    assert result["answer"] == http.post("/answer", json=body()).json()["answer"]
+    assert relevance["kept_tokens"] == 96
+
+
+def test_relevance(http):
+    result = http.post("/relevance", json={"image": SAMPLE, "question": "Where is the sun?", "budget": 0.1}).json()
+    assert result["grid"] == [12, 16] and len(result["relevance"]) == 12 and len(result["relevance"][0]) == 16
+    assert result["kept_tokens"] == len(result["kept"]) == 19 and result["total_tokens"] == 192
+    assert all(0.0 <= v <= 1.0 for row in result["relevance"] for v in row)
+    flat = [v for row in result["relevance"] for v in row]
+    assert min(flat[i] for i in result["kept"]) >= max(v for i, v in enumerate(flat) if i not in result["kept"])
+    heatmap = Image.open(io.BytesIO(base64.b64decode(result["heatmap_png"])))
+    assert heatmap.size == (448, 336)
+
+
+@pytest.mark.parametrize("method", ["divprune", "cdpruner", "uniform", "random"])
+def test_relevance_with_every_method(http, method):
+    result = http.post("/relevance", json={"image": SAMPLE, "question": "Where?", "method": method, "budget": 12})
+    assert result.status_code == 200, result.text
+    kept = result.json()["kept"]
+    assert len(kept) == len(set(kept)) == 12 and kept == sorted(kept)
+
+
+def test_stream_concatenates_to_the_answer(http):
+    plain = http.post("/answer", json=body()).json()
+    with http.stream("POST", "/answer_stream", json=body()) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        text = "".join(response.iter_text())
+    events = [block for block in text.split("\n\n") if block.strip()]
+    deltas = [json.loads(e.removeprefix("data: "))["delta"] for e in events if e.startswith("data: ")]
+    done = [e for e in events if e.startswith("event: done")]
+    assert "".join(deltas) == plain["answer"]
+    assert len(done) == 1 and json.loads(done[0].split("data: ", 1)[1])["answer"] == plain["answer"]
+
+
+def test_concurrent_requests_form_batches_and_match_one_by_one(http):
+    images = [scene(448, 336), shapes(300, 200, seed=1), gradient(200, 260), noise(224, 224, seed=2)]
+    requests = [
+        body(image=b64_png(images[i % 4]), question=f"What is in part {i}?", budget=[0.1, 0.25, 0.5, 20][i % 4],
+             max_new_tokens=3 + i % 4)  # fmt: skip
+        for i in range(16)
+    ]
+    sequential = [http.post("/answer", json=r).json() for r in requests]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        concurrent_results = list(pool.map(lambda r: http.post("/answer", json=r).json(), requests))
+    for alone, together in zip(sequential, concurrent_results):
+        assert together["answer"] == alone["answer"]
+        assert together["kept_tokens"] == alone["kept_tokens"]
+    metrics = http.get("/metrics").text
+    for runner in ("relevance", "vlm"):
+        ones = float(re.search(rf'arr_coc_runner_batch_size_bucket{{le="1.0",runner="{runner}"}} (\S+)', metrics)[1])
+        count = float(re.search(rf'arr_coc_runner_batch_size_count{{runner="{runner}"}} (\S+)', metrics)[1])
+        assert count > ones, f"no batch larger than 1 formed in the {runner} runner"
+    assert "arr_coc_kept_ratio_bucket" in metrics and "arr_coc_stage_latency_seconds_bucket" in metrics
+
+
+def _png_header(width: int, height: int) -> str:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return base64.b64encode(png).decode()
+
+
+def _truncated() -> str:
+    data = base64.b64decode(b64_png(noise(256, 256)))
+    return base64.b64encode(data[: len(data) // 2]).decode()
+
+
+BAD_INPUTS = [
+    ("corrupt-bytes", body(image=base64.b64encode(b"\x89PNG garbage" * 10).decode()), 400, "invalid_image", "image"),
+    ("not-base64", body(image="%%%not base64%%%"), 400, "invalid_image", "image"),
+    ("truncated-png", body(image=_truncated()), 400, "invalid_image", "image"),
+    ("decompression-bomb", body(image=_png_header(40000, 40000)), 413, "image_too_large", "image"),
+    ("huge-dimensions", body(image=_png_header(100000, 100000)), 413, "image_too_large", "image"),
+    ("extreme-aspect-ratio", body(image=b64_png(Image.new("RGB", (2100, 7), "red"))), 400, "invalid_image", "image"),
+    ("zero-size", body(image=_png_header(0, 0)), 400, "invalid_image", "image"),
+    ("not-an-image-uri", body(image="data:text/plain;base64,aGVsbG8="), 400, "invalid_image", "image"),
+    ("empty-question", body(question=""), 422, "validation_error", "question"),
+    ("blank-question", body(question="   "), 422, "invalid_question", "question"),
+    ("long-question", body(question="why " * 2000), 422, "validation_error", "question"),
+    ("budget-zero", body(budget=0), 422, "invalid_budget", "budget"),
+    ("budget-ratio-above-one", body(budget=1.5), 422, "invalid_budget", "budget"),
+    ("budget-negative", body(budget=-3), 422, "invalid_budget", "budget"),
+    ("unknown-variant", body(variant="best-ever"), 422, "unknown_variant", "variant"),
+    ("unknown-method", body(method="magic"), 422, "unknown_method", "method"),
+    ("max-new-tokens", body(max_new_tokens=100000), 422, "validation_error", "max_new_tokens"),
+    ("temperature", body(temperature=-1), 422, "validation_error", "temperature"),
+    ("unknown-field", body(colour="red"), 422, "validation_error", "colour"),
+    ("missing-image", {"question": "where?"}, 422, "validation_error", "image"),
+]
+
+
+GENERATION_ONLY = ("max-new-tokens", "temperature")
+BAD_CASES = [
+    (route, *case)
+    for route in ("/answer", "/answer_stream", "/relevance")
+    for case in BAD_INPUTS
+    if not (route == "/relevance" and case[0] in GENERATION_ONLY)
+]
+
+
+@pytest.mark.parametrize("route, name, payload, status, kind, field", BAD_CASES,
+                         ids=[f"{c[0]}-{c[1]}" for c in BAD_CASES])  # fmt: skip
+def test_bad_input_gets_a_clear_4xx(http, route, name, payload, status, kind, field):
+    if route == "/relevance":
+        payload = {k: v for k, v in payload.items() if k != "max_new_tokens"}
+    response = http.post(route, json=payload)
+    assert response.status_code == status, response.text
+    error = response.json()
+    assert set(error) == {"error", "field", "detail"}
+    assert error["error"] == kind and error["field"] == field and error["detail"]
+
+
+def test_malformed_json_and_wrong_content_type(http):
+    response = http.post("/answer", content=b'{"image": "abc"', headers={"content-type": "application/json"})
+    assert response.status_code == 400 and response.json()["error"] == "malformed_json"
+    response = http.post("/answer", content=b"hello", headers={"content-type": "text/plain"})
+    assert response.status_code == 415 and response.json()["error"] == "unsupported_media_type"
+
+
+def test_limits_are_in_the_openapi_schema(http):
+    schema = http.get("/docs.json").json()
+    text = json.dumps(schema)
+    assert '"maxLength": 2000' in text  # question
+    assert "/answer" in schema["paths"] and "/relevance" in schema["paths"]
+
+
+def test_server_keeps_answering_after_bad_input(http):
+    for _, payload, *_ in BAD_INPUTS:
+        http.post("/answer", json=payload)
+    assert http.post("/answer", json=body()).status_code == 200
+    assert http.get("/livez").status_code == 200
+
+
+def test_hung_runner_gives_503_and_the_server_recovers(tmp_path):
+    server = Server(tmp_path, ARR_COC_RUNNER_TIMEOUT_S="4")
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            assert http.post("/answer", json=body()).status_code == 200
+            runner = server.child_pids("vlm-runner")
+            assert runner
+            for pid in runner:
+                os.kill(pid, signal.SIGSTOP)
+            try:
+                hung = http.post("/answer", json=body())
+                assert http.get("/livez").status_code == 200
+            finally:
+                for pid in runner:
+                    os.kill(pid, signal.SIGCONT)
+            assert hung.status_code == 503, hung.text
+            assert hung.json() == {"error": "runner_unavailable", "field": None, "detail": hung.json()["detail"]}
+            assert http.post("/answer", json=body()).status_code == 200
+            errors = re.search(r'arr_coc_errors_total{kind="runner_unavailable"} (\S+)', http.get("/metrics").text)
+            assert errors and float(errors[1]) >= 1
+    finally:
+        server.stop()

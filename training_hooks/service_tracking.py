@@ -1,0 +1,78 @@
+"""The front service's tracking: one inference tracker per variant in this worker.
+
+Runs are created lazily, on a variant's first request, inside the worker process
+(never at import, never before BentoML forks its workers). With tracking off
+(no ``WANDB_API_KEY`` and no ``ARR_COC_WANDB=1``) every call is a no-op.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from arr_coc.settings import Settings
+from arr_coc.variants import VARIANTS
+from training_hooks.serve_events import Example
+from training_hooks.tracker import TrackerSettings, create_tracker
+
+
+def git_commit() -> str:
+    """The commit of the serving code, or '' outside a git checkout (e.g. in a bento)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5, check=False)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+class Tracking:
+    """``record(variant, latency_ms, ...)`` -> the tracker of that variant."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.trackers: dict[str, Any] = {}
+        self.tracker_settings = TrackerSettings(
+            project=settings.wandb_project, deployment=settings.deployment, window_s=settings.wandb_window_s,
+            example_rate=settings.wandb_sample_rate,
+        )  # fmt: skip
+        env = dict(os.environ)
+        if settings.wandb:
+            env["ARR_COC_WANDB"] = "1"
+        self.env = env
+
+    def run_config(self, variant: str) -> dict:
+        known = VARIANTS.get(variant)
+        config = known.as_config() if known is not None else {"variant": variant}
+        return {
+            **config,
+            "vlm": self.settings.model or f"testbed:{self.settings.testbed_family}",
+            "scorer": self.settings.scorer or "untrained",
+            "scorer_artifact": self.settings.scorer_artifact,
+            "git_commit": git_commit(),
+            "bento_tag": os.environ.get("BENTOML_BENTO_TAG", os.environ.get("BENTO_TAG", "")),
+        }
+
+    def tracker(self, variant: str):
+        if variant not in self.trackers:
+            self.trackers[variant] = create_tracker(
+                variant, self.run_config(variant), self.tracker_settings, worker_id=os.getpid(), env=self.env
+            )
+        return self.trackers[variant]
+
+    def record(self, variant: str, latency_ms: float, example: tuple | None = None, **fields: Any) -> None:
+        """Hand one request's figures to the tracker; never raises, never blocks."""
+        tracker = self.tracker(variant)
+        if example is not None and tracker.wants_example():
+            image, scored, output, question = example
+            relevance = np.asarray(scored.relevance, dtype=np.float32).reshape(scored.grid)
+            fields["example"] = Example(image, relevance, list(output.kept), question, output.answer)
+        tracker.record(latency_ms, **fields)
+
+    def close(self) -> None:
+        for tracker in self.trackers.values():
+            tracker.close()
