@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: setup run test bench clean
+.PHONY: setup run relevance test bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,11 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
+# The main job: the ARR-COC service on the embedded testbed model (http://localhost:3000).
 run: setup
+	$(BIN)/bentoml serve service:ARRCOC
+
+relevance: setup
 	$(BIN)/arr-coc relevance
 
 test: setup

@@ -1,0 +1,52 @@
+"""The BentoML model store: where bentos get their models.
+
+``import_models`` copies a VLM checkpoint (directory, hub id, or the embedded
+testbed) and optionally a scorer checkpoint into the store as ``arr-coc-vlm`` and
+``arr-coc-scorer``; ``bentoml build`` then bundles them (``bentofile.yaml``
+``models:``) and the container loads them with ``ARR_COC_MODEL=model-store:...``,
+with no hub access at start.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import bentoml
+
+from arr_coc.errors import ModelNotFoundError
+from arr_coc.scorer import RelevanceScorer
+from arr_coc.vlm.loading import _resolve_source, read_family
+from runners.models import SCORER_MODEL_NAME, VLM_MODEL_NAME
+
+CHECKPOINT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktoken"]
+
+
+def local_checkpoint(source: str) -> Path:
+    """A checkpoint directory for ``source``: itself, or a hub snapshot (safetensors and configs only)."""
+    resolved = _resolve_source(source)
+    if Path(resolved).is_dir():
+        return Path(resolved)
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(resolved, allow_patterns=CHECKPOINT_PATTERNS))
+    except Exception as error:  # offline, unknown repo, auth: all mean "not available here"
+        raise ModelNotFoundError(f"cannot download {resolved}: {error}", field="vlm") from error
+
+
+def _copy_into_store(name: str, source: Path, metadata: dict) -> bentoml.Model:
+    with bentoml.models.create(name, metadata=metadata, labels={"project": "arr-coc"}) as model:
+        shutil.copytree(source, model.path, dirs_exist_ok=True)
+    return model
+
+
+def import_models(vlm: str, scorer: str | None = None) -> list[str]:
+    """Store the VLM (and scorer); returns the new tags."""
+    family = read_family(vlm)
+    checkpoint = local_checkpoint(vlm)
+    tags = [str(_copy_into_store(VLM_MODEL_NAME, checkpoint, {"source": str(vlm), "family": family.name}).tag)]
+    if scorer:
+        RelevanceScorer.load(scorer)  # refuse a broken checkpoint before storing it
+        tags.append(str(_copy_into_store(SCORER_MODEL_NAME, Path(scorer), {"source": str(scorer)}).tag))
+    return tags

@@ -1,0 +1,80 @@
+"""`arr-coc models import` + `bentoml build`: the bento holds the service, the models and a Dockerfile."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args: str, env: dict) -> str:
+    result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    home = tmp_path_factory.mktemp("bento")
+    env = {**os.environ, "BENTOML_HOME": str(home / "bentoml"), "ARR_COC_HOME": str(home / "arr-coc"),
+           "BENTOML_DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    scorer = home / "scorer"
+    run(sys.executable, "-c", f"from arr_coc.scorer import RelevanceScorer; RelevanceScorer(64).save({str(scorer)!r})",
+        env=env)  # fmt: skip
+    model_tags = run(sys.executable, "-m", "arr_coc", "models", "import", "--testbed", "qwen2.5-vl",
+                     "--scorer", str(scorer), env=env).split()  # fmt: skip
+    bento_tag = run(sys.executable, "-m", "bentoml", "build", "-o", "tag", env=env).strip().splitlines()[-1]
+    bento_tag = bento_tag.removeprefix("__tag__:")
+    name, version = bento_tag.split(":")
+    return {"env": env, "home": home, "models": model_tags, "tag": bento_tag,
+            "path": home / "bentoml" / "bentos" / name / version}  # fmt: skip
+
+
+def test_models_are_in_the_store(built):
+    assert [t.split(":")[0] for t in built["models"]] == ["arr-coc-vlm", "arr-coc-scorer"]
+    store = built["home"] / "bentoml" / "models"
+    vlm_name, vlm_version = built["models"][0].split(":")
+    assert (store / vlm_name / vlm_version / "config.json").is_file()
+    assert (store / vlm_name / vlm_version / "model.safetensors").is_file()
+
+
+def test_bento_holds_service_models_and_dockerfile(built):
+    bento = built["path"]
+    info = yaml.safe_load((bento / "bento.yaml").read_text())
+    assert info["service"] == "service:ARRCOC"
+    assert sorted(m["tag"] for m in info["models"]) == sorted(built["models"])
+    assert {s["name"] for s in info["services"]} == {"arr-coc", "relevance-runner", "vlm-runner"}
+    for path in ("service.py", "runners/vlm.py", "runners/relevance.py", "arr_coc/scorer.py", "arr_coc/vlm/pipeline.py"):
+        assert (bento / "src" / path).is_file(), path
+    assert not (bento / "src" / "tests").exists()
+    dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()
+    assert "ENTRYPOINT" in dockerfile and "ARR_COC_MODEL=model-store:arr-coc-vlm:latest" in dockerfile
+    requirements = (bento / "env" / "python" / "requirements.txt").read_text()
+    assert "download.pytorch.org/whl/cu12" in requirements and "torch==" in requirements
+
+
+def test_exported_bento_carries_the_model_files(built, tmp_path):
+    archive = tmp_path / "arr-coc.bento"
+    run(sys.executable, "-m", "bentoml", "export", built["tag"], str(archive), env=built["env"])
+    with tarfile.open(archive) as tar:
+        names = [n.removeprefix("./") for n in tar.getnames()]
+    assert any(n.startswith("models/arr-coc-vlm/") and n.endswith("model.safetensors") for n in names)
+    assert any(n.startswith("models/arr-coc-scorer/") and n.endswith("model.safetensors") for n in names)
+    assert "src/service.py" in names and "env/docker/Dockerfile" in names
+
+
+def test_import_refuses_missing_checkpoints(built, tmp_path):
+    env = built["env"]
+    result = subprocess.run([sys.executable, "-m", "arr_coc", "models", "import", "--vlm", str(tmp_path / "nope")],
+                            cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 2 and "model" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "arr_coc", "models", "import", "--testbed", "qwen2.5-vl",
+                             "--scorer", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 2 and "scorer" in result.stderr
