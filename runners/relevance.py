@@ -26,6 +26,16 @@ def _resources(gpu_share: float) -> dict:
     return {"gpu": gpu_share} if gpu_share > 0 else {"cpu": "1"}
 
 
+def batching(max_batch_size: int, max_latency_ms: int) -> dict:
+    """``bentoml.api`` arguments: adaptive batching, or none when ``max_batch_size`` is 1.
+
+    Without batching the API still takes a list (of one item), so callers do not change.
+    """
+    if max_batch_size <= 1:
+        return {"batchable": False}
+    return {"batchable": True, "max_batch_size": max_batch_size, "max_latency_ms": max_latency_ms}
+
+
 @bentoml.service(
     name="relevance-runner",
     resources=_resources(settings.relevance_gpu),
@@ -56,10 +66,6 @@ class RelevanceRunner:
             batch_size=batch_size,
         )
 
-    @bentoml.api(
-        batchable=True,
-        max_batch_size=settings.relevance_max_batch_size,
-        max_latency_ms=settings.relevance_max_latency_ms,
-    )
+    @bentoml.api(**batching(settings.relevance_max_batch_size, settings.relevance_max_latency_ms))
     def score(self, items: list[ScoreItem]) -> list[ScoreOutput]:
         return [self._score_one(item, len(items)) for item in items]

@@ -23,7 +23,7 @@ from arr_coc.settings import get_settings
 from arr_coc.vlm.pipeline import VLMPipeline
 from arr_coc.vlm.types import AnswerRequest, AnswerResult, GenerationParams
 from runners import models
-from runners.relevance import _resources
+from runners.relevance import _resources, batching
 from runners.schemas import AnswerItem, AnswerOutput, RunnerError
 
 settings = get_settings()
@@ -90,11 +90,7 @@ class VLMRunner:
                 outputs.append(error_output(error))
         return outputs
 
-    @bentoml.api(
-        batchable=True,
-        max_batch_size=settings.vlm_max_batch_size,
-        max_latency_ms=settings.vlm_max_latency_ms,
-    )
+    @bentoml.api(**batching(settings.vlm_max_batch_size, settings.vlm_max_latency_ms))
     def answer(self, items: list[AnswerItem]) -> list[AnswerOutput]:
         try:
             results = self.pipeline.answer_batch([to_request(item) for item in items])
@@ -102,11 +98,7 @@ class VLMRunner:
             return self._one_by_one(items)
         return [to_output(result, len(items)) for result in results]
 
-    @bentoml.api(
-        batchable=True,
-        max_batch_size=settings.vlm_max_batch_size,
-        max_latency_ms=settings.vlm_max_latency_ms,
-    )
+    @bentoml.api(**batching(settings.vlm_max_batch_size, settings.vlm_max_latency_ms))
     def select(self, items: list[AnswerItem]) -> list[AnswerOutput]:
         """Kept tokens only (vision pass + selection, no generation), for ``/relevance``."""
         outputs = []

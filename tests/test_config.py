@@ -1,0 +1,74 @@
+"""Settings from ARR_COC_* variables, the variant registry, and the HTTP error mapping."""
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from arr_coc.errors import InvalidBudgetError, UnknownMethodError, UnknownVariantError
+from arr_coc.settings import Settings
+from arr_coc.variants import VARIANTS, ad_hoc, get_variant
+from runners.http_errors import from_exception, rewrite_bentoml_error, status_for_kind
+
+
+def test_defaults_serve_the_testbed_on_cpu(monkeypatch):
+    for key in list(__import__("os").environ):
+        if key.startswith("ARR_COC_"):
+            monkeypatch.delenv(key)
+    settings = Settings()
+    assert settings.model == "" and settings.testbed_family == "qwen2.5-vl"
+    assert settings.device == "auto" and settings.default_variant in VARIANTS
+
+
+def test_environment_overrides(monkeypatch):
+    monkeypatch.setenv("ARR_COC_MODEL", "Qwen/Qwen2.5-VL-3B-Instruct")
+    monkeypatch.setenv("ARR_COC_VLM_MAX_BATCH_SIZE", "16")
+    monkeypatch.setenv("ARR_COC_WANDB", "1")
+    settings = Settings()
+    assert settings.model == "Qwen/Qwen2.5-VL-3B-Instruct" and settings.vlm_max_batch_size == 16 and settings.wandb
+
+
+@pytest.mark.parametrize("key, value", [("ARR_COC_VLM_MAX_BATCH_SIZE", "0"), ("ARR_COC_TESTBED_FAMILY", "llava"),
+                                        ("ARR_COC_WANDB_SAMPLE_RATE", "2")])  # fmt: skip
+def test_bad_settings_are_refused(monkeypatch, key, value):
+    monkeypatch.setenv(key, value)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_registry_has_every_method_at_three_budgets():
+    methods = {v.method for v in VARIANTS.values()}
+    assert methods == {"none", "arr-coc", "uniform", "random", "divprune", "cdpruner"}
+    assert get_variant("arr-coc-25").budget == 0.25 and get_variant("full").method == "none"
+    assert get_variant("divprune-10").as_config()["method"] == "divprune"
+
+
+def test_unknown_variant_and_bad_ad_hoc():
+    with pytest.raises(UnknownVariantError):
+        get_variant("nope")
+    with pytest.raises(UnknownMethodError):
+        ad_hoc("nope", 0.5)
+    with pytest.raises(InvalidBudgetError):
+        ad_hoc("uniform", 1.5)
+    assert ad_hoc("uniform", 10).name == "uniform@10"
+
+
+def test_status_codes_by_kind():
+    assert status_for_kind("invalid_image") == 400
+    assert status_for_kind("image_too_large") == 413
+    assert status_for_kind("invalid_budget") == 422
+
+
+def test_unexpected_failure_is_503():
+    response = from_exception(RuntimeError("CUDA error"))
+    assert response.status_code == 503
+    assert json.loads(response.body) == {"error": "runner_unavailable", "field": None,
+                                         "detail": "a model runner failed: RuntimeError"}  # fmt: skip
+
+
+def test_bentoml_validation_body_is_rewritten():
+    body = {"error": "1 validation error", "detail": [{"type": "string_too_long", "loc": ["question"], "msg": "too long"}]}
+    status, rewritten = rewrite_bentoml_error(400, json.dumps(body).encode())
+    assert status == 422 and rewritten["field"] == "question" and rewritten["error"] == "validation_error"
+    assert rewrite_bentoml_error(400, b"not json") is None
+    assert rewrite_bentoml_error(422, json.dumps({"error": "x", "field": "f", "detail": "d"}).encode()) is None
