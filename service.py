@@ -29,6 +29,7 @@ from arr_coc.query import check_question
 from arr_coc.settings import get_settings
 from arr_coc.variants import Variant, ad_hoc, get_variant
 from runners import http_errors, metrics
+from runners.multipart import MultipartToJson
 from runners.payload import decode_image_field
 from runners.relevance import RelevanceRunner
 from runners.schemas import (AnswerItem, AnswerOutput, AnswerRequestBody, AnswerResponse, GenerationFields,
@@ -185,4 +186,6 @@ class ARRCOC:
         )  # fmt: skip
 
 
+# Outermost first: uploads become JSON, then every 4xx body is made uniform.
+ARRCOC.add_asgi_middleware(MultipartToJson, api_paths=API_ROUTES, max_bytes=settings.max_image_bytes)
 ARRCOC.add_asgi_middleware(http_errors.ErrorBodyMiddleware, api_paths=API_ROUTES)

@@ -70,6 +70,18 @@ def test_data_uri_variant_and_method_budget(http):
     assert custom["variant"] == "uniform@10" and custom["kept_tokens"] == 10
 
 
+def test_multipart_upload_equals_json(http):
+    image = base64.b64decode(SAMPLE)
+    upload = http.post("/answer", files={"image": ("scene.png", image, "image/png")},
+                       data={"question": "Where is the red house?", "max_new_tokens": "6", "budget": "0.5"})  # fmt: skip
+    assert upload.status_code == 200, upload.text
+    assert upload.json()["answer"] == http.post("/answer", json=body(budget=0.5)).json()["answer"]
+    relevance = http.post("/relevance", files={"image": ("s.png", image, "image/png")}, data={"question": "42"})
+    assert relevance.status_code == 200 and relevance.json()["kept_tokens"] == 48
+    bad = http.post("/answer", files={"image": ("x.png", b"not a png", "image/png")}, data={"question": "q"})
+    assert bad.status_code == 400 and bad.json()["field"] == "image"
+
+
 def test_sync_http_client(server, http):
     with bentoml.SyncHTTPClient(server.url, timeout=120) as client:
         result = client.answer(image=SAMPLE, question="Where is the red house?", max_new_tokens=6)
