@@ -78,6 +78,11 @@ class ARRCOC:
     def __init__(self) -> None:
         self.tracking = Tracking(settings)
 
+    @bentoml.on_shutdown
+    def close_tracking(self) -> None:
+        """Flush and finish the W&B runs while this worker can still reach W&B."""
+        self.tracking.close()
+
     async def _prepare(self, body) -> tuple[Variant, bytes, object, str]:
         variant = pick_variant(body)
         question = check_question(body.question, settings.max_question_chars)
@@ -99,7 +104,7 @@ class ARRCOC:
             stop=body.stop, seed=body.seed,
         )  # fmt: skip
 
-    def _failed(self, error: Exception, variant: str, started: float) -> JSONResponse:
+    def _failed(self, error: Exception, variant: Variant | str, started: float) -> JSONResponse:
         response = http_errors.from_exception(error)
         kind = json.loads(response.body)["error"]
         metrics.ERRORS.labels(kind=kind).inc()
@@ -109,21 +114,20 @@ class ARRCOC:
     @bentoml.api(route="/answer", input_spec=AnswerRequestBody)
     async def answer(self, **fields) -> AnswerResponse:
         started, body = time.perf_counter(), AnswerRequestBody.model_construct(**fields)
-        variant_name = body.variant or settings.default_variant
+        variant: Variant | str = body.variant or settings.default_variant
         try:
             variant, data, image, question = await self._prepare(body)
-            variant_name = variant.name
             scored = await self._score(data, question)
             item = self._answer_item(body, variant, data, question, scored)
             output = checked((await self.vlm_runner.to_async.answer([item]))[0])
         except Exception as error:  # every failure becomes one ErrorBody; the server keeps serving
-            return self._failed(error, variant_name, started)
+            return self._failed(error, variant, started)
         metrics.RUNNER_BATCH_SIZE.labels(runner="vlm").observe(output.batch_size)
         timings = {**scored.timings_ms, **output.timings_ms}
         metrics.observe_stages(timings)
         kept_ratio = len(output.kept) / output.total_tokens
         metrics.KEPT_RATIO.labels(variant=variant.name).observe(kept_ratio)
-        self.tracking.record(variant.name, (time.perf_counter() - started) * 1000.0, stages_ms=timings,
+        self.tracking.record(variant, (time.perf_counter() - started) * 1000.0, stages_ms=timings,
                              kept_ratio=kept_ratio, batch_sizes={"relevance": scored.batch_size, "vlm": output.batch_size},
                              example=(image, scored, output, question))  # fmt: skip
         return AnswerResponse(

@@ -74,3 +74,19 @@ class UnsupportedModelError(ArrCocModelError):
 
 class CheckpointFormatError(ArrCocModelError):
     """A scorer checkpoint whose files are missing, not safetensors, or inconsistent."""
+
+
+class UnknownDatasetError(ArrCocInputError):
+    """A dataset name (or split) that no loader knows."""
+
+
+class EmptyDatasetError(ArrCocInputError):
+    """A dataset or evaluation limit that would give no samples."""
+
+
+class InvalidConfigError(ArrCocInputError):
+    """A job config file that does not parse, or parameters outside their ranges."""
+
+
+class NoRunsError(ArrCocInputError):
+    """A run folder, file or W&B project that holds no readable runs."""

@@ -66,13 +66,19 @@ class Server:
         raise TimeoutError(f"server not ready after {SERVE_TIMEOUT_S}s:\n{self.log_path.read_text()[-4000:]}")
 
     def stop(self) -> None:
+        """SIGTERM to `bentoml serve` alone, as a container runtime does; it stops its workers,
+        whose exit handlers (e.g. W&B's) still run. Whatever is left is killed after 60 s."""
         if self.process.poll() is None:
-            os.killpg(self.process.pid, 15)
+            self.process.terminate()
             try:
-                self.process.wait(timeout=30)
+                self.process.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, 9)
-                self.process.wait()
+                pass
+        try:
+            os.killpg(self.process.pid, 9)
+        except ProcessLookupError:
+            pass
+        self.process.wait()
         self.log.close()
 
     def child_pids(self, service_name: str) -> list[int]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from arr_coc.settings import Settings
-from arr_coc.variants import VARIANTS
+from arr_coc.variants import VARIANTS, Variant
 from training_hooks.serve_events import Example
 from training_hooks.tracker import TrackerSettings, create_tracker
 
@@ -45,9 +45,10 @@ class Tracking:
             env["ARR_COC_WANDB"] = "1"
         self.env = env
 
-    def run_config(self, variant: str) -> dict:
-        known = VARIANTS.get(variant)
-        config = known.as_config() if known is not None else {"variant": variant}
+    def run_config(self, variant: Variant | str) -> dict:
+        if isinstance(variant, str):
+            variant = VARIANTS.get(variant, variant)
+        config = variant.as_config() if isinstance(variant, Variant) else {"variant": variant}
         return {
             **config,
             "vlm": self.settings.model or f"testbed:{self.settings.testbed_family}",
@@ -57,15 +58,16 @@ class Tracking:
             "bento_tag": os.environ.get("BENTOML_BENTO_TAG", os.environ.get("BENTO_TAG", "")),
         }
 
-    def tracker(self, variant: str):
-        if variant not in self.trackers:
-            self.trackers[variant] = create_tracker(
-                variant, self.run_config(variant), self.tracker_settings, worker_id=os.getpid(), env=self.env
+    def tracker(self, variant: Variant | str):
+        name = variant.name if isinstance(variant, Variant) else variant
+        if name not in self.trackers:
+            self.trackers[name] = create_tracker(
+                name, self.run_config(variant), self.tracker_settings, worker_id=os.getpid(), env=self.env
             )
-        return self.trackers[variant]
+        return self.trackers[name]
 
-    def record(self, variant: str, latency_ms: float, example: tuple | None = None, **fields: Any) -> None:
-        """Hand one request's figures to the tracker; never raises, never blocks."""
+    def record(self, variant: Variant | str, latency_ms: float, example: tuple | None = None, **fields: Any) -> None:
+        """Hand one request's figures to the tracker of ``variant``; never raises, never blocks."""
         tracker = self.tracker(variant)
         if example is not None and tracker.wants_example():
             image, scored, output, question = example

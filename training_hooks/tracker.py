@@ -25,6 +25,8 @@ import logging
 import os
 import queue
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -49,6 +51,7 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 EXAMPLES_KEY = PREFIX + "examples"
 _WAKE = object()  # wakes the owner thread; carries no event
+DETACHED_IDLE_TIMEOUT = "60s"
 
 
 def tracking_enabled(env: Mapping[str, str] | None = None) -> bool:
@@ -102,6 +105,30 @@ class TrackingBackend(Protocol):
     def finish(self) -> None: ...
 
 
+def use_detached_service(idle_timeout: str = DETACHED_IDLE_TIMEOUT) -> bool:
+    """Run this process's W&B runs on a detached ``wandb-core`` (``wandb beta core start``).
+
+    BentoML stops a worker by sending SIGTERM to it and to its direct children at
+    once; a ``wandb-core`` the SDK spawned itself is such a child and dies before
+    the worker's shutdown hook can finish the run, losing its last, buffered
+    records. A detached core is not our child: it outlives the worker long enough to
+    write everything, then exits ``idle_timeout`` after its last client. Found
+    through ``WANDB_SERVICE``, W&B's documented way to share one. Returns False (and
+    the SDK starts its own core as usual) if it cannot be started.
+    """
+    if os.environ.get("WANDB_SERVICE"):
+        return True
+    command = [sys.executable, "-m", "wandb", "beta", "core", "start", "--idle-timeout", idle_timeout]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+        token = result.stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError) as error:
+        logger.warning("W&B tracking: no detached wandb-core (%s); using the SDK's own", error)
+        return False
+    os.environ["WANDB_SERVICE"] = token
+    return True
+
+
 class WandbBackend:
     """The real backend: one wandb run, one incremental examples table."""
 
@@ -112,6 +139,7 @@ class WandbBackend:
     def start(self, init_kwargs: Mapping[str, Any]) -> None:
         import wandb  # imported in the owner thread, never at import time
 
+        use_detached_service()
         self._wandb = wandb
         settings = wandb.Settings(console="off", silent=True)
         self._run = wandb.init(**init_kwargs, settings=settings, reinit="create_new")

@@ -1,0 +1,45 @@
+"""Quality and latency measures shared by scorer training, evaluation and comparison.
+
+- :func:`recall_at_budget`: the share of the target object's tokens that a
+  selection kept (1.0 = every token of the object reached the VLM);
+- :func:`answer_matches`: whether a generated answer names the expected word;
+- :func:`percentile`: nearest-rank percentile, the one the tracker uses too.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+import torch
+
+_WORD = re.compile(r"[a-z]+")
+
+
+def recall_at_budget(kept: torch.Tensor, target: torch.Tensor) -> float:
+    """``|kept ∩ target| / |target|`` for ``kept [K]`` raster indices and ``target [H', W']`` bool.
+
+    Raises ``ValueError`` for an empty target (its recall is undefined).
+    """
+    flat = target.reshape(-1).bool()
+    total = int(flat.sum())
+    if total == 0:
+        raise ValueError("the target mask is empty")
+    return float(flat[kept.long().cpu()].sum()) / total
+
+
+def answer_matches(answer: str, expected: str) -> bool:
+    """True when every word of ``expected`` occurs among the words of ``answer`` (case-insensitive)."""
+    words = set(_WORD.findall(answer.lower()))
+    wanted = _WORD.findall(expected.lower())
+    return bool(wanted) and all(word in words for word in wanted)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank ``q``-th percentile (``q`` in [0, 100]) of a non-empty sequence."""
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return float(ordered[min(rank, len(ordered)) - 1])

@@ -1,0 +1,126 @@
+"""What training needs of the frozen VLM, computed once per sample.
+
+The scorer trains against the VLM's view of each image, but the VLM itself never
+runs in the training loop: :func:`encode_dataset` runs the processor once per
+sample and keeps the resized image ``[3, H, W]``, the token grid ``(H', W')``,
+the query embedding ``[D]`` and the target mask ``[H', W']``; for the held-out
+split also the merger features ``[N, D]`` that ``divprune`` and ``cdpruner``
+select on.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from arr_coc.errors import EmptyDatasetError, InvalidGridError
+from arr_coc.synthetic import Dataset, GridFn
+from arr_coc.vlm.grid import merged_grid, resized_image
+from arr_coc.vlm.inputs import prepare_image, resized_size
+from arr_coc.vlm.pipeline import VLMPipeline
+from arr_coc.vlm.pruning import encode_images
+
+
+@dataclass
+class CachedSample:
+    """One sample as the scorer sees it.
+
+    image: ``[3, H, W]`` float in [0, 1], the processor's resized image.
+    grid: ``(H', W')`` visual tokens.
+    query: ``[D]`` float32 question embedding.
+    target: ``[H', W']`` bool mask of the object the question is about.
+    features: ``[N, D]`` merger outputs, or ``None`` when not encoded.
+    """
+
+    image: torch.Tensor
+    grid: tuple[int, int]
+    query: torch.Tensor
+    target: torch.Tensor
+    features: torch.Tensor | None
+    question: str
+    answer: str
+    kind: str
+
+
+def processor_grid(processor) -> GridFn:
+    """``grid_for(width, height)``: the merged token grid the VLM's processor gives that image."""
+    image_processor = processor.image_processor
+    factor = int(image_processor.patch_size) * int(image_processor.merge_size)
+
+    def grid_for(width: int, height: int) -> tuple[int, int]:
+        resized_h, resized_w = resized_size(image_processor, width, height)
+        return resized_h // factor, resized_w // factor
+
+    return grid_for
+
+
+@torch.no_grad()
+def encode_sample(pipeline: VLMPipeline, sample, with_features: bool) -> CachedSample:
+    """One processor pass (plus one vision pass ``with_features``) for one dataset sample."""
+    vlm = pipeline.vlm
+    image_processor = vlm.processor.image_processor
+    batch = image_processor(images=[prepare_image(image_processor, sample.image)], return_tensors="pt")
+    thw = batch["image_grid_thw"][0]
+    grid = merged_grid(thw, int(image_processor.merge_size))
+    if tuple(sample.target_mask.shape) != grid:
+        raise InvalidGridError(
+            f"the dataset's target mask is {tuple(sample.target_mask.shape)} but the VLM's grid is {grid}",
+            field="target_mask",
+        )
+    features = None
+    if with_features:
+        features = encode_images(vlm, [batch["pixel_values"]], [thw])[0].features.float().cpu()
+    return CachedSample(
+        image=resized_image(batch["pixel_values"], thw, image_processor),
+        grid=grid,
+        query=pipeline.question_embedding(sample.question).float().cpu(),
+        target=sample.target_mask.bool(),
+        features=features,
+        question=sample.question,
+        answer=sample.answer,
+        kind=sample.kind,
+    )
+
+
+def encode_dataset(pipeline: VLMPipeline, dataset: Dataset, *, with_features: bool = False,
+                   desc: str = "encode", progress: bool = True) -> list[CachedSample]:  # fmt: skip
+    """Every sample of ``dataset`` through :func:`encode_sample`, with a tqdm bar."""
+    if len(dataset) == 0:
+        raise EmptyDatasetError("the dataset has no samples", field="dataset")
+    indices = tqdm(range(len(dataset)), desc=desc, disable=not progress, leave=False)
+    return [encode_sample(pipeline, dataset[i], with_features) for i in indices]
+
+
+def batches(samples: Sequence[CachedSample], batch_size: int, seed: int) -> Iterator[list[CachedSample]]:
+    """Endless shuffled batches of samples that share an image size (so they stack).
+
+    Each pass shuffles every size bucket with ``random.Random(seed + pass)``;
+    a bucket's last short batch is used too.
+    """
+    buckets: dict[tuple[int, ...], list[CachedSample]] = defaultdict(list)
+    for sample in samples:
+        buckets[tuple(sample.image.shape)].append(sample)
+    epoch = 0
+    while True:
+        rng = random.Random(seed + epoch)
+        chunks = []
+        for bucket in buckets.values():
+            order = list(bucket)
+            rng.shuffle(order)
+            chunks.extend(order[i : i + batch_size] for i in range(0, len(order), batch_size))
+        rng.shuffle(chunks)
+        yield from chunks
+        epoch += 1
+
+
+def stack(batch: Sequence[CachedSample]) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor, torch.Tensor]:
+    """``images [B, 3, H, W]``, ``grid``, ``queries [B, D]``, ``targets [B, H', W']`` of a same-size batch."""
+    images = torch.stack([s.image for s in batch])
+    queries = torch.stack([s.query for s in batch])
+    targets = torch.stack([s.target for s in batch])
+    return images, batch[0].grid, queries, targets

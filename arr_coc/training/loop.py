@@ -1,0 +1,152 @@
+"""The scorer training loop: AdamW on the relevance loss, with a logger hook.
+
+:func:`train_scorer` knows nothing of W&B: it reports through a
+:class:`TrainLogger` (``training_hooks`` provides the W&B one; tests may pass
+their own). Per step it reports the loss and its parts, the learning rate and the
+gradient norms (total and per module, before clipping); every
+``heatmap_every`` steps and at the end, heatmaps of a few held-out samples; every
+``eval_every`` steps and at the end, the held-out recall table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from arr_coc.attending import allocate
+from arr_coc.heatmap import overlay
+from arr_coc.scorer import RelevanceScorer
+from arr_coc.training.config import TrainConfig
+from arr_coc.training.data import CachedSample, batches, stack
+from arr_coc.training.loss import relevance_loss
+from arr_coc.training.recall import RecallTable, recall_table
+
+HEATMAP_SAMPLES = 4
+HEATMAP_BUDGET = 0.25
+MAX_GRAD_NORM = 5.0
+
+
+class TrainLogger(Protocol):
+    """Where the loop reports; every method may be a no-op."""
+
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+
+    def heatmaps(self, panels: list[tuple[Image.Image, str]], step: int) -> None: ...
+
+    def recall(self, table: RecallTable, step: int) -> None: ...
+
+
+class NullLogger:
+    """Reports nowhere."""
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def heatmaps(self, panels: list[tuple[Image.Image, str]], step: int) -> None:
+        pass
+
+    def recall(self, table: RecallTable, step: int) -> None:
+        pass
+
+
+@dataclass
+class TrainResult:
+    """The trained scorer (eval mode), its final held-out recall and the per-step losses."""
+
+    scorer: RelevanceScorer
+    recall: RecallTable
+    losses: list[float] = field(default_factory=list)
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """``[3, H, W]`` float in [0, 1] -> RGB PIL image."""
+    array = (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    return Image.fromarray(np.ascontiguousarray(array), "RGB")
+
+
+@torch.no_grad()
+def heatmap_panels(scorer: RelevanceScorer, samples: Sequence[CachedSample]) -> list[tuple[Image.Image, str]]:
+    """Per sample: relevance overlay with the arr-coc 25 % selection | target mask overlay, captioned."""
+    panels = []
+    for sample in samples:
+        relevance = scorer(sample.image[None], sample.grid, sample.query[None])[0].float().cpu()
+        (kept,) = allocate(relevance[None], HEATMAP_BUDGET, "arr-coc")
+        picture = to_pil(sample.image)
+        left = overlay(picture, relevance, kept)
+        right = overlay(picture, sample.target.float())
+        panel = Image.new("RGB", (left.width * 2 + 4, left.height), (255, 255, 255))
+        panel.paste(left, (0, 0))
+        panel.paste(right, (left.width + 4, 0))
+        panels.append((panel, f"{sample.question} -> {sample.answer} (left: relevance, kept 25 %; right: target)"))
+    return panels
+
+
+def grad_norms(scorer: RelevanceScorer) -> dict[str, float]:
+    """L2 norm of the gradients: ``total`` and one per top-level module."""
+    norms = {}
+    for name, module in scorer.named_children():
+        grads = [p.grad.detach().norm() for p in module.parameters() if p.grad is not None]
+        norms[name] = float(torch.stack(grads).norm()) if grads else 0.0
+    norms["total"] = math.sqrt(sum(v * v for v in norms.values()))
+    return norms
+
+
+def cosine_schedule(config: TrainConfig):
+    """Linear warmup to the peak, then cosine decay to 10 % of it."""
+
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def train_scorer(config: TrainConfig, train: Sequence[CachedSample], heldout: Sequence[CachedSample],
+                 query_dim: int, logger: TrainLogger | None = None, progress: bool = True) -> TrainResult:  # fmt: skip
+    """Train a fresh :class:`RelevanceScorer` for ``config.steps`` steps; returns it with its held-out recall."""
+    logger = logger or NullLogger()
+    torch.manual_seed(config.seed)
+    scorer = RelevanceScorer(query_dim, hidden=config.hidden, embed_dim=config.embed_dim, seed=config.seed)
+    scorer.train()
+    optimizer = torch.optim.AdamW(scorer.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(config))
+    shown = list(heldout[:HEATMAP_SAMPLES])
+    stream = batches(train, config.batch_size, config.seed)
+    losses: list[float] = []
+    bar = tqdm(range(1, config.steps + 1), desc="train-scorer", disable=not progress)
+    for step in bar:
+        images, grid, queries, targets = stack(next(stream))
+        relevance = scorer(images, grid, queries)
+        loss, parts = relevance_loss(relevance, targets, bce_weight=config.bce_weight,
+                                     rank_weight=config.rank_weight, temperature=config.rank_temperature)  # fmt: skip
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norms = grad_norms(scorer)
+        torch.nn.utils.clip_grad_norm_(scorer.parameters(), MAX_GRAD_NORM)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        metrics = {"train/loss": losses[-1], "train/lr": lr, **{f"train/{k}": v for k, v in parts.items()}}
+        metrics.update({f"train/grad_norm/{k}": v for k, v in norms.items()})
+        logger.log(metrics, step)
+        last = step == config.steps
+        if config.heatmap_every and step % config.heatmap_every == 0 and not last:
+            logger.heatmaps(heatmap_panels(scorer, shown), step)
+        if config.eval_every and step % config.eval_every == 0 and not last:
+            logger.recall(recall_table(scorer, heldout, config.methods, config.budgets, config.seed), step)
+    scorer.eval()
+    final = recall_table(scorer, heldout, config.methods, config.budgets, config.seed)
+    logger.heatmaps(heatmap_panels(scorer, shown), config.steps)
+    logger.recall(final, config.steps)
+    return TrainResult(scorer, final, losses)

@@ -1,0 +1,118 @@
+"""``arr-coc eval`` runs read back, the Launch override of an eval job, ``arr-coc compare``
+over two eval runs, and the exit codes of bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from arr_coc.cli import main
+from wandb_jobs import arr_coc, launch_env, offline_env
+from training_hooks.runfile import find_run_files, read_run
+
+EVAL_ARGS = ["--limit", "2", "--size", "4", "--image-size", "112", "--max-new-tokens", "2"]
+
+
+@pytest.fixture(scope="module")
+def eval_runs(tmp_path_factory, testbed_dir):
+    """Two eval runs in one WANDB_DIR: arr-coc-25 from flags, uniform@0.5 from Launch overrides."""
+    root = tmp_path_factory.mktemp("eval")
+    model = str(testbed_dir())
+    plain = arr_coc(["eval", "--variant", "arr-coc-25", "--model", model, *EVAL_ARGS], offline_env(root), root)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    overrides = {"method": "uniform", "budget": 0.5, "limit": 3}
+    launched = arr_coc(["eval", "--variant", "arr-coc-25", "--model", model, *EVAL_ARGS],
+                       launch_env(root, overrides), root)  # fmt: skip
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    runs = {run.group: run for run in map(read_run, find_run_files(root / "dir"))}
+    return root, runs, plain.stdout + launched.stdout
+
+
+def test_eval_run_holds_variant_config_and_summary(eval_runs, testbed_dir) -> None:
+    _, runs, _ = eval_runs
+    run = runs["arr-coc-25"]
+    assert (run.job_type, run.name, run.exit_code) == ("eval", "eval-arr-coc-25", 0)
+    config = run.config
+    assert (config["variant"], config["method"], config["budget"]) == ("arr-coc-25", "arr-coc", 0.25)
+    assert config["vlm"] == str(testbed_dir()) and config["limit"] == 2
+    s = run.summary
+    assert s["samples"] == 2 and 0.0 <= s["accuracy"] <= 1.0 and 0.0 <= s["recall"] <= 1.0
+    assert s["kept_tokens_mean"] == 4 and s["total_tokens_mean"] == 16  # 112 px -> 4 x 4 tokens, 25 % kept
+    assert s["kept_ratio"] == 0.25
+    assert 0 < s["latency_p50_ms"] <= s["latency_p95_ms"] and s["throughput_rps"] > 0
+    assert {"vision_p50_ms", "scoring_p50_ms", "prefill_p50_ms", "decode_p95_ms"} <= set(s)
+    assert run.metric("eval/kept_tokens") == [4, 4]
+    assert len(run.metric("eval/latency_ms/prefill")) == 2
+    assert s["examples"]["nrows"] == 2
+
+
+def test_launch_overrides_reach_the_eval_job(eval_runs) -> None:
+    _, runs, _ = eval_runs
+    run = runs["uniform@0.5"]  # the group follows the overridden variant
+    assert (run.config["variant"], run.config["method"], run.config["budget"]) == ("uniform@0.5", "uniform", 0.5)
+    assert run.config["limit"] == 3 and run.summary["samples"] == 3
+    assert run.summary["kept_ratio"] == 0.5 and run.metric("eval/kept_tokens") == [8, 8, 8]
+
+
+def test_compare_prints_both_variants_and_writes_plots(eval_runs, tmp_path: Path, capsys) -> None:
+    root, runs, _ = eval_runs
+    assert main(["compare", str(root / "dir"), "--out", str(tmp_path / "plots")]) == 0
+    table = capsys.readouterr().out.splitlines()
+    header = table[0].split()
+    assert header[:3] == ["variant", "job", "runs"] and "latency_p95_ms" in header and "throughput_rps" in header
+    rows = {line.split()[0]: line.split() for line in table[1:] if line.split() and line.split()[0] != "wrote"}
+    assert set(rows) == {"arr-coc-25", "uniform@0.5"}
+    kept = header.index("kept_ratio")
+    assert (rows["arr-coc-25"][kept], rows["uniform@0.5"][kept]) == ("0.25", "0.5")
+    p95 = header.index("latency_p95_ms")
+    assert float(rows["uniform@0.5"][p95]) == pytest.approx(runs["uniform@0.5"].summary["latency_p95_ms"], rel=1e-3)
+    for name in ("quality_vs_kept_ratio.png", "latency_vs_kept_ratio.png"):
+        with Image.open(tmp_path / "plots" / name) as image:
+            assert image.format == "PNG" and image.size == (800, 520)
+            assert len(image.getcolors(1 << 16)) > 10  # axes, points and text were drawn
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["eval", "--variant", "nope-25"], "unknown variant 'nope-25'"),
+        (["eval", "--method", "arr-coc", "--budget", "1.5"], "budget"),
+        (["eval", "--method", "sharpen", "--budget", "0.5"], "unknown method 'sharpen'"),
+        (["eval"], "name a --variant, or a --method with a --budget"),
+        (["eval", "--variant", "full", "--limit", "0"], "limit must be >= 1"),
+        (["eval", "--variant", "full", "--dataset", "coco"], "unknown dataset 'coco'"),
+        (["compare", "/nonexistent/runs"], "no such run folder or file: /nonexistent/runs"),
+        (["compare", "my-team/arr-coc"], "cannot read W&B project 'my-team/arr-coc'"),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_message(args, message, tmp_path, monkeypatch, capsys) -> None:
+    for key, value in offline_env(tmp_path).items():
+        if key.startswith(("WANDB_", "ARR_COC_HOME")):
+            monkeypatch.setenv(key, value)
+    monkeypatch.setenv("WANDB_API_KEY", "")
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert find_run_files(tmp_path / "dir") == []  # rejected before any run or model load
+
+
+def test_bad_config_files_exit_2(tmp_path: Path, capsys) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("steps: [1, 2\n")
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text('{"stepz": 3}')
+    listing = tmp_path / "list.json"
+    listing.write_text("[1, 2]")
+    for path, message in ((broken, "does not parse"), (unknown, "stepz"), (listing, "must hold a mapping"),
+                          (tmp_path / "missing.yaml", "cannot read")):  # fmt: skip
+        assert main(["train-scorer", "--config", str(path)]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_missing_model_dir_and_empty_dataset_exit_2(tmp_path: Path) -> None:
+    env = offline_env(tmp_path)
+    done = arr_coc(["eval", "--variant", "uniform-25", "--model", str(tmp_path / "no-model")], env, tmp_path)
+    assert done.returncode == 2 and "no checkpoint directory" in done.stderr
+    done = arr_coc(["train-scorer", "--train-size", "0"], env, tmp_path)
+    assert done.returncode == 2 and "train_size" in done.stderr

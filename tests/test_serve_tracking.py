@@ -1,0 +1,44 @@
+"""The real server with W&B tracking on (offline): the serve run holds config and windows."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from serving import Server, b64_png
+from drawing import scene
+from training_hooks.runfile import find_run_files, read_run
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def test_serve_run_records_windows_and_variant_config(tmp_path):
+    server = Server(tmp_path, ARR_COC_WANDB="1", ARR_COC_WANDB_WINDOW_S="1", ARR_COC_WANDB_SAMPLE_RATE="1",
+                    ARR_COC_DEPLOYMENT="ci")  # fmt: skip
+    image = b64_png(scene(224, 168))
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=120) as http:
+            for budget in (0.25, 0.25, 0.5):
+                response = http.post("/answer", json={"image": image, "question": "Where?", "budget": budget,
+                                                      "max_new_tokens": 3, "variant": "uniform-25"})  # fmt: skip
+                assert response.status_code == 200, response.text
+            assert http.post("/answer", json={"image": image, "question": "Where?", "budget": 0}).status_code == 422
+            time.sleep(2.5)  # let a window close
+    finally:
+        server.stop()
+    runs = [read_run(path) for path in find_run_files(tmp_path / "wandb")]
+    assert runs, (tmp_path / "serve.log").read_text()[-3000:]
+    by_group = {run.group: run for run in runs}
+    ad_hoc = by_group["uniform@0.25"]
+    assert ad_hoc.job_type == "serve"
+    assert ad_hoc.config["method"] == "uniform" and ad_hoc.config["budget"] == 0.25
+    assert ad_hoc.config["vlm"] == "testbed:qwen2.5-vl" and "git_commit" in ad_hoc.config
+    requests = sum(row.get("serve/requests", 0) for row in ad_hoc.history)
+    assert requests == 2
+    assert ad_hoc.summary["requests"] == 2 and ad_hoc.summary["latency_p50_ms"] > 0
+    assert any("serve/kept_ratio/mean" in row for row in ad_hoc.history)
+    failed = by_group["arr-coc-25"]
+    assert failed.summary["errors"] == 1

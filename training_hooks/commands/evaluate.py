@@ -1,0 +1,37 @@
+"""``arr-coc eval``: run a variant over a dataset, tracked as a W&B job (``job_type=eval``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from arr_coc.commands.relevance import parse_budget
+
+
+def run(args: argparse.Namespace) -> int:
+    from training_hooks.eval_job import run_eval_job
+
+    values = {"variant": args.variant or "", "method": args.method or "", "budget": args.budget,
+              "dataset": args.dataset, "size": args.size, "limit": args.limit, "seed": args.seed,
+              "image_size": args.image_size, "batch_size": args.batch_size,
+              "max_new_tokens": args.max_new_tokens, "model": args.model or "", "scorer": args.scorer or ""}  # fmt: skip
+    return run_eval_job({k: v for k, v in values.items() if v is not None}, wandb_mode=args.wandb, device=args.device)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("eval", help="evaluate a variant on a dataset (W&B job_type=eval)")
+    parser.add_argument("--variant", help="a registered variant, e.g. arr-coc-25, uniform-10, full")
+    parser.add_argument("--method", help="ad-hoc variant: none, uniform, random, arr-coc, divprune, cdpruner")
+    parser.add_argument("--budget", type=parse_budget, help="ad-hoc variant: tokens kept, a count or a ratio")
+    parser.add_argument("--dataset", default="synthetic", help="dataset name (built in: synthetic)")
+    parser.add_argument("--size", type=int, default=64, help="samples in the held-out split")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N samples")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--image-size", type=int, default=336, help="side of the synthetic images, pixels")
+    parser.add_argument("--batch-size", type=int, default=1, help="requests per answer_batch call")
+    parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument("--model", help="VLM hub id or directory (default: the embedded qwen2.5-vl testbed)")
+    parser.add_argument("--scorer", help="relevance scorer checkpoint directory (default: the variant's)")
+    parser.add_argument("--device", help="cpu (default), cuda, cuda:N")
+    parser.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "off"],
+                        help="auto: online with WANDB_API_KEY, else offline (WANDB_MODE wins)")  # fmt: skip
+    parser.set_defaults(func=run)

@@ -1,0 +1,138 @@
+"""``arr-coc eval`` as a W&B job (``job_type="eval"``, ``group`` = the variant).
+
+The run config is ``variant.as_config()`` plus the model and the evaluation
+parameters, so every variant's runs meet on the same panels; ``run.summary``
+holds what parallel-coordinates panels read: accuracy, recall, kept tokens and
+ratio, latency p50/p95 (total and per stage), throughput. History: one row per
+sample (correct, recall, kept ratio, latency by stage); a table of the first
+examples with their relevance heatmaps.
+
+Which variant: ``--variant NAME`` takes a registered one; ``--method``/``--budget``
+(alone or on top of a variant) make an ad-hoc ``method@budget`` one. A Launch
+override of ``variant`` alone picks that variant whole; overrides of ``method``
+or ``budget`` act like the flags.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from arr_coc.errors import EmptyDatasetError, InvalidConfigError
+from arr_coc.synthetic import check_dataset
+from arr_coc.training.config import validate
+from arr_coc.variants import Variant, ad_hoc, get_variant
+from training_hooks.jobrun import declare_launch_inputs, launch_overrides, resolve_mode, start_run
+
+EXAMPLES = 16  # samples with heatmaps in the examples table
+
+
+class EvalParams(BaseModel):
+    """The parameters of one evaluation (flags, or Launch overrides of the run config)."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+    variant: str = ""
+    method: str = ""
+    budget: int | float | None = None
+    dataset: str = "synthetic"
+    size: int = Field(64, ge=1, description="samples in the held-out split")
+    limit: int | None = Field(None, description="evaluate only the first N samples")
+    seed: int = Field(0, ge=0)
+    image_size: int = Field(336, ge=56)
+    batch_size: int = Field(1, ge=1)
+    max_new_tokens: int = Field(8, ge=1)
+    model: str = ""
+    scorer: str = ""
+
+
+def resolve_variant(params: EvalParams) -> Variant:
+    """The variant ``params`` describe (typed errors for unknown names, methods, bad budgets, datasets)."""
+    check_dataset(params.dataset)
+    base = get_variant(params.variant) if params.variant else None
+    method = params.method or (base.method if base else "")
+    budget = params.budget if params.budget is not None else (base.budget if base else None)
+    if not method or budget is None:
+        raise InvalidConfigError("name a --variant, or a --method with a --budget", field="variant")
+    if base is not None and (base.method, base.budget) == (method, budget):
+        variant = base
+    else:
+        variant = ad_hoc(method, budget)
+    scorer = params.scorer or variant.scorer
+    return variant.model_copy(update={"scorer": scorer, "vlm": params.model or variant.vlm})
+
+
+def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> EvalParams:
+    """``values`` with ``overrides`` on top; a new ``variant`` alone drops the old method/budget."""
+    merged = dict(values)
+    if "variant" in overrides and not {"method", "budget"} & set(overrides):
+        merged.update(method="", budget=None)
+    merged.update(overrides)
+    return validate(EvalParams, merged)
+
+
+def run_config(variant: Variant, params: EvalParams) -> dict[str, Any]:
+    """The W&B run config: the variant, the model, and the evaluation parameters."""
+    extra = params.model_dump(exclude={"variant", "method", "budget", "scorer"})
+    return variant.as_config(**extra)
+
+
+def run_eval_job(values: dict[str, Any], *, wandb_mode: str = "auto", device: str | None = None) -> int:
+    """Resolve the variant, evaluate it, log; returns the exit code (0)."""
+    params = validate(EvalParams, values)
+    resolve_variant(params)  # bad flags are reported as such, before overrides
+    params = apply_overrides(params.model_dump(), launch_overrides())
+    variant = resolve_variant(params)
+    if params.limit is not None and params.limit < 1:
+        raise EmptyDatasetError(f"limit must be >= 1, got {params.limit}: nothing to evaluate", field="limit")
+    run = start_run(job_type="eval", config=run_config(variant, params), mode=resolve_mode(wandb_mode),
+                    group=variant.name, name=f"eval-{variant.name}", tags=(variant.method,))  # fmt: skip
+    try:
+        declare_launch_inputs(["variant", "method", "budget", "limit", "size", "model", "batch_size"])
+        summary = _evaluate_and_log(run, variant, params, device)
+    except BaseException:
+        run.finish(exit_code=1)
+        raise
+    run.finish()
+    shown = ("samples", "accuracy", "recall", "kept_ratio", "latency_p50_ms", "latency_p95_ms", "throughput_rps")
+    print(f"{variant.name}: " + ", ".join(f"{key} {summary[key]:.4g}" for key in shown), file=sys.stdout)
+    return 0
+
+
+def _evaluate_and_log(run, variant: Variant, params: EvalParams, device: str | None) -> dict[str, float]:
+    import wandb
+    from tqdm.auto import tqdm
+
+    from arr_coc.evaluation import Stopwatch, evaluate_variant, sample_count, summarize
+    from arr_coc.heatmap import overlay
+    from arr_coc.synthetic import load_dataset
+    from arr_coc.training.data import processor_grid
+    from arr_coc.vlm.pipeline import VLMPipeline
+
+    pipeline = VLMPipeline.from_pretrained(params.model or None, scorer=variant.scorer or None,
+                                           device=device or "cpu", dtype="fp32")  # fmt: skip
+    dataset = load_dataset(params.dataset, "heldout", params.size, seed=params.seed, image_size=params.image_size,
+                           grid_for=processor_grid(pipeline.vlm.processor))  # fmt: skip
+    count = sample_count(dataset, params.limit)
+    table = wandb.Table(columns=["question", "expected", "answer", "correct", "recall", "kept", "heatmap"])
+    records = []
+    clock = Stopwatch()
+    stream = evaluate_variant(pipeline, variant, dataset, limit=count, batch_size=params.batch_size,
+                              max_new_tokens=params.max_new_tokens, seed=params.seed)  # fmt: skip
+    for record in tqdm(stream, total=count, desc=f"eval {variant.name}", leave=False):
+        records.append(record)
+        result = record.result
+        row = {"eval/correct": float(record.correct), "eval/recall": record.recall,
+               "eval/kept_ratio": result.kept_ratio, "eval/kept_tokens": result.kept_tokens}  # fmt: skip
+        row.update({f"eval/latency_ms/{stage}": ms for stage, ms in result.timings_ms.items()})
+        run.log(row, step=record.index)
+        if record.index < EXAMPLES:
+            heatmap = overlay(record.sample.image, result.relevance, result.kept)
+            table.add_data(record.sample.question, record.sample.answer, result.answer, record.correct,
+                           record.recall, result.kept_tokens, wandb.Image(heatmap))  # fmt: skip
+    summary = summarize(records, clock.elapsed_s)
+    run.log({"examples": table})
+    run.summary.update(summary)
+    return summary
