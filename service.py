@@ -148,17 +148,24 @@ class ARRCOC:
 
         async def events():
             buffer = ""
-            async for chunk in self.vlm_runner.to_async.stream(item):
-                buffer += chunk
-                *lines, buffer = buffer.split("\n")
-                for line in filter(None, lines):
-                    event = json.loads(line)
-                    if "delta" in event:
-                        yield f"data: {json.dumps({'delta': event['delta']})}\n\n"
-                    else:
-                        name = "done" if "done" in event else "error"
-                        payload = {**event.get("done", event.get("error", {})), "variant": variant.name}
-                        yield f"event: {name}\ndata: {json.dumps(payload)}\n\n"
+            try:
+                async for chunk in self.vlm_runner.to_async.stream(item):
+                    buffer += chunk
+                    *lines, buffer = buffer.split("\n")
+                    for event in map(json.loads, filter(None, lines)):
+                        if "delta" in event:
+                            yield f"data: {json.dumps({'delta': event['delta']})}\n\n"
+                        elif "done" in event:
+                            done = event["done"]
+                            self.tracking.record(variant, (time.perf_counter() - started) * 1000.0,
+                                                 stages_ms=done["timings_ms"],
+                                                 kept_ratio=len(done["kept"]) / done["total_tokens"])  # fmt: skip
+                            yield f"event: done\ndata: {json.dumps({**done, 'variant': variant.name})}\n\n"
+                        else:
+                            yield f"event: error\ndata: {json.dumps(event['error'])}\n\n"
+            except Exception as error:  # the runner failed mid-stream: end the stream with an error event
+                body = json.loads(self._failed(error, variant, started).body)
+                yield f"event: error\ndata: {json.dumps(body)}\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
 

@@ -14,6 +14,12 @@ from arr_coc.errors import ArrCocError
 
 COMMAND_MODULES = [
     "arr_coc.commands.relevance",
+    "arr_coc.commands.testbed",
+    "arr_coc.commands.answer",
+    "arr_coc.commands.models",
+    "training_hooks.commands.train_scorer",
+    "training_hooks.commands.evaluate",
+    "training_hooks.commands.compare",
 ]
 
 

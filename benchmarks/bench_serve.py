@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from drawing import gradient, noise, scene, shapes  # noqa: E402
 from serving import Server, b64_png  # noqa: E402
 
+FAILURES: set[str] = set()
 IMAGES = [scene(448, 336), shapes(300, 200, seed=1), gradient(200, 260), noise(224, 224, seed=2)]
 
 
@@ -46,7 +47,10 @@ def load(url: str, requests: list[dict], concurrency: int) -> tuple[float, float
         def one(body: dict) -> float | None:
             start = time.perf_counter()
             response = client.post("/answer", json=body)
-            return (time.perf_counter() - start) * 1000.0 if response.status_code == 200 else None
+            if response.status_code != 200:
+                FAILURES.add(f"{response.status_code} {response.text[:160]}")
+                return None
+            return (time.perf_counter() - start) * 1000.0
 
         start = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
@@ -108,6 +112,8 @@ def main() -> None:
     print(f"{'configuration':<42} {'conc':>4} {'req/s':>7} {'x base':>7} {'p50 ms':>8} {'p95 ms':>8} {'failed':>6}")
     for name, concurrency, rate, p50, p95, failed in rows:
         print(f"{name:<42} {concurrency:>4} {rate:>7.1f} {rate / base:>7.2f} {p50:>8.1f} {p95:>8.1f} {failed:>6}")
+    for failure in sorted(FAILURES):
+        print("failure:", failure)
 
 
 if __name__ == "__main__":

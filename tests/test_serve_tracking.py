@@ -9,14 +9,17 @@ import pytest
 
 from serving import Server, b64_png
 from drawing import scene
+from arr_coc.scorer import RelevanceScorer
 from training_hooks.runfile import find_run_files, read_run
 
 pytestmark = pytest.mark.timeout(600)
 
 
 def test_serve_run_records_windows_and_variant_config(tmp_path):
+    scorer = RelevanceScorer(64, seed=3).save(tmp_path / "scorer")  # a "trained" scorer for the testbed's 64-d queries
     server = Server(tmp_path, ARR_COC_WANDB="1", ARR_COC_WANDB_WINDOW_S="1", ARR_COC_WANDB_SAMPLE_RATE="1",
-                    ARR_COC_DEPLOYMENT="ci")  # fmt: skip
+                    ARR_COC_DEPLOYMENT="ci", ARR_COC_SCORER=str(scorer),
+                    ARR_COC_SCORER_ARTIFACT="arr-coc/relevance-scorer:v3")  # fmt: skip
     image = b64_png(scene(224, 168))
     try:
         server.wait_ready()
@@ -36,6 +39,8 @@ def test_serve_run_records_windows_and_variant_config(tmp_path):
     assert ad_hoc.job_type == "serve"
     assert ad_hoc.config["method"] == "uniform" and ad_hoc.config["budget"] == 0.25
     assert ad_hoc.config["vlm"] == "testbed:qwen2.5-vl" and "git_commit" in ad_hoc.config
+    assert ad_hoc.config["scorer"] == str(scorer)
+    assert ad_hoc.config["scorer_artifact"] == "arr-coc/relevance-scorer:v3"
     requests = sum(row.get("serve/requests", 0) for row in ad_hoc.history)
     assert requests == 2
     assert ad_hoc.summary["requests"] == 2 and ad_hoc.summary["latency_p50_ms"] > 0

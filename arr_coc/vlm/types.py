@@ -37,6 +37,8 @@ class AnswerRequest:
     image: RGB PIL image (see ``arr_coc.images.load_image``).
     method: a name registered in ``arr_coc.attending.SELECTORS``.
     budget: kept visual tokens, a count (int >= 1) or a ratio (float in (0, 1]).
+    relevance: ``[H', W']`` scores already computed for this image and question
+        (by the relevance runner); ``None`` lets the pipeline run its own scorer.
     """
 
     image: Image.Image
@@ -44,6 +46,7 @@ class AnswerRequest:
     method: str = "arr-coc"
     budget: int | float = 0.25
     generation: GenerationParams = field(default_factory=GenerationParams)
+    relevance: torch.Tensor | None = None
 
 
 @dataclass

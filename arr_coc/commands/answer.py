@@ -1,0 +1,90 @@
+"""``arr-coc answer IMAGE QUESTION``: answer from the relevance-pruned visual tokens.
+
+Without ``--model`` the VLM is the embedded qwen2.5-vl testbed (built on first
+use), whose answers are noise; ``--model`` takes a hub id or a checkpoint
+directory of Qwen2-VL, Qwen2.5-VL or Qwen3-VL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from transformers.utils import logging as hf_logging
+
+from arr_coc.commands.relevance import parse_budget
+from arr_coc.images import load_image
+from arr_coc.vlm.pipeline import VLMPipeline
+from arr_coc.vlm.types import AnswerRequest, AnswerResult, GenerationParams
+
+
+def result_json(result: AnswerResult) -> dict:
+    """The ``--json`` object: answer, token_ids, kept_tokens, total_tokens, kept, timings_ms (+ grid)."""
+    return {
+        "answer": result.answer,
+        "token_ids": list(result.token_ids),
+        "kept_tokens": result.kept_tokens,
+        "total_tokens": result.total_tokens,
+        "kept": result.kept.tolist(),
+        "grid": list(result.grid),
+        "timings_ms": {stage: round(ms, 3) for stage, ms in result.timings_ms.items()},
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    hf_logging.disable_progress_bar()
+    pipeline = VLMPipeline.from_pretrained(args.model, scorer=args.scorer, device=args.device, dtype=args.dtype)
+    request = AnswerRequest(
+        image=load_image(args.image),
+        question=args.question,
+        method=args.method,
+        budget=args.budget,
+        generation=GenerationParams(
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            stop=tuple(args.stop),
+            seed=args.seed,
+        ),
+    )
+    if args.stream and not args.json:
+        stream = pipeline.stream(request)
+        for delta in stream:
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        result = stream.result
+    else:
+        result = pipeline.answer(request)
+        if args.json:
+            print(json.dumps(result_json(result)))
+            return 0
+        print(result.answer)
+    timings = ", ".join(f"{stage} {ms:.1f} ms" for stage, ms in result.timings_ms.items())
+    print(
+        f"kept {result.kept_tokens} of {result.total_tokens} visual tokens "
+        f"(grid {result.grid[0]}x{result.grid[1]}, {args.method}); {timings}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("answer", help="answer a question about an image from the kept visual tokens")
+    parser.add_argument("image", help="image file")
+    parser.add_argument("question")
+    parser.add_argument("--model", help="hub id or checkpoint directory (default: the embedded qwen2.5-vl testbed)")
+    parser.add_argument("--method", default="arr-coc", help="none, uniform, random, arr-coc, divprune, cdpruner")
+    parser.add_argument("--budget", type=parse_budget, default=0.25, help="tokens kept: a count or a ratio")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of sampling and of the random method")
+    parser.add_argument("--scorer", help="relevance scorer checkpoint directory (default: untrained, seeded)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda when available)")
+    parser.add_argument("--dtype", help="bf16, fp16, fp32 (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--stream", action="store_true", help="print the answer as it is generated")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=run)

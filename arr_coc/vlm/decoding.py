@@ -1,0 +1,149 @@
+"""Prefill and cached decode of pruned rows, batched.
+
+Rows of different lengths are left-padded into one ``[B, L]`` batch with an
+attention mask; position ids are given explicitly as ``[3, B, L]`` (the stock
+M-RoPE ids of each row's kept tokens), so the model never recomputes positions
+from the pruned sequence (which would renumber the kept tokens). Generated
+token ``t`` (0-based) of a row gets position ``last + 1 + t`` on all three rows,
+``last`` being the position of the row's final prompt token: the same ids the
+stock model uses for its decode steps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from arr_coc.vlm.loading import LoadedVLM
+from arr_coc.vlm.pruning import LLMRow, encoder_outputs
+from arr_coc.vlm.sampling import RowDecoder
+
+
+@dataclass
+class PrefillBatch:
+    """Model inputs of a left-padded batch.
+
+    input_ids: ``[B, L]``; attention_mask: ``[B, L]`` (0 on padding);
+    position_ids: ``[3, B, L]``; next_positions: ``[B]`` position of each row's
+    first generated token.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    next_positions: torch.Tensor
+
+
+def pad_rows(rows: list[LLMRow], pad_token_id: int, device: torch.device) -> PrefillBatch:
+    """Left-pad ``rows`` to the longest; padding gets ``pad_token_id`` and position 0."""
+    length = max(row.length for row in rows)
+    batch = len(rows)
+    input_ids = torch.full((batch, length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((batch, length), dtype=torch.long)
+    position_ids = torch.zeros((3, batch, length), dtype=torch.long)
+    for b, row in enumerate(rows):
+        start = length - row.length
+        input_ids[b, start:] = row.input_ids
+        attention_mask[b, start:] = 1
+        position_ids[:, b, start:] = row.positions
+    next_positions = torch.stack([row.positions[:, -1].max() + 1 for row in rows])
+    return PrefillBatch(
+        input_ids.to(device), attention_mask.to(device), position_ids.to(device), next_positions.to(device)
+    )
+
+
+@torch.no_grad()
+def prefill(vlm: LoadedVLM, rows: list[LLMRow], logits_to_keep: int = 1):
+    """One forward over the padded rows with the kept visual features scattered in.
+
+    Returns ``(output, batch)``: ``output.logits`` is ``[B, logits_to_keep, V]``
+    (``0`` keeps every position) and ``output.cache`` the KV cache.
+    """
+    batch = pad_rows(rows, vlm.pad_token_id, vlm.device)
+    mask = None if bool(batch.attention_mask.all()) else batch.attention_mask
+    output = vlm.model(
+        input_ids=batch.input_ids,
+        attention_mask=mask,
+        position_ids=batch.position_ids,
+        mm_encoder_outputs=encoder_outputs(vlm, rows),
+        use_cache=True,
+        logits_to_keep=logits_to_keep,
+    )
+    return output, batch
+
+
+@dataclass
+class StepEvent:
+    """After the prefill (``step == 0``) and after each decode step: who got which token."""
+
+    step: int
+    tokens: list[int | None]  # per row, None when the row had already finished
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def generate_rows(
+    vlm: LoadedVLM,
+    rows: list[LLMRow],
+    decoders: list[RowDecoder],
+    timings: dict[str, float] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Iterator[StepEvent]:
+    """Prefill then decode with the KV cache until every row's decoder is finished.
+
+    Yields one :class:`StepEvent` per step; fills ``timings`` with ``prefill``
+    (time to the first tokens) and ``decode`` milliseconds.
+    """
+    timings = {} if timings is None else timings
+    start = clock()
+    output, batch = prefill(vlm, rows)
+    tokens = _push(decoders, output.logits[:, -1])
+    synchronize(vlm.device)
+    timings["prefill"] = (clock() - start) * 1000.0
+    timings["decode"] = 0.0
+    yield StepEvent(0, tokens)
+
+    cache = output.cache
+    attention_mask = batch.attention_mask
+    positions = batch.next_positions.clone()
+    step = 0
+    while not all(d.finished for d in decoders):
+        step += 1
+        start = clock()
+        feed = torch.tensor(
+            [[t if t is not None else vlm.pad_token_id] for t in tokens], dtype=torch.long, device=vlm.device
+        )
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(rows), 1))], dim=1)
+        output = vlm.model(
+            input_ids=feed,
+            attention_mask=attention_mask,
+            position_ids=positions.view(1, -1, 1).expand(3, -1, 1),
+            cache=cache,
+            use_cache=True,
+        )
+        cache = output.cache
+        positions = positions + 1
+        tokens = _push(decoders, output.logits[:, -1])
+        synchronize(vlm.device)
+        timings["decode"] += (clock() - start) * 1000.0
+        yield StepEvent(step, tokens)
+
+
+def _push(decoders: list[RowDecoder], logits: torch.Tensor) -> list[int | None]:
+    """Choose and record one token per unfinished row from ``logits [B, V]``."""
+    chosen: list[int | None] = []
+    for row, decoder in enumerate(decoders):
+        if decoder.finished:
+            chosen.append(None)
+            continue
+        token = decoder.choose(logits[row])
+        decoder.push(token)
+        chosen.append(token)
+    return chosen

@@ -1,0 +1,265 @@
+"""Answering: image + question -> relevance -> kept visual tokens -> VLM answer.
+
+:class:`VLMPipeline` owns one loaded VLM and one relevance scorer. For a batch of
+requests it runs, in order (DESIGN.md, "One request, with shapes"):
+
+1. input checks and the stock processor inputs of each request;
+2. one vision-tower pass over all images -> merger features ``[N_b, D]``;
+3. the token grid bridge -> resized image ``[3, H, W]`` and grid ``(H', W')``,
+   the query embedding ``[D]`` (mean input embedding of the question tokens), and
+   the scorer -> relevance ``[H', W']`` (unless the request carries a relevance map
+   computed elsewhere, e.g. by the relevance runner, on the same grid);
+4. ``allocate`` -> kept indices ``[K_b]`` by each request's method and budget;
+5. the pruned rows (kept tokens at their stock M-RoPE positions) -> one batched
+   prefill and cached decode.
+
+Every per-image step is computed per image, so a request gets the same kept
+tokens and the same answer alone or in any batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from arr_coc.attending import allocate, check_method, resolve_budget
+from arr_coc.errors import CheckpointFormatError, InvalidGridError
+from arr_coc.scorer import RelevanceScorer
+from arr_coc.vlm.decoding import generate_rows, synchronize
+from arr_coc.vlm.grid import TokenGrid, merged_grid, resized_image, token_grid
+from arr_coc.vlm.inputs import EncodedRequest, check_generation, encode_request
+from arr_coc.vlm.loading import LoadedVLM, load_vlm
+from arr_coc.vlm.pruning import LLMRow, encode_images, full_positions, prune_row
+from arr_coc.vlm.sampling import RowDecoder
+from arr_coc.vlm.testbed import DEFAULT_FAMILY, ensure_testbed
+from arr_coc.vlm.types import AnswerRequest, AnswerResult, GenerationParams
+
+
+@dataclass
+class PreparedRequest:
+    """A request after vision, scoring and selection, ready for the LLM.
+
+    grid: ``(H', W')``; relevance: ``[H', W']`` on CPU; kept: ``[K]`` raster indices;
+    full_positions: ``[3, L]`` stock ids of the unpruned prompt; row: what the LLM gets.
+    """
+
+    request: AnswerRequest
+    params: GenerationParams
+    encoded: EncodedRequest
+    grid: tuple[int, int]
+    relevance: torch.Tensor
+    kept: torch.Tensor
+    full_positions: torch.Tensor
+    row: LLMRow
+
+    @property
+    def total_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+
+def check_relevance(relevance: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """A caller-supplied relevance map must hold ``H' * W'`` finite float scores for the VLM's grid."""
+    relevance = torch.as_tensor(relevance).detach()
+    if relevance.numel() != grid[0] * grid[1] or (relevance.dim() == 2 and tuple(relevance.shape) != grid):
+        raise InvalidGridError(
+            f"relevance of shape {tuple(relevance.shape)} does not match the VLM's {grid[0]}x{grid[1]} token grid",
+            field="relevance",
+        )
+    if not relevance.is_floating_point() or not torch.isfinite(relevance).all():
+        raise InvalidGridError("relevance must hold finite float scores", field="relevance")
+    return relevance.reshape(grid)
+
+
+class VLMPipeline:
+    """A loaded Qwen-VL plus a relevance scorer; answers batches and streams."""
+
+    def __init__(self, vlm: LoadedVLM, scorer: RelevanceScorer | None = None) -> None:
+        if scorer is None:
+            scorer = RelevanceScorer(query_dim=vlm.hidden_size)
+        if scorer.query_dim != vlm.hidden_size:
+            raise CheckpointFormatError(
+                f"the scorer takes {scorer.query_dim}-d queries but the VLM's embeddings are {vlm.hidden_size}-d",
+                field="scorer",
+            )
+        self.vlm = vlm
+        self.scorer = scorer.to(vlm.device).eval()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | Path | None = None,
+        *,
+        scorer: str | Path | RelevanceScorer | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        testbed_root: str | Path | None = None,
+    ) -> VLMPipeline:
+        """Load ``model`` (hub id or directory; ``None`` = the embedded qwen2.5-vl testbed) and a scorer
+        (checkpoint directory, module, or ``None`` = the untrained seeded scorer)."""
+        source = model if model is not None else ensure_testbed(DEFAULT_FAMILY, testbed_root)
+        vlm = load_vlm(source, device=device, dtype=dtype)
+        if isinstance(scorer, (str, Path)):
+            scorer = RelevanceScorer.load(scorer, device=vlm.device)
+        return cls(vlm, scorer)
+
+    # --- checks and helpers -------------------------------------------------------------
+
+    def validate(self, request: AnswerRequest) -> GenerationParams:
+        """Cheap checks that need no model pass (method, budget, generation settings).
+
+        Returns the normalized generation settings. The question and the image are
+        checked when the request is encoded.
+        """
+        check_method(request.method)
+        resolve_budget(request.budget, 1)
+        return check_generation(request.generation)
+
+    def token_grid(self, image) -> TokenGrid:
+        """The token grid bridge for one PIL image: grid ``(H', W')`` and resized image ``[3, H, W]``."""
+        return token_grid(self.vlm.processor, image)
+
+    @torch.no_grad()
+    def query_embedding(self, question_ids: torch.Tensor) -> torch.Tensor:
+        """``[D]`` float32: mean of the VLM's input embeddings of ``question_ids [Q]``."""
+        embeddings = self.vlm.model.get_input_embeddings()(question_ids.to(self.vlm.device))
+        return embeddings.float().mean(dim=0)
+
+    def question_embedding(self, question: str) -> torch.Tensor:
+        """``[D]`` query embedding of a question string (for ``arr-coc relevance --model``)."""
+        ids = self.vlm.tokenizer(question, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+        return self.query_embedding(ids)
+
+    # --- the stages ---------------------------------------------------------------------
+
+    @torch.no_grad()
+    def prepare(self, requests: Sequence[AnswerRequest], timings: dict[str, float]) -> list[PreparedRequest]:
+        """Stages 1-4 for a batch; adds ``preprocess``, ``vision`` and ``scoring`` ms to ``timings``."""
+        vlm = self.vlm
+        clock = time.perf_counter
+        start = clock()
+        params = [self.validate(r) for r in requests]
+        encoded = [
+            encode_request(vlm.processor, r.image, r.question, vlm.context_length, p.max_new_tokens)
+            for r, p in zip(requests, params)
+        ]
+        timings["preprocess"] = (clock() - start) * 1000.0
+
+        start = clock()
+        vision = encode_images(vlm, [e.pixel_values for e in encoded], [e.image_grid_thw for e in encoded])
+        synchronize(vlm.device)
+        timings["vision"] = (clock() - start) * 1000.0
+
+        start = clock()
+        image_processor = vlm.processor.image_processor
+        grids, relevance, queries = [], [], []
+        for r, e in zip(requests, encoded):
+            grid = merged_grid(e.image_grid_thw, vlm.merge_size)
+            query = self.query_embedding(e.question_ids)
+            if r.relevance is not None:
+                scores = check_relevance(r.relevance, grid)
+            else:
+                image = resized_image(e.pixel_values, e.image_grid_thw, image_processor)
+                scores = self.scorer(image[None].to(vlm.device), grid, query[None])[0]
+            grids.append(grid)
+            queries.append(query)
+            relevance.append(scores.float().cpu())
+        kept = allocate(
+            relevance,
+            [r.budget for r in requests],
+            [r.method for r in requests],
+            [p.seed for p in params],
+            grid=grids,
+            features=[v.features for v in vision],
+            query=queries,
+        )
+        synchronize(vlm.device)
+        timings["scoring"] = (clock() - start) * 1000.0
+
+        prepared = []
+        for r, p, e, v, g, rel, k in zip(requests, params, encoded, vision, grids, relevance, kept):
+            positions = full_positions(vlm, e.input_ids, e.mm_token_type_ids, e.image_grid_thw)
+            row = prune_row(e.input_ids, positions, e.mm_token_type_ids, v, k)
+            prepared.append(PreparedRequest(r, p, e, g, rel, k, positions, row))
+        return prepared
+
+    def _decoders(self, prepared: Sequence[PreparedRequest]) -> list[RowDecoder]:
+        return [RowDecoder(self.vlm.tokenizer, p.params, self.vlm.eos_token_ids) for p in prepared]
+
+    @staticmethod
+    def _result(p: PreparedRequest, decoder: RowDecoder, timings: dict[str, float]) -> AnswerResult:
+        return AnswerResult(
+            answer=decoder.text,
+            token_ids=decoder.answer_ids,
+            kept=p.kept,
+            total_tokens=p.total_tokens,
+            grid=p.grid,
+            relevance=p.relevance,
+            timings_ms=dict(timings),
+        )
+
+    # --- public answering ---------------------------------------------------------------
+
+    def answer_batch(self, requests: Sequence[AnswerRequest]) -> list[AnswerResult]:
+        """Answer several requests in one batch; results in request order.
+
+        Requests may differ in image size, question, method, budget and generation
+        settings; each result equals the one the request gets alone. Stage timings
+        (ms) are those of the whole batch: ``preprocess``, ``vision``, ``scoring``,
+        ``prefill`` (time to first token), ``decode`` and ``total``.
+        """
+        if not requests:
+            return []
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        prepared = self.prepare(requests, timings)
+        decoders = self._decoders(prepared)
+        for _ in generate_rows(self.vlm, [p.row for p in prepared], decoders, timings):
+            pass
+        timings["total"] = (time.perf_counter() - start) * 1000.0
+        return [self._result(p, d, timings) for p, d in zip(prepared, decoders)]
+
+    def answer(self, request: AnswerRequest) -> AnswerResult:
+        """Answer one request."""
+        return self.answer_batch([request])[0]
+
+    def stream(self, request: AnswerRequest) -> AnswerStream:
+        """Prepare ``request`` now (so bad input raises here) and return an iterator of text deltas."""
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        prepared = self.prepare([request], timings)[0]
+        return AnswerStream(self, prepared, timings, start)
+
+
+class AnswerStream:
+    """Iterate for the answer's text deltas; ``result`` is the :class:`AnswerResult` once exhausted.
+
+    The concatenated deltas equal ``result.answer``. A delta is only emitted once
+    it can no longer change (no half characters, no possible start of a stop string).
+    """
+
+    def __init__(self, pipeline: VLMPipeline, prepared: PreparedRequest, timings: dict[str, float], start: float):
+        self._pipeline = pipeline
+        self._prepared = prepared
+        self._timings = timings
+        self._start = start
+        self.result: AnswerResult | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        if self.result is not None:
+            raise RuntimeError("an AnswerStream can be iterated only once")
+        decoder = self._pipeline._decoders([self._prepared])[0]
+        sent = ""
+        for _ in generate_rows(self._pipeline.vlm, [self._prepared.row], [decoder], self._timings):
+            text = decoder.stable_text()
+            if len(text) > len(sent) and text.startswith(sent):
+                yield text[len(sent) :]
+                sent = text
+        final = decoder.text
+        if final.startswith(sent) and len(final) > len(sent):
+            yield final[len(sent) :]
+        self._timings["total"] = (time.perf_counter() - self._start) * 1000.0
+        self.result = VLMPipeline._result(self._prepared, decoder, self._timings)

@@ -1,0 +1,48 @@
+"""Shared fixtures: the offline testbed models, built once per test session.
+
+``testbed_dir(family)`` returns a checkpoint directory of the tiny ``family``
+model (``qwen2-vl``, ``qwen2.5-vl``, ``qwen3-vl``) built into a session temp dir;
+``testbed_pipeline(family)`` a loaded :class:`VLMPipeline` on CPU (fp32) with the
+untrained seeded scorer. Both are cached, so each model is built and loaded once.
+No test reaches the network: ``HF_HUB_OFFLINE`` is set before transformers loads.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def testbed_root(tmp_path_factory):
+    """Session directory that holds one testbed checkpoint per family."""
+    return tmp_path_factory.mktemp("testbed")
+
+
+@pytest.fixture(scope="session")
+def testbed_dir(testbed_root):
+    """``testbed_dir(family) -> Path`` of that family's testbed checkpoint (built on first use)."""
+    from arr_coc.vlm.testbed import ensure_testbed
+
+    def get(family: str = "qwen2.5-vl"):
+        return ensure_testbed(family, testbed_root)
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def testbed_pipeline(testbed_dir):
+    """``testbed_pipeline(family) -> VLMPipeline`` on CPU in fp32 (loaded once per family)."""
+    from arr_coc.vlm.pipeline import VLMPipeline
+
+    loaded = {}
+
+    def get(family: str = "qwen2.5-vl"):
+        if family not in loaded:
+            loaded[family] = VLMPipeline.from_pretrained(testbed_dir(family), device="cpu", dtype="fp32")
+        return loaded[family]
+
+    return get
