@@ -17,6 +17,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 import training_hooks.tracker as tracker_module
+import wandb_jobs
 from training_hooks.runfile import find_run_files, read_run
 from training_hooks.serve_events import Example
 from training_hooks.tracker import (
@@ -266,14 +267,7 @@ def test_a_forked_child_gets_its_own_owner_thread() -> None:
 
 
 def offline_env(root: Path) -> dict[str, str]:
-    """Environment of a wandb subprocess: offline, every W&B directory under ``root``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    for name in ("DIR", "CACHE_DIR", "CONFIG_DIR", "DATA_DIR"):
-        path = root / name.lower()
-        path.mkdir(parents=True, exist_ok=True)
-        env[f"WANDB_{name}"] = str(path)
-    env.update(WANDB_MODE="offline", WANDB_SILENT="true", PYTHONPATH=str(REPO))
-    return env
+    return wandb_jobs.offline_env(root, PYTHONPATH=str(REPO))
 
 
 def run_offline(root: Path, script: str) -> Path:

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from wandb.proto import wandb_internal_pb2 as pb
 
 from arr_coc.errors import ArrCocError
+import wandb_jobs
 from training_hooks.runfile import (
     BLOCK_SIZE,
     RunFileError,
@@ -58,14 +59,7 @@ RUN_SCRIPT = textwrap.dedent(
 
 
 def offline_env(root: Path) -> dict[str, str]:
-    """Environment of a wandb subprocess: offline, every W&B directory under ``root``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    for name in ("DIR", "CACHE_DIR", "CONFIG_DIR", "DATA_DIR"):
-        path = root / name.lower()
-        path.mkdir(parents=True, exist_ok=True)
-        env[f"WANDB_{name}"] = str(path)
-    env.update(WANDB_MODE="offline", WANDB_SILENT="true", PYTHONPATH=str(REPO))
-    return env
+    return wandb_jobs.offline_env(root, PYTHONPATH=str(REPO))
 
 
 @pytest.fixture(scope="module")
