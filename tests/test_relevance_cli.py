@@ -74,6 +74,21 @@ def test_console_script_and_module_entry_point():
     assert json.loads(result.stdout)["grid"] == [12, 16]
 
 
+def test_model_grid_and_embeddings(testbed_dir, capsys):
+    from arr_coc.relevance_model import RelevanceModel
+
+    model = str(testbed_dir("qwen2.5-vl"))
+    assert main(["relevance", "--model", model, "--json", "--budget", "0.5"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    expected = RelevanceModel.from_pretrained(model).score([Image.open("arr_coc/assets/sample.png").convert("RGB")],
+                                                           ["Where is the red house?"])[0]  # fmt: skip
+    assert tuple(result["grid"]) == expected.grid
+    assert torch.allclose(torch.tensor(result["relevance"]), expected.relevance, atol=1e-6)
+    assert result["kept_tokens"] == round(0.5 * expected.grid[0] * expected.grid[1])
+    assert main(["relevance", "--model", model, "--grid", "4", "4"]) == 2
+    assert main(["relevance", "--model", "/no/such/model"]) == 2
+
+
 def test_hash_embedding_is_deterministic_and_unit_norm():
     a, b = hash_embedding("What colour is the ball?", 64), hash_embedding("what colour is the ball", 64)
     assert torch.equal(a, b) and torch.isclose(a.norm(), torch.tensor(1.0))

@@ -1,8 +1,10 @@
 """``arr-coc relevance``: score every visual token of an image against a question.
 
-Without ``--model`` the grid is one token per 28x28 pixels (the Qwen-VL default of
-14-pixel patches merged 2x2) and the question is hash-embedded; the scorer is the
-untrained (seeded) one unless ``--scorer`` names a checkpoint.
+With ``--model`` the grid and the question embedding are the VLM's own (its
+processor and input embeddings; no LLM pass). Without it the grid is one token per
+28x28 pixels (the Qwen-VL default of 14-pixel patches merged 2x2) and the question
+is hash-embedded. The scorer is the untrained (seeded) one unless ``--scorer``
+names a checkpoint.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import torch
 
 from arr_coc.attending import allocate
+from arr_coc.errors import InvalidGridError
 from arr_coc.heatmap import kept_mask, overlay
 from arr_coc.images import load_image, to_tensor
 from arr_coc.query import hash_embedding
@@ -56,16 +59,28 @@ def ascii_map(relevance: torch.Tensor, mask) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    image = load_image(args.image)
-    if args.scorer:
-        scorer = RelevanceScorer.load(args.scorer)
-    else:
-        scorer = RelevanceScorer(HASH_QUERY_DIM).eval()
+def score_without_vlm(args: argparse.Namespace, image) -> tuple[tuple[int, int], torch.Tensor]:
+    """Grid from ``--grid`` or the 28-pixel default, question hash-embedded."""
+    scorer = RelevanceScorer.load(args.scorer) if args.scorer else RelevanceScorer(HASH_QUERY_DIM).eval()
     grid = tuple(args.grid) if args.grid else default_grid(image.size)
     query = hash_embedding(args.question, scorer.query_dim)[None]
     with torch.inference_mode():
-        relevance = scorer(to_tensor(image)[None], grid, query)[0]
+        return grid, scorer(to_tensor(image)[None], grid, query)[0]
+
+
+def score_with_vlm(args: argparse.Namespace, image) -> tuple[tuple[int, int], torch.Tensor]:
+    """The VLM's own token grid and question embedding (no LLM pass)."""
+    from arr_coc.relevance_model import RelevanceModel
+
+    if args.grid:
+        raise InvalidGridError("--grid and --model exclude each other: the model fixes the grid", field="grid")
+    scored = RelevanceModel.from_pretrained(args.model, scorer=args.scorer or None).score([image], [args.question])[0]
+    return scored.grid, scored.relevance
+
+
+def run(args: argparse.Namespace) -> int:
+    image = load_image(args.image)
+    grid, relevance = (score_with_vlm if args.model else score_without_vlm)(args, image)
     kept = allocate(relevance[None], args.budget, args.method, args.seed)[0]
     if args.heatmap:
         overlay(image, relevance, kept).save(args.heatmap)
@@ -92,6 +107,7 @@ def register(subparsers) -> None:
     parser.add_argument("--method", default="arr-coc", help="selection method (none, uniform, random, arr-coc)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random method")
     parser.add_argument("--scorer", help="scorer checkpoint directory (default: untrained, seeded)")
+    parser.add_argument("--model", help="VLM directory or hub id: use its token grid and question embeddings")
     parser.add_argument("--heatmap", help="write a PNG heatmap overlay here")
     parser.add_argument("--json", action="store_true", help="print a JSON object")
     parser.set_defaults(func=run)
