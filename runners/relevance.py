@@ -62,7 +62,7 @@ class RelevanceRunner:
         return ScoreOutput(
             grid=scored.grid,
             relevance=scored.relevance.flatten().tolist(),
-            timings_ms={"scoring": (time.perf_counter() - start) * 1000.0},
+            timings_ms={"relevance": (time.perf_counter() - start) * 1000.0},
             batch_size=batch_size,
         )
 

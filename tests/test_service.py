@@ -58,7 +58,7 @@ def test_answer(http):
     assert set(result) == {"answer", "variant", "kept_tokens", "total_tokens", "kept_ratio", "timings_ms", "request_id"}
     assert result["variant"] == "arr-coc-25" and result["total_tokens"] == 192 and result["kept_tokens"] == 48
     assert result["kept_ratio"] == pytest.approx(0.25)
-    assert {"scoring", "vision", "prefill", "decode"} <= set(result["timings_ms"])
+    assert {"relevance", "vision", "selection", "prefill", "decode"} <= set(result["timings_ms"])
     assert isinstance(result["answer"], str) and re.fullmatch(r"[0-9a-f]{32}", result["request_id"])
 
 
