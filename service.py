@@ -69,15 +69,15 @@ class RunnerInputError(ArrCocInputError):
 
 
 async def call_runner(method, items: list):
-    """``await runner.to_async.method(items)``, retried once on a stale keep-alive connection.
+    """``await runner.to_async.method(items)``, retried once when the connection breaks.
 
-    Runner servers close idle connections after 5 s while the client may still pick
-    one from its pool; the request never reached the runner, and runner calls are
-    pure functions, so one retry is safe.
+    Runner servers close idle keep-alive connections after 5 s while the client may
+    still pick one from its pool (disconnected, or reset by peer). Runner calls are
+    pure functions of their items, so one retry is safe.
     """
     try:
         return await method(items)
-    except aiohttp.ServerDisconnectedError:
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
         return await method(items)
 
 
@@ -105,6 +105,8 @@ class ARRCOC:
 
     def __init__(self) -> None:
         self.tracking = Tracking(settings)
+        # The default variant's run starts now, in this worker, not on the first request.
+        self.tracking.tracker(get_variant(settings.default_variant)).start()
 
     @bentoml.on_shutdown
     def close_tracking(self) -> None:

@@ -42,7 +42,8 @@ def percentile(values: list[float], q: float) -> float:
 def load(url: str, requests: list[dict], concurrency: int) -> tuple[float, float, float, int]:
     """(answered requests/s, p50 ms, p95 ms, failures) of ``requests`` sent ``concurrency`` at a time."""
     with httpx.Client(base_url=url, timeout=300) as client:
-        client.post("/answer", json=requests[0])  # warm-up
+        with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:  # warm-up: one full wave
+            list(pool.map(lambda body: client.post("/answer", json=body), requests[:concurrency]))
 
         def one(body: dict) -> float | None:
             start = time.perf_counter()

@@ -47,3 +47,20 @@ def test_serve_run_records_windows_and_variant_config(tmp_path):
     assert any("serve/kept_ratio/mean" in row for row in ad_hoc.history)
     failed = by_group["arr-coc-25"]
     assert failed.summary["errors"] == 1
+
+
+def test_unreachable_wandb_never_fails_a_request(tmp_path):
+    """Tracking on, online, but W&B's server is a closed loopback port: wandb.init hangs and fails
+    in the owner thread while every request is answered."""
+    server = Server(tmp_path, ARR_COC_WANDB="1", WANDB_MODE="online", WANDB_API_KEY="x" * 40,
+                    WANDB_BASE_URL="http://127.0.0.1:9", WANDB_INIT_TIMEOUT="30")  # fmt: skip
+    image = b64_png(scene(224, 168))
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=120) as http:
+            statuses = [http.post("/answer", json={"image": image, "question": "Where?", "max_new_tokens": 2}).status_code
+                        for _ in range(6)]  # fmt: skip
+            assert statuses == [200] * 6
+            assert http.get("/livez").status_code == 200
+    finally:
+        server.stop()
