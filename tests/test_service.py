@@ -86,8 +86,11 @@ def test_sync_http_client(server, http):
     with bentoml.SyncHTTPClient(server.url, timeout=120) as client:
         result = client.answer(image=SAMPLE, question="Where is the red house?", max_new_tokens=6)
         relevance = client.relevance(image=SAMPLE, question="Where is the red house?", budget=0.5)
+        events = client.answer_stream(image=SAMPLE, question="Where is the red house?", max_new_tokens=6)
     assert result["answer"] == http.post("/answer", json=body()).json()["answer"]
     assert relevance["kept_tokens"] == 96
+    deltas = [json.loads(line.removeprefix("data: "))["delta"] for line in events.split("\n") if '"delta"' in line]
+    assert "".join(deltas) == result["answer"] and "event: done" in events
 
 
 def test_relevance(http):
