@@ -32,13 +32,13 @@ def b64_png(image) -> str:
 class Server:
     """A ``bentoml serve service:ARRCOC`` subprocess; ``url`` once ready."""
 
-    def __init__(self, workdir: Path, **env: str) -> None:
+    def __init__(self, workdir: Path, target: str = "service:ARRCOC", cwd: Path = ROOT, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "serve.log"
         environment = {
             **os.environ,
-            "BENTOML_HOME": str(workdir / "bentoml"),
+            "BENTOML_HOME": env.pop("BENTOML_HOME", str(workdir / "bentoml")),
             "ARR_COC_HOME": str(workdir / "arr-coc"),
             "WANDB_MODE": "offline",
             "WANDB_DIR": str(workdir / "wandb"),
@@ -48,8 +48,8 @@ class Server:
         }
         self.log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "service:ARRCOC", "--port", str(self.port), "--host", "127.0.0.1"],
-            cwd=ROOT, env=environment, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", "bentoml", "serve", target, "--port", str(self.port), "--host", "127.0.0.1"],
+            cwd=cwd, env=environment, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
 
     def wait_ready(self) -> None:

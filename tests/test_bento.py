@@ -8,8 +8,12 @@ import sys
 import tarfile
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
+
+from drawing import scene
+from serving import Server, b64_png
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +55,8 @@ def test_bento_holds_service_models_and_dockerfile(built):
     assert info["service"] == "service:ARRCOC"
     assert sorted(m["tag"] for m in info["models"]) == sorted(built["models"])
     assert {s["name"] for s in info["services"]} == {"arr-coc", "relevance-runner", "vlm-runner"}
-    for path in ("service.py", "runners/vlm.py", "runners/relevance.py", "arr_coc/scorer.py", "arr_coc/vlm/pipeline.py"):
+    for path in ("service.py", "runners/vlm.py", "runners/relevance.py", "arr_coc/scorer.py", "arr_coc/vlm/pipeline.py",
+                 "arr_coc/assets/sample.png", "training_hooks/tracker.py", "training_hooks/commands/compare.py"):  # fmt: skip
         assert (bento / "src" / path).is_file(), path
     assert not (bento / "src" / "tests").exists()
     dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()
@@ -78,3 +83,18 @@ def test_import_refuses_missing_checkpoints(built, tmp_path):
     result = subprocess.run([sys.executable, "-m", "arr_coc", "models", "import", "--testbed", "qwen2.5-vl",
                              "--scorer", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 2 and "scorer" in result.stderr
+
+
+def test_built_bento_serves_its_bundled_models(built, tmp_path):
+    """`bentoml serve <bento>` from outside the repo, models from the bento's store references."""
+    server = Server(tmp_path, target=built["tag"], cwd=tmp_path, BENTOML_HOME=built["env"]["BENTOML_HOME"],
+                    ARR_COC_MODEL="model-store:arr-coc-vlm:latest", ARR_COC_SCORER="model-store:arr-coc-scorer:latest",
+                    ARR_COC_HOME=str(tmp_path / "no-testbed-here"), ARR_COC_DEVICE="cpu")  # fmt: skip
+    try:
+        server.wait_ready()
+        response = httpx.post(f"{server.url}/answer", json={"image": b64_png(scene(224, 168)), "question": "Where?",
+                                                            "max_new_tokens": 2}, timeout=120)  # fmt: skip
+        assert response.status_code == 200, response.text
+    finally:
+        server.stop()
+    assert not (tmp_path / "no-testbed-here").exists(), "the bento must not build a testbed"
