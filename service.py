@@ -18,6 +18,7 @@ import os
 # (spinning made concurrent requests 4x slower here). Set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import asyncio
 import base64
 import io
 import json
@@ -89,6 +90,13 @@ def stage_timings(scored: ScoreOutput, output: AnswerOutput) -> dict[str, float]
     return {**scored.timings_ms, **vlm}
 
 
+def heatmap_png(image, relevance: torch.Tensor, kept: list[int]) -> str:
+    """Base64 PNG of the relevance overlay (dropped tokens dimmed)."""
+    buffer = io.BytesIO()
+    overlay(image, relevance, torch.tensor(kept, dtype=torch.long)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
 def checked(output: ScoreOutput | AnswerOutput):
     if output.error is not None:
         raise RunnerInputError(output.error)
@@ -116,7 +124,7 @@ class ARRCOC:
     async def _prepare(self, body) -> tuple[Variant, bytes, object, str]:
         variant = pick_variant(body)
         question = check_question(body.question, settings.max_question_chars)
-        data, image = decode_image_field(body.image, settings)
+        data, image = await asyncio.to_thread(decode_image_field, body.image, settings)  # decoding is CPU work
         return variant, data, image, question
 
     async def _score(self, data: bytes, question: str) -> ScoreOutput:
@@ -219,11 +227,10 @@ class ARRCOC:
         except Exception as error:
             return self._failed(error, body.variant or settings.default_variant, started)
         relevance = torch.tensor(scored.relevance).reshape(scored.grid)
-        buffer = io.BytesIO()
-        overlay(image, relevance, torch.tensor(kept, dtype=torch.long)).save(buffer, format="PNG")
+        heatmap = await asyncio.to_thread(heatmap_png, image, relevance, kept)
         return RelevanceResponse(
             variant=variant.name, grid=scored.grid, relevance=relevance.tolist(), kept=kept, kept_tokens=len(kept),
-            total_tokens=len(scored.relevance), heatmap_png=base64.b64encode(buffer.getvalue()).decode(),
+            total_tokens=len(scored.relevance), heatmap_png=heatmap,
             request_id=uuid.uuid4().hex,
         )  # fmt: skip
 

@@ -26,12 +26,11 @@ from typing import Any
 
 from arr_coc.errors import InvalidConfigError
 from arr_coc.settings import get_settings
+from training_hooks.tracker import env_switch
 
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "online", "offline", "off")
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 
 
 def resolve_mode(requested: str = "auto", env: Mapping[str, str] | None = None) -> str:
@@ -43,7 +42,7 @@ def resolve_mode(requested: str = "auto", env: Mapping[str, str] | None = None) 
         return "disabled"
     if requested != "auto":
         return requested
-    if env.get("ARR_COC_WANDB", "").strip().lower() in _FALSE:
+    if env_switch("ARR_COC_WANDB", env) is False:
         return "disabled"
     mode = env.get("WANDB_MODE", "").strip().lower()
     if mode in ("online", "offline", "disabled"):
@@ -56,7 +55,7 @@ def resolve_mode(requested: str = "auto", env: Mapping[str, str] | None = None) 
 def launched(env: Mapping[str, str] | None = None) -> bool:
     """Whether a W&B Launch agent started this process (``WANDB_LAUNCH`` is true)."""
     env = os.environ if env is None else env
-    return env.get("WANDB_LAUNCH", "").strip().lower() in _TRUE
+    return env_switch("WANDB_LAUNCH", env) is True
 
 
 def launch_overrides(env: Mapping[str, str] | None = None) -> dict[str, Any]:

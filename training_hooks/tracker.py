@@ -54,16 +54,21 @@ _WAKE = object()  # wakes the owner thread; carries no event
 DETACHED_IDLE_TIMEOUT = "60s"
 
 
+def env_switch(name: str, env: Mapping[str, str] | None = None) -> bool | None:
+    """``True`` for 1/true/yes/on, ``False`` for 0/false/no/off, ``None`` when unset or other."""
+    value = (os.environ if env is None else env).get(name, "").strip().lower()
+    return True if value in _TRUE else False if value in _FALSE else None
+
+
 def tracking_enabled(env: Mapping[str, str] | None = None) -> bool:
     """Whether to track: ``ARR_COC_WANDB`` truthy, or ``WANDB_API_KEY`` set.
 
     ``ARR_COC_WANDB=0`` (or false/no/off) turns tracking off even with a key.
     """
-    env = os.environ if env is None else env
-    switch = env.get(SWITCH_ENV, "").strip().lower()
-    if switch in _FALSE:
-        return False
-    return switch in _TRUE or bool(env.get("WANDB_API_KEY", "").strip())
+    switch = env_switch(SWITCH_ENV, env)
+    if switch is not None:
+        return switch
+    return bool((os.environ if env is None else env).get("WANDB_API_KEY", "").strip())
 
 
 class TrackerSettings(BaseModel):
