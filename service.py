@@ -177,12 +177,13 @@ class ARRCOC:
     async def answer_stream(self, **fields) -> str:
         """Server-sent events: ``data: {"delta": ...}`` per text delta, then ``event: done``."""
         started, body = time.perf_counter(), AnswerRequestBody.model_construct(**fields)
+        variant: Variant | str = body.variant or settings.default_variant
         try:
             variant, data, _, question = await self._prepare(body)
             scored = await self._score(data, question)
             item = self._answer_item(body, variant, data, question, scored)
         except Exception as error:
-            return self._failed(error, body.variant or settings.default_variant, started)
+            return self._failed(error, variant, started)
 
         async def events():
             buffer = ""
@@ -208,25 +209,26 @@ class ARRCOC:
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    async def _kept(self, variant: Variant, data: bytes, question: str, scored: ScoreOutput, seed: int) -> list[int]:
-        """Kept indices: feature-based methods need the VLM's features, the rest only relevance."""
+    async def _kept(self, variant: Variant, data: bytes, question: str, scored: ScoreOutput,
+                    relevance: torch.Tensor, seed: int) -> list[int]:  # fmt: skip
+        """Kept indices: feature-based methods need the VLM's features, the rest only ``relevance [H', W']``."""
         if variant.method in FEATURE_METHODS:
             body = AnswerRequestBody.model_construct(**GenerationFields().model_dump())
             item = self._answer_item(body, variant, data, question, scored)
             return checked((await call_runner(self.vlm_runner.to_async.select, [item]))[0]).kept
-        relevance = torch.tensor(scored.relevance).reshape(scored.grid)
         return allocate(relevance[None], variant.budget, variant.method, seed)[0].tolist()
 
     @bentoml.api(route="/relevance", input_spec=RelevanceRequestBody)
     async def relevance(self, **fields) -> RelevanceResponse:
         started, body = time.perf_counter(), RelevanceRequestBody.model_construct(**fields)
+        variant: Variant | str = body.variant or settings.default_variant
         try:
             variant, data, image, question = await self._prepare(body)
             scored = await self._score(data, question)
-            kept = await self._kept(variant, data, question, scored, body.seed)
+            relevance = torch.tensor(scored.relevance).reshape(scored.grid)
+            kept = await self._kept(variant, data, question, scored, relevance, body.seed)
         except Exception as error:
-            return self._failed(error, body.variant or settings.default_variant, started)
-        relevance = torch.tensor(scored.relevance).reshape(scored.grid)
+            return self._failed(error, variant, started)
         heatmap = await asyncio.to_thread(heatmap_png, image, relevance, kept)
         return RelevanceResponse(
             variant=variant.name, grid=scored.grid, relevance=relevance.tolist(), kept=kept, kept_tokens=len(kept),
