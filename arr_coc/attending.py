@@ -32,13 +32,17 @@ class SelectionInput:
     relevance: ``[N]`` float scores, higher = keep (``None`` for methods that ignore it).
     grid: ``(H', W')`` with ``H' * W' == N``.
     features: ``[N, C]`` visual features after the merger, or ``None``.
-    query: ``[C]`` question embedding in the feature space, or ``None``.
+    query: ``[C]`` question embedding in the feature space (the mean of
+        ``question_tokens``), or ``None``.
+    question_tokens: ``[Q, C]`` embeddings of the question's ``Q`` tokens in the
+        feature space (``cdpruner``), or ``None``.
     """
 
     relevance: torch.Tensor | None
     grid: Grid
     features: torch.Tensor | None = None
     query: torch.Tensor | None = None
+    question_tokens: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -170,6 +174,7 @@ def allocate(
     grid: Grid | Sequence[Grid] | None = None,
     features: Sequence[torch.Tensor] | None = None,
     query: Sequence[torch.Tensor] | None = None,
+    question_tokens: Sequence[torch.Tensor] | None = None,
 ) -> list[torch.Tensor]:
     """Kept visual-token indices for each image of a batch.
 
@@ -183,6 +188,8 @@ def allocate(
             flat map is a single row. ``uniform`` spreads over this grid.
         features: per image ``[N_b, C]`` merger outputs, for feature-based methods.
         query: per image ``[C]`` question embedding, for question-aware methods.
+        question_tokens: per image ``[Q_b, C]`` embeddings of the question's tokens,
+            for ``cdpruner`` (which raises without them).
 
     Returns:
         One ``LongTensor [min(K_b, N_b)]`` per image: unique indices in ascending
@@ -197,15 +204,18 @@ def allocate(
     seeds = _per_item(seed, count, "seed")
     feats = _per_item(features, count, "features") if features is not None else [None] * count
     queries = _per_item(query, count, "query") if query is not None else [None] * count
+    questions = [None] * count
+    if question_tokens is not None:
+        questions = _per_item(question_tokens, count, "question_tokens")
 
     kept = []
-    for scores, g, b, m, s, f, q in zip(maps, grids, budgets, methods, seeds, feats, queries):
+    for scores, g, b, m, s, f, q, t in zip(maps, grids, budgets, methods, seeds, feats, queries, questions):
         if m in FEATURE_METHODS and f is None:
             raise ValueError(f"method {m!r} needs the visual features")
         if scores.is_floating_point() and torch.isnan(scores).any():
             raise ValueError("relevance contains NaN")
         k = resolve_budget(b, scores.numel())
-        item = SelectionInput(relevance=scores, grid=g, features=f, query=q)
+        item = SelectionInput(relevance=scores, grid=g, features=f, query=q, question_tokens=t)
         indices = SELECTORS[m](item, k, int(s))
         kept.append(torch.sort(indices.long().cpu()).values)
     return kept

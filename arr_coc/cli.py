@@ -18,8 +18,10 @@ COMMAND_MODULES = [
     "arr_coc.commands.answer",
     "arr_coc.commands.models",
     "training_hooks.commands.train_scorer",
+    "training_hooks.commands.train_testbed",
     "training_hooks.commands.evaluate",
     "training_hooks.commands.compare",
+    "training_hooks.commands.quality",
 ]
 
 

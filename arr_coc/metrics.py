@@ -2,7 +2,7 @@
 
 - :func:`recall_at_budget`: the share of the target object's tokens that a
   selection kept (1.0 = every token of the object reached the VLM);
-- :func:`answer_matches`: whether a generated answer names the expected word;
+- :func:`answer_matches`: whether a generated answer's first word is the expected one;
 - :func:`percentile`: nearest-rank percentile, the one the tracker uses too.
 """
 
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-_WORD = re.compile(r"[a-z]+")
+_WORD = re.compile(r"[a-z0-9]+")
 
 
 def recall_at_budget(kept: torch.Tensor, target: torch.Tensor) -> float:
@@ -30,10 +30,13 @@ def recall_at_budget(kept: torch.Tensor, target: torch.Tensor) -> float:
 
 
 def answer_matches(answer: str, expected: str) -> bool:
-    """True when every word of ``expected`` occurs among the words of ``answer`` (case-insensitive)."""
-    words = set(_WORD.findall(answer.lower()))
+    """True when the first word of ``answer`` equals ``expected`` (case-insensitive; words are ``[a-z0-9]+``).
+
+    The synthetic VQA task's accuracy: ``"Red."`` matches ``red``, ``"a red one"`` does not.
+    """
+    words = _WORD.findall(answer.lower())
     wanted = _WORD.findall(expected.lower())
-    return bool(wanted) and all(word in words for word in wanted)
+    return bool(words) and words[:1] == wanted
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-TESTBED_FAMILIES = ("qwen2-vl", "qwen2.5-vl", "qwen3-vl")
+TESTBED_FAMILIES = ("qwen2.5-vl-vqa", "qwen2-vl", "qwen2.5-vl", "qwen3-vl")
 
 
 class Settings(BaseSettings):
@@ -25,11 +25,16 @@ class Settings(BaseSettings):
 
     # Models
     model: str = Field("", description="VLM hub id or local directory; empty = the embedded testbed")
-    testbed_family: Literal["qwen2-vl", "qwen2.5-vl", "qwen3-vl"] = Field(
-        "qwen2.5-vl", description="family of the embedded testbed model"
+    testbed_family: Literal["qwen2.5-vl-vqa", "qwen2-vl", "qwen2.5-vl", "qwen3-vl"] = Field(
+        "qwen2.5-vl-vqa",
+        description="the testbed served when no model is named: 'qwen2.5-vl-vqa' (shipped, trained on the "
+        "synthetic VQA task, with its trained scorer) or a family's random-weight testbed",
     )
     home: Path = Field(Path.home() / ".cache" / "arr-coc", description="where testbed models are built")
-    scorer: str = Field("", description="relevance-scorer checkpoint directory; empty = untrained (seeded)")
+    scorer: str = Field(
+        "", description="relevance-scorer checkpoint directory; empty = the shipped scorer with the shipped testbed, "
+        "else untrained (seeded)"
+    )
     scorer_artifact: str = Field("", description="W&B artifact name the scorer came from, for run configs")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'")
     dtype: str = Field("auto", description="'auto' (bf16 on CUDA, fp32 on CPU), 'float32', 'bfloat16', 'float16'")

@@ -216,20 +216,3 @@ class SyntheticShapes:
             question, answer = f"what colour is the {target.shape}?", target.colour
         grid = self.grid_for(image.width, image.height)
         return Sample(image, question, answer, token_mask(target.mask, grid), kind)
-
-
-DATASETS = ("synthetic",)
-
-
-def check_dataset(name: str) -> str:
-    """``name`` if a dataset of that name exists, else :class:`UnknownDatasetError`."""
-    if name not in DATASETS:
-        raise UnknownDatasetError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}", field="dataset")
-    return name
-
-
-def load_dataset(name: str, split: str, size: int, *, seed: int = 0, image_size: int = 336,
-                 grid_for: GridFn | None = None) -> Dataset:  # fmt: skip
-    """A dataset by name (only ``synthetic`` is built in); typed errors for unknown names or empty sizes."""
-    check_dataset(name)
-    return SyntheticShapes(size, split, seed, image_size, grid_for)

@@ -70,7 +70,7 @@ def in_process(requests: list[dict]) -> dict[str, tuple[float, float, float]]:
     from arr_coc.vlm.pipeline import VLMPipeline
     from arr_coc.vlm.types import AnswerRequest, GenerationParams
 
-    pipeline = VLMPipeline.from_pretrained(None, testbed_root=tempfile.mkdtemp())
+    pipeline = VLMPipeline.from_pretrained()  # the embedded default, as the server serves it
     library = [AnswerRequest(load_image(base64.b64decode(r["image"])), r["question"], budget=r["budget"],
                              generation=GenerationParams(max_new_tokens=r["max_new_tokens"])) for r in requests]  # fmt: skip
     pipeline.answer(library[0])

@@ -1,7 +1,9 @@
 """Where the runners' models come from: settings -> a checkpoint path or hub id.
 
 ``ARR_COC_MODEL`` (and ``ARR_COC_SCORER``) may be:
-- empty: the embedded testbed (``ARR_COC_TESTBED_FAMILY``), built under ``ARR_COC_HOME`` if absent;
+- empty: the embedded testbed (``ARR_COC_TESTBED_FAMILY``): the shipped trained VQA testbed
+  (``qwen2.5-vl-vqa``, with its trained scorer when ``ARR_COC_SCORER`` is empty), or a family's
+  random-weight testbed, built under ``ARR_COC_HOME`` if absent;
 - ``model-store:<tag>``: a model in the BentoML model store, e.g. ``model-store:arr-coc-vlm:latest``
   (what ``arr-coc models import`` writes and ``bentoml build`` bundles);
 - a local checkpoint directory or a hub id.
@@ -12,7 +14,7 @@ from __future__ import annotations
 import bentoml
 
 from arr_coc.settings import Settings
-from arr_coc.vlm.testbed import ensure_testbed
+from arr_coc.vlm.testbed import EMBEDDED, EMBEDDED_SCORER, testbed_source
 
 STORE_PREFIX = "model-store:"
 VLM_MODEL_NAME = "arr-coc-vlm"
@@ -29,13 +31,17 @@ def resolve(reference: str) -> str:
 def vlm_source(settings: Settings) -> str:
     """The VLM checkpoint the runners load."""
     if not settings.model:
-        return str(ensure_testbed(settings.testbed_family, settings.home / "testbed"))
+        return str(testbed_source(settings.testbed_family, settings.home / "testbed"))
     return resolve(settings.model)
 
 
 def scorer_source(settings: Settings) -> str | None:
     """The scorer checkpoint directory, or ``None`` for the untrained seeded scorer."""
-    return resolve(settings.scorer) if settings.scorer else None
+    if settings.scorer:
+        return resolve(settings.scorer)
+    if not settings.model and settings.testbed_family == EMBEDDED:
+        return str(EMBEDDED_SCORER)
+    return None
 
 
 def device(settings: Settings) -> str | None:

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arr_coc.attending import allocate, resolve_budget
+from arr_coc.attending import SELECTORS, allocate, resolve_budget
 from arr_coc.errors import InvalidBudgetError, InvalidGridError, UnknownMethodError
 
 CORE_METHODS = ["none", "uniform", "random", "arr-coc"]
@@ -118,3 +118,23 @@ def test_grid_that_does_not_hold_the_scores():
 def test_nan_relevance_is_refused():
     with pytest.raises(ValueError):
         allocate(torch.tensor([[0.1, float("nan"), 0.3]]), 1)
+
+
+def test_question_tokens_reach_the_selector_per_image(monkeypatch):
+    seen = []
+
+    def spy(item, k, seed):
+        seen.append(item.question_tokens)
+        return torch.arange(k)
+
+    monkeypatch.setitem(SELECTORS, "spy", spy)
+    questions = [torch.rand(3, 8), torch.rand(5, 8)]
+    allocate([torch.rand(4), torch.rand(6)], 2, "spy", question_tokens=questions)
+    assert seen[0] is questions[0] and seen[1] is questions[1]
+    allocate([torch.rand(4)], 2, "spy")
+    assert seen[2] is None
+
+
+def test_question_tokens_must_match_the_batch():
+    with pytest.raises(ValueError, match="question_tokens"):
+        allocate([torch.rand(4), torch.rand(4)], 1, question_tokens=[torch.rand(2, 8)])

@@ -12,6 +12,8 @@ import httpx
 import pytest
 import yaml
 
+from arr_coc.metrics import answer_matches
+from arr_coc.tasks.shapes_vqa import ShapesVQA
 from drawing import scene
 from serving import Server, b64_png
 
@@ -29,11 +31,8 @@ def built(tmp_path_factory):
     home = tmp_path_factory.mktemp("bento")
     env = {**os.environ, "BENTOML_HOME": str(home / "bentoml"), "ARR_COC_HOME": str(home / "arr-coc"),
            "BENTOML_DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1"}  # fmt: skip
-    scorer = home / "scorer"
-    run(sys.executable, "-c", f"from arr_coc.scorer import RelevanceScorer; RelevanceScorer(64).save({str(scorer)!r})",
-        env=env)  # fmt: skip
-    model_tags = run(sys.executable, "-m", "arr_coc", "models", "import", "--testbed", "qwen2.5-vl",
-                     "--scorer", str(scorer), env=env).split()  # fmt: skip
+    # no flags: the embedded trained testbed and its scorer, nothing trained or built here
+    model_tags = run(sys.executable, "-m", "arr_coc", "models", "import", env=env).split()
     bento_tag = run(sys.executable, "-m", "bentoml", "build", "-o", "tag", env=env).strip().splitlines()[-1]
     bento_tag = bento_tag.removeprefix("__tag__:")
     name, version = bento_tag.split(":")
@@ -47,6 +46,10 @@ def test_models_are_in_the_store(built):
     vlm_name, vlm_version = built["models"][0].split(":")
     assert (store / vlm_name / vlm_version / "config.json").is_file()
     assert (store / vlm_name / vlm_version / "model.safetensors").is_file()
+    assert (store / vlm_name / vlm_version / "README.md").is_file(), "the model card travels with the model"
+    scorer_name, scorer_version = built["models"][1].split(":")
+    assert (store / scorer_name / scorer_version / "model.safetensors").is_file()
+    assert not (built["home"] / "arr-coc").exists(), "importing the embedded pair builds no testbed"
 
 
 def test_bento_holds_service_models_and_dockerfile(built):
@@ -86,7 +89,8 @@ def test_import_refuses_missing_checkpoints(built, tmp_path):
 
 
 def test_built_bento_serves_its_bundled_models(built, tmp_path):
-    """`bentoml serve <bento>` from outside the repo, models from the bento's store references."""
+    """`bentoml serve <bento>` from outside the repo, models from the bento's store references: the trained
+    testbed answers a held-out question of the synthetic VQA task."""
     server = Server(tmp_path, target=built["tag"], cwd=tmp_path, BENTOML_HOME=built["env"]["BENTOML_HOME"],
                     ARR_COC_MODEL="model-store:arr-coc-vlm:latest", ARR_COC_SCORER="model-store:arr-coc-scorer:latest",
                     ARR_COC_HOME=str(tmp_path / "no-testbed-here"), ARR_COC_DEVICE="cpu")  # fmt: skip
@@ -95,6 +99,11 @@ def test_built_bento_serves_its_bundled_models(built, tmp_path):
         response = httpx.post(f"{server.url}/answer", json={"image": b64_png(scene(224, 168)), "question": "Where?",
                                                             "max_new_tokens": 2}, timeout=120)  # fmt: skip
         assert response.status_code == 200, response.text
+        sample = ShapesVQA(1, "heldout", seed=11)[0]
+        response = httpx.post(f"{server.url}/answer", json={"image": b64_png(sample.image), "question": sample.question,
+                                                            "variant": "full", "max_new_tokens": 4}, timeout=120)
+        assert response.status_code == 200, response.text
+        assert answer_matches(response.json()["answer"], sample.answer), (sample.question, response.json())
     finally:
         server.stop()
     assert not (tmp_path / "no-testbed-here").exists(), "the bento must not build a testbed"

@@ -16,7 +16,7 @@ def test_defaults_serve_the_testbed_on_cpu(monkeypatch):
         if key.startswith("ARR_COC_"):
             monkeypatch.delenv(key)
     settings = Settings()
-    assert settings.model == "" and settings.testbed_family == "qwen2.5-vl"
+    assert settings.model == "" and settings.testbed_family == "qwen2.5-vl-vqa"
     assert settings.device == "auto" and settings.default_variant in VARIANTS
 
 

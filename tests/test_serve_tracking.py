@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -10,13 +11,15 @@ import pytest
 from serving import Server, b64_png
 from drawing import scene
 from arr_coc.scorer import RelevanceScorer
+from arr_coc.vlm.testbed import EMBEDDED_MODEL
 from training_hooks.runfile import find_run_files, read_run
 
 pytestmark = pytest.mark.timeout(600)
 
 
 def test_serve_run_records_windows_and_variant_config(tmp_path):
-    scorer = RelevanceScorer(64, seed=3).save(tmp_path / "scorer")  # a "trained" scorer for the testbed's 64-d queries
+    width = json.loads((EMBEDDED_MODEL / "config.json").read_text())["text_config"]["hidden_size"]
+    scorer = RelevanceScorer(width, seed=3).save(tmp_path / "scorer")  # another scorer for the embedded model
     server = Server(tmp_path, ARR_COC_WANDB="1", ARR_COC_WANDB_WINDOW_S="1", ARR_COC_WANDB_SAMPLE_RATE="1",
                     ARR_COC_DEPLOYMENT="ci", ARR_COC_SCORER=str(scorer),
                     ARR_COC_SCORER_ARTIFACT="arr-coc/relevance-scorer:v3")  # fmt: skip

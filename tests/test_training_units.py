@@ -12,7 +12,8 @@ import torch
 
 from arr_coc.errors import EmptyDatasetError, InvalidConfigError, UnknownDatasetError
 from arr_coc.metrics import answer_matches, percentile, recall_at_budget
-from arr_coc.synthetic import COLOURS, POSITIONS, SHAPES, SyntheticShapes, load_dataset, token_mask
+from arr_coc.synthetic import COLOURS, POSITIONS, SHAPES, SyntheticShapes, token_mask
+from arr_coc.tasks import load_dataset
 from arr_coc.training.config import train_config
 from arr_coc.training.loss import relevance_loss
 from training_hooks.eval_job import EvalParams, apply_overrides, resolve_variant
@@ -72,7 +73,9 @@ def test_loss_prefers_the_target_and_recall_counts_it() -> None:
     assert recall_at_budget(torch.tensor([5, 6, 0]), target[0]) == 0.5
     with pytest.raises(ValueError):
         recall_at_budget(torch.tensor([0]), torch.zeros(2, 2, dtype=torch.bool))
-    assert answer_matches("The shape is a Circle.", "circle") and not answer_matches("circles", "circle")
+    assert answer_matches("Circle.", "circle") and answer_matches("3", "3") and answer_matches("red<|im_end|>", "red")
+    assert not answer_matches("circles", "circle") and not answer_matches("The shape is a circle", "circle")
+    assert not answer_matches("", "red") and not answer_matches("34", "3")
     assert percentile([5.0, 1.0, 3.0, 2.0], 50) == 2.0 and percentile([1.0, 2.0, 3.0], 95) == 3.0
 
 

@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from arr_coc.errors import EmptyDatasetError, InvalidConfigError
-from arr_coc.synthetic import check_dataset
+from arr_coc.tasks import check_dataset
 from arr_coc.training.config import validate
 from arr_coc.variants import Variant, ad_hoc, get_variant
 from training_hooks.jobrun import declare_launch_inputs, launch_overrides, resolve_mode, start_run
@@ -37,7 +37,7 @@ class EvalParams(BaseModel):
     variant: str = ""
     method: str = ""
     budget: int | float | None = None
-    dataset: str = "synthetic"
+    dataset: str = "vqa"
     size: int = Field(64, ge=1, description="samples in the held-out split")
     limit: int | None = Field(None, description="evaluate only the first N samples")
     seed: int = Field(0, ge=0)
@@ -107,7 +107,7 @@ def _evaluate_and_log(run, variant: Variant, params: EvalParams, device: str | N
 
     from arr_coc.evaluation import Stopwatch, evaluate_variant, sample_count, summarize
     from arr_coc.heatmap import overlay
-    from arr_coc.synthetic import load_dataset
+    from arr_coc.tasks import load_dataset
     from arr_coc.training.data import processor_grid
     from arr_coc.vlm.pipeline import VLMPipeline
 

@@ -87,7 +87,7 @@ def run_train_job(config_file: str | None, cli_values: dict[str, Any], *, wandb_
 def _train_and_log(run, config: TrainConfig, device: str | None, progress: bool) -> Path:
     import wandb
 
-    from arr_coc.synthetic import load_dataset
+    from arr_coc.tasks import load_dataset
     from arr_coc.training.data import encode_dataset, processor_grid
     from arr_coc.training.loop import train_scorer
     from arr_coc.vlm.pipeline import VLMPipeline

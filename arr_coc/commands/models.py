@@ -1,7 +1,9 @@
 """``arr-coc models import``: put the VLM and the scorer into the BentoML model store.
 
-The store lives in the serving layer, so this command imports ``runners.store``
-only when it runs; ``import arr_coc`` stays free of bentoml.
+With no flags it imports the embedded default, the trained VQA testbed and its
+trained scorer shipped in the package, so ``bentoml build`` works on a fresh clone
+without training anything. The store lives in the serving layer, so this command
+imports ``runners.store`` only when it runs; ``import arr_coc`` stays free of bentoml.
 """
 
 from __future__ import annotations
@@ -9,14 +11,16 @@ from __future__ import annotations
 import argparse
 import importlib
 
-from arr_coc.settings import get_settings
-from arr_coc.vlm.testbed import ensure_testbed
+from arr_coc.settings import TESTBED_FAMILIES, get_settings
+from arr_coc.vlm.testbed import EMBEDDED, EMBEDDED_SCORER, testbed_source
 
 
 def run_import(args: argparse.Namespace) -> int:
-    vlm = args.vlm or str(ensure_testbed(args.testbed, get_settings().home / "testbed"))
+    testbed = args.testbed or (None if args.vlm else EMBEDDED)
+    vlm = args.vlm or str(testbed_source(testbed, get_settings().home / "testbed"))
+    scorer = args.scorer or (str(EMBEDDED_SCORER) if testbed == EMBEDDED else None)
     store = importlib.import_module("runners.store")
-    for tag in store.import_models(vlm, args.scorer):
+    for tag in store.import_models(vlm, scorer):
         print(tag)
     return 0
 
@@ -24,9 +28,13 @@ def run_import(args: argparse.Namespace) -> int:
 def register(subparsers) -> None:
     parser = subparsers.add_parser("models", help="manage the models bentos bundle")
     actions = parser.add_subparsers(dest="action", required=True)
-    importer = actions.add_parser("import", help="copy the VLM (and scorer) into the BentoML model store")
-    source = importer.add_mutually_exclusive_group(required=True)
+    importer = actions.add_parser(
+        "import", help="copy the VLM (and scorer) into the BentoML model store (default: the embedded pair)"
+    )
+    source = importer.add_mutually_exclusive_group()
     source.add_argument("--vlm", help="VLM checkpoint directory or hub id")
-    source.add_argument("--testbed", choices=["qwen2-vl", "qwen2.5-vl", "qwen3-vl"], help="the embedded testbed")
-    importer.add_argument("--scorer", help="relevance-scorer checkpoint directory")
+    source.add_argument("--testbed", choices=list(TESTBED_FAMILIES),
+                        help=f"a testbed: {EMBEDDED} (the default, trained, with its scorer) or a random-weight family")
+    importer.add_argument("--scorer", help="relevance-scorer checkpoint directory (default: the embedded one "
+                          "with the embedded testbed, else none)")
     importer.set_defaults(func=run_import)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from arr_coc.attending import check_method, resolve_budget
 from arr_coc.errors import ArrCocInputError, InvalidConfigError
-from arr_coc.synthetic import check_dataset
+from arr_coc.tasks import check_dataset
 
 
 class TrainConfig(BaseModel):
@@ -31,7 +31,7 @@ class TrainConfig(BaseModel):
     lr: float = Field(3e-3, gt=0, description="AdamW peak learning rate (cosine decay to 10 %)")
     weight_decay: float = Field(1e-4, ge=0)
     warmup_steps: int = Field(10, ge=0)
-    dataset: str = Field("synthetic", description="training data (only the built-in synthetic set)")
+    dataset: str = Field("vqa", description="training data: vqa (the synthetic VQA task) or synthetic")
     train_size: int = Field(512, ge=1, description="training samples")
     heldout_size: int = Field(128, ge=1, description="held-out samples for recall@budget")
     image_size: int = Field(336, ge=56, description="side of the synthetic images, pixels")

@@ -5,7 +5,8 @@ runs in the training loop: :func:`encode_dataset` runs the processor once per
 sample and keeps the resized image ``[3, H, W]``, the token grid ``(H', W')``,
 the query embedding ``[D]`` and the target mask ``[H', W']``; for the held-out
 split also the merger features ``[N, D]`` that ``divprune`` and ``cdpruner``
-select on.
+select on, and the question's token embeddings ``[Q, D]`` that ``cdpruner``
+scores relevance with.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class CachedSample:
     query: ``[D]`` float32 question embedding.
     target: ``[H', W']`` bool mask of the object the question is about.
     features: ``[N, D]`` merger outputs, or ``None`` when not encoded.
+    question_tokens: ``[Q, D]`` float32 input embeddings of the question's tokens
+        (``query`` is their mean), or ``None`` when not encoded (with ``features``).
     """
 
     image: torch.Tensor
@@ -45,6 +48,7 @@ class CachedSample:
     question: str
     answer: str
     kind: str
+    question_tokens: torch.Tensor | None = None
 
 
 def processor_grid(processor) -> GridFn:
@@ -57,6 +61,17 @@ def processor_grid(processor) -> GridFn:
         return resized_h // factor, resized_w // factor
 
     return grid_for
+
+
+@torch.no_grad()
+def question_token_embeddings(pipeline: VLMPipeline, question: str) -> torch.Tensor:
+    """``[Q, D]`` float32, on the VLM's device: the VLM's input embeddings of the question's tokens.
+
+    Tokenized as :meth:`VLMPipeline.question_embedding` does, whose result is their mean.
+    """
+    vlm = pipeline.vlm
+    ids = vlm.tokenizer(question, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    return vlm.model.get_input_embeddings()(ids.to(vlm.device)).float()
 
 
 @torch.no_grad()
@@ -75,15 +90,17 @@ def encode_sample(pipeline: VLMPipeline, sample, with_features: bool) -> CachedS
     features = None
     if with_features:
         features = encode_images(vlm, [batch["pixel_values"]], [thw])[0].features.float().cpu()
+    question_tokens = question_token_embeddings(pipeline, sample.question)  # [Q, D]
     return CachedSample(
         image=resized_image(batch["pixel_values"], thw, image_processor),
         grid=grid,
-        query=pipeline.question_embedding(sample.question).float().cpu(),
+        query=question_tokens.mean(dim=0).cpu(),
         target=sample.target_mask.bool(),
         features=features,
         question=sample.question,
         answer=sample.answer,
         kind=sample.kind,
+        question_tokens=question_tokens.cpu() if with_features else None,
     )
 
 
@@ -97,25 +114,25 @@ def encode_dataset(pipeline: VLMPipeline, dataset: Dataset, *, with_features: bo
 
 
 def batches(samples: Sequence[CachedSample], batch_size: int, seed: int) -> Iterator[list[CachedSample]]:
-    """Endless shuffled batches of samples that share an image size (so they stack).
+    """Endless shuffled batches of ``batch_size`` samples (any image sizes; see :func:`size_groups`).
 
-    Each pass shuffles every size bucket with ``random.Random(seed + pass)``;
-    a bucket's last short batch is used too.
+    Each pass shuffles the samples with ``random.Random(seed + pass)``; the last
+    short batch of a pass is used too.
     """
-    buckets: dict[tuple[int, ...], list[CachedSample]] = defaultdict(list)
-    for sample in samples:
-        buckets[tuple(sample.image.shape)].append(sample)
     epoch = 0
     while True:
-        rng = random.Random(seed + epoch)
-        chunks = []
-        for bucket in buckets.values():
-            order = list(bucket)
-            rng.shuffle(order)
-            chunks.extend(order[i : i + batch_size] for i in range(0, len(order), batch_size))
-        rng.shuffle(chunks)
-        yield from chunks
+        order = list(samples)
+        random.Random(seed + epoch).shuffle(order)
+        yield from (order[i : i + batch_size] for i in range(0, len(order), batch_size))
         epoch += 1
+
+
+def size_groups(batch: Sequence[CachedSample]) -> list[list[CachedSample]]:
+    """``batch`` split into groups of one image size (each group stacks), in first-seen order."""
+    groups: dict[tuple[int, ...], list[CachedSample]] = defaultdict(list)
+    for sample in batch:
+        groups[tuple(sample.image.shape)].append(sample)
+    return list(groups.values())
 
 
 def stack(batch: Sequence[CachedSample]) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor, torch.Tensor]:

@@ -24,7 +24,7 @@ from arr_coc.attending import allocate
 from arr_coc.heatmap import overlay
 from arr_coc.scorer import RelevanceScorer
 from arr_coc.training.config import TrainConfig
-from arr_coc.training.data import CachedSample, batches, stack
+from arr_coc.training.data import CachedSample, batches, size_groups, stack
 from arr_coc.training.loss import relevance_loss
 from arr_coc.training.recall import RecallTable, recall_table
 
@@ -110,6 +110,22 @@ def cosine_schedule(config: TrainConfig):
     return factor
 
 
+def batch_loss(scorer: RelevanceScorer, batch: Sequence[CachedSample], config: TrainConfig):
+    """The relevance loss of a batch of any image sizes: one scorer call per size, weighted by group size."""
+    total = 0.0
+    parts: dict[str, float] = {}
+    for group in size_groups(batch):
+        images, grid, queries, targets = stack(group)
+        relevance = scorer(images, grid, queries)
+        loss, group_parts = relevance_loss(relevance, targets, bce_weight=config.bce_weight,
+                                           rank_weight=config.rank_weight, temperature=config.rank_temperature)
+        share = len(group) / len(batch)
+        total = total + loss * share
+        for key, value in group_parts.items():
+            parts[key] = parts.get(key, 0.0) + value * share
+    return total, parts
+
+
 def train_scorer(config: TrainConfig, train: Sequence[CachedSample], heldout: Sequence[CachedSample],
                  query_dim: int, logger: TrainLogger | None = None, progress: bool = True) -> TrainResult:  # fmt: skip
     """Train a fresh :class:`RelevanceScorer` for ``config.steps`` steps; returns it with its held-out recall."""
@@ -124,10 +140,7 @@ def train_scorer(config: TrainConfig, train: Sequence[CachedSample], heldout: Se
     losses: list[float] = []
     bar = tqdm(range(1, config.steps + 1), desc="train-scorer", disable=not progress)
     for step in bar:
-        images, grid, queries, targets = stack(next(stream))
-        relevance = scorer(images, grid, queries)
-        loss, parts = relevance_loss(relevance, targets, bce_weight=config.bce_weight,
-                                     rank_weight=config.rank_weight, temperature=config.rank_temperature)  # fmt: skip
+        loss, parts = batch_loss(scorer, next(stream), config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norms = grad_norms(scorer)

@@ -4,7 +4,8 @@ For each held-out sample the scorer rates the tokens, then each method keeps a
 budget of them through :func:`arr_coc.attending.allocate` (the path the service
 uses); recall is the share of the target object's tokens kept, averaged over
 samples. ``random`` draws with seed ``seed + sample index``, so its mean is an
-honest estimate of the floor, not one lucky draw.
+honest estimate of the floor, not one lucky draw. Samples without target tokens
+(a count question whose answer is 0) have no recall and are left out.
 """
 
 from __future__ import annotations
@@ -25,21 +26,35 @@ RecallTable = dict[str, dict[float, float]]
 @torch.no_grad()
 def recall_table(scorer: RelevanceScorer, samples: Sequence[CachedSample], methods: Sequence[str],
                  budgets: Sequence[float], seed: int = 0) -> RecallTable:  # fmt: skip
-    """Mean recall@budget of ``methods`` x ``budgets`` over ``samples`` (feature methods need ``features``)."""
+    """Mean recall@budget of ``methods`` x ``budgets`` over ``samples``.
+
+    Feature methods need ``features``; ``cdpruner`` also ``question_tokens``.
+    """
     was_training = scorer.training
     scorer.eval()
     sums = {m: {float(b): 0.0 for b in budgets} for m in methods}
-    for index, sample in enumerate(samples):
+    scored = [(index, sample) for index, sample in enumerate(samples) if sample.target.any()]
+    if not scored:
+        raise ValueError("no held-out sample has target tokens: recall is undefined")
+    for index, sample in scored:
         relevance = scorer(sample.image[None], sample.grid, sample.query[None])[0].float().cpu()
         for method in methods:
             if method in FEATURE_METHODS and sample.features is None:
                 raise ValueError(f"method {method!r} needs held-out samples encoded with features")
             for budget in budgets:
-                (kept,) = allocate([relevance], float(budget), method, seed + index, grid=[sample.grid],
-                                   features=[sample.features], query=[sample.query])  # fmt: skip
+                (kept,) = allocate(
+                    [relevance],
+                    float(budget),
+                    method,
+                    seed + index,
+                    grid=[sample.grid],
+                    features=[sample.features],
+                    query=[sample.query],
+                    question_tokens=[sample.question_tokens],
+                )
                 sums[method][float(budget)] += recall_at_budget(kept, sample.target)
     scorer.train(was_training)
-    return {m: {b: total / len(samples) for b, total in row.items()} for m, row in sums.items()}
+    return {m: {b: total / len(scored) for b, total in row.items()} for m, row in sums.items()}
 
 
 def flat_recall(table: RecallTable, prefix: str = "recall") -> dict[str, float]:

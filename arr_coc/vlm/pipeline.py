@@ -35,7 +35,7 @@ from arr_coc.vlm.inputs import EncodedRequest, check_generation, encode_request
 from arr_coc.vlm.loading import LoadedVLM, load_vlm
 from arr_coc.vlm.pruning import LLMRow, encode_images, full_positions, prune_row
 from arr_coc.vlm.sampling import RowDecoder
-from arr_coc.vlm.testbed import DEFAULT_FAMILY, ensure_testbed
+from arr_coc.vlm.testbed import EMBEDDED_MODEL, EMBEDDED_SCORER
 from arr_coc.vlm.types import AnswerRequest, AnswerResult, GenerationParams
 
 
@@ -96,12 +96,17 @@ class VLMPipeline:
         scorer: str | Path | RelevanceScorer | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
-        testbed_root: str | Path | None = None,
     ) -> VLMPipeline:
-        """Load ``model`` (hub id or directory; ``None`` = the embedded qwen2.5-vl testbed) and a scorer
-        (checkpoint directory, module, or ``None`` = the untrained seeded scorer)."""
-        source = model if model is not None else ensure_testbed(DEFAULT_FAMILY, testbed_root)
-        vlm = load_vlm(source, device=device, dtype=dtype)
+        """Load ``model`` (hub id or directory) and a scorer (checkpoint directory, module, or ``None``).
+
+        ``model=None`` is the embedded default: the shipped VQA testbed, with its
+        shipped scorer when ``scorer`` is ``None``. With any other model, ``scorer=None``
+        is the untrained seeded scorer.
+        """
+        if model is None:
+            model = EMBEDDED_MODEL
+            scorer = EMBEDDED_SCORER if scorer is None else scorer
+        vlm = load_vlm(model, device=device, dtype=dtype)
         if isinstance(scorer, (str, Path)):
             scorer = RelevanceScorer.load(scorer, device=vlm.device)
         return cls(vlm, scorer)
@@ -155,10 +160,12 @@ class VLMPipeline:
 
         start = clock()
         image_processor = vlm.processor.image_processor
-        grids, relevance, queries = [], [], []
+        embed = vlm.model.get_input_embeddings()
+        grids, relevance, queries, questions = [], [], [], []
         for r, e in zip(requests, encoded):
             grid = merged_grid(e.image_grid_thw, vlm.merge_size)
-            query = self.query_embedding(e.question_ids)
+            question_tokens = embed(e.question_ids.to(vlm.device)).float()  # [Q, D]
+            query = question_tokens.mean(dim=0)  # [D], as query_embedding
             if r.relevance is not None:
                 scores = check_relevance(r.relevance, grid)
             else:
@@ -166,6 +173,7 @@ class VLMPipeline:
                 scores = self.scorer(image[None].to(vlm.device), grid, query[None])[0]
             grids.append(grid)
             queries.append(query)
+            questions.append(question_tokens)
             relevance.append(scores.float().cpu())
         kept = allocate(
             relevance,
@@ -175,6 +183,7 @@ class VLMPipeline:
             grid=grids,
             features=[v.features for v in vision],
             query=queries,
+            question_tokens=questions,
         )
         synchronize(vlm.device)
         timings["scoring"] = (clock() - start) * 1000.0

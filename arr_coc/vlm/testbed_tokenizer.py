@@ -58,8 +58,12 @@ def chat_template(with_default_system: bool) -> str:
     return (_DEFAULT_SYSTEM if with_default_system else "") + _TURNS
 
 
-def build_tokenizer() -> TokenizersBackend:
-    """The testbed tokenizer: ``VOCAB_SIZE`` BPE tokens (fewer if the corpus runs out) + the special tokens."""
+def build_tokenizer(words: tuple[str, ...] = ()) -> TokenizersBackend:
+    """The testbed tokenizer: ``VOCAB_SIZE`` BPE tokens (fewer if the corpus runs out) + the special tokens.
+
+    ``words`` become single tokens wherever they stand as whole words (the answer
+    words of a task, so that an answer is one token and then the end token).
+    """
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -70,6 +74,7 @@ def build_tokenizer() -> TokenizersBackend:
     )
     tokenizer.train_from_iterator(_CORPUS.splitlines(), trainer)
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    tokenizer.add_tokens([AddedToken(w, single_word=True, normalized=False) for w in words])
     return TokenizersBackend(
         tokenizer_object=tokenizer,
         eos_token="<|im_end|>",

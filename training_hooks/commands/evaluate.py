@@ -22,7 +22,7 @@ def register(subparsers) -> None:
     parser.add_argument("--variant", help="a registered variant, e.g. arr-coc-25, uniform-10, full")
     parser.add_argument("--method", help="ad-hoc variant: none, uniform, random, arr-coc, divprune, cdpruner")
     parser.add_argument("--budget", type=parse_budget, help="ad-hoc variant: tokens kept, a count or a ratio")
-    parser.add_argument("--dataset", default="synthetic", help="dataset name (built in: synthetic)")
+    parser.add_argument("--dataset", default="vqa", help="dataset name (built in: vqa, synthetic)")
     parser.add_argument("--size", type=int, default=64, help="samples in the held-out split")
     parser.add_argument("--limit", type=int, help="evaluate only the first N samples")
     parser.add_argument("--seed", type=int, default=0)

@@ -14,7 +14,8 @@ def run(args: argparse.Namespace) -> int:
 
     cli_values = {"steps": args.steps, "out": args.out, "model": args.model, "seed": args.seed,
                   "batch_size": args.batch_size, "train_size": args.train_size,
-                  "heldout_size": args.heldout_size, "image_size": args.image_size}  # fmt: skip
+                  "heldout_size": args.heldout_size, "image_size": args.image_size,
+                  "dataset": args.dataset, "lr": args.lr}  # fmt: skip
     return run_train_job(args.config, cli_values, wandb_mode=args.wandb, device=args.device,
                          progress=not args.no_progress)  # fmt: skip
 
@@ -30,6 +31,8 @@ def register(subparsers) -> None:
     parser.add_argument("--train-size", type=int, help="training samples")
     parser.add_argument("--heldout-size", type=int, help="held-out samples for recall@budget")
     parser.add_argument("--image-size", type=int, help="side of the synthetic images, pixels")
+    parser.add_argument("--dataset", help="training data: vqa (default, the synthetic VQA task) or synthetic")
+    parser.add_argument("--lr", type=float, help="peak learning rate")
     parser.add_argument("--device", help="cpu (default), cuda, cuda:N")
     parser.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "off"],
                         help="auto: online with WANDB_API_KEY, else offline (WANDB_MODE wins)")  # fmt: skip

@@ -1,0 +1,367 @@
+"""Training the VQA testbed: a tiny Qwen2.5-VL learns the synthetic VQA task from scratch.
+
+The model is transformers' own ``Qwen2_5_VLForConditionalGeneration`` built from a
+config (``arr_coc.vlm.testbed.build_testbed(size="vqa")``, the testbed tokenizer
+extended with the task's answer words) and trained end to end, vision tower
+included, with cross-entropy on the answer word and the end token.
+
+The vision tower also gets dense supervision while it trains: a linear probe
+(:class:`TokenProbe`, discarded after training) reads the colour, the shape and
+"an object's centre is here" of every visual token off the merger outputs, with
+labels from the generator (:func:`arr_coc.tasks.shapes_vqa.token_labels`). A
+model trained from scratch otherwise has to discover colours and shapes through
+a single answer token, which on 2 CPU cores stalls at chance for hundreds of steps.
+
+The LLM gets three hints while it trains, from the generator's target masks: in
+its first layer, one head at the question's subject word ("star" in "What colour
+is the star?") should attend to the visual tokens of the object(s) the question
+is about; the subject word's hidden state after that layer should already read
+out as the answer (through the model's own final norm and LM head); in its second
+layer, one head at the answering position should attend to the subject word.
+Without them a from-scratch LLM sits at chance for thousands of steps (the answer
+needs two attention hops and a value path through both); with them it learns the
+lookup in a few hundred. Attention weights need eager attention in the LLM while
+training; the saved model is a stock checkpoint and serves with SDPA.
+
+Every example goes through the serving path's pruned prefill: the vision tower
+runs on the whole image, a random share of the visual tokens is kept (keep ratio
+uniform in ``[min_keep, 1]``, a uniformly random subset), and the LLM sees only
+the kept tokens at their ORIGINAL 3-row M-RoPE positions
+(:func:`arr_coc.vlm.pruning.prune_row`), so the model learns to answer from any
+subset without favouring one selection method. Data comes from
+:class:`arr_coc.tasks.shapes_vqa.ShapesVQA` (``train`` split), drawn in a
+DataLoader worker while the model trains. Deterministic for a seed on one machine.
+
+No W&B here: the loop reports through a :class:`TestbedLogger`
+(``training_hooks.train_testbed_job`` logs to W&B).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from arr_coc.metrics import answer_matches
+from arr_coc.tasks.shapes_vqa import ANSWER_WORDS, COLOURS, MAX_OBJECTS, SHAPES, ShapesVQA, token_labels
+from arr_coc.training.config import validate
+from arr_coc.vlm.decoding import pad_rows
+from arr_coc.vlm.grid import merged_grid
+from arr_coc.vlm.inputs import EncodedRequest, encode_request
+from arr_coc.vlm.loading import LoadedVLM, load_vlm
+from arr_coc.vlm.pipeline import VLMPipeline
+from arr_coc.vlm.pruning import VisionFeatures, encoder_outputs, full_positions, prune_row
+from arr_coc.vlm.testbed import build_testbed
+from arr_coc.vlm.types import AnswerRequest, GenerationParams
+
+IGNORE = -100
+
+
+class TrainTestbedConfig(BaseModel):
+    """Everything one testbed training run depends on (the W&B run config)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    steps: int = Field(2400, ge=1, description="optimizer steps")
+    batch_size: int = Field(24, ge=1, description="examples per step")
+    lr: float = Field(2e-3, gt=0, description="AdamW peak learning rate (cosine decay to 5 %)")
+    vision_lr_scale: float = Field(1.0, gt=0, description="learning-rate factor of the vision tower")
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    min_keep: float = Field(0.1, gt=0, le=1, description="smallest kept share of visual tokens (augmentation)")
+    probe_weight: float = Field(0.5, ge=0, description="weight of the per-token probe loss on the vision tower")
+    hint_weight: float = Field(0.5, ge=0, description="weight of the LLM's hints (two attention maps, one read-out)")
+    seed: int = Field(0, ge=0, description="seeds the initial weights, the data order and the token dropping")
+    heldout_size: int = Field(96, ge=1, description="held-out samples answered at each evaluation")
+    eval_every: int = Field(400, ge=0, description="steps between held-out evaluations (0 = only at the end)")
+    workers: int = Field(1, ge=0, description="DataLoader workers drawing and processing scenes")
+    out: str = Field("testbed-checkpoint", description="directory of the trained checkpoint")
+
+
+def train_testbed_config(*layers) -> TrainTestbedConfig:
+    """The validated config of defaults < ``layers`` (merged left to right)."""
+    return validate(TrainTestbedConfig, *layers)
+
+
+class TestbedLogger(Protocol):
+    def log(self, metrics: dict[str, float], step: int) -> None: ...
+
+
+class _NullLogger:
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+
+@dataclass
+class TrainingExample:
+    """One encoded example: the stock prompt inputs plus the answer ids (answer word(s) + end token)."""
+
+    encoded: EncodedRequest
+    answer_ids: torch.Tensor  # [A]
+    labels: torch.Tensor  # [4, H', W'] per-token colour, shape, centre, same-colour count (see token_labels)
+    target: torch.Tensor  # [H', W'] bool: the tokens of the object(s) the question is about
+    subject_id: int  # token id of the question's subject word (a shape or a colour)
+
+
+@dataclass
+class TestbedResult:
+    vlm: LoadedVLM
+    losses: list[float] = field(default_factory=list)
+    heldout_accuracy: float = float("nan")
+
+
+class ExampleSet(torch.utils.data.Dataset):
+    """``ShapesVQA`` samples encoded by the VLM's processor (runs in DataLoader workers)."""
+
+    def __init__(self, processor, dataset: ShapesVQA, end_token_id: int, context_length: int) -> None:
+        self.processor = processor
+        self.dataset = dataset
+        self.end_token_id = end_token_id
+        self.context_length = context_length
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> TrainingExample:
+        sample, scene = self.dataset.sample_and_scene(index)
+        encoded = encode_request(self.processor, sample.image, sample.question, self.context_length, 4)
+        words = self.processor.tokenizer(sample.answer, add_special_tokens=False)["input_ids"]
+        answer = torch.tensor([*words, self.end_token_id], dtype=torch.long)
+        grid = merged_grid(encoded.image_grid_thw, int(self.processor.image_processor.merge_size))
+        subject = subject_word(sample.question)
+        subject_id = self.processor.tokenizer.convert_tokens_to_ids(subject)
+        return TrainingExample(encoded, answer, token_labels(scene, grid), sample.target_mask, subject_id)
+
+
+def subject_word(question: str) -> str:
+    """The colour or shape word a task question is about."""
+    words = [w.strip("?") for w in question.split()]
+    return next(w for w in words if w in COLOURS or w in SHAPES)
+
+
+class TokenProbe(torch.nn.Module):
+    """Linear read-out of each visual token's colour, shape and centre flag from merger outputs ``[N, D]``."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.colour = torch.nn.Linear(width, 1 + len(COLOURS))
+        self.shape = torch.nn.Linear(width, 1 + len(SHAPES))
+        self.centre = torch.nn.Linear(width, 1)
+        self.count = torch.nn.Linear(width, 1 + MAX_OBJECTS)
+
+    def loss(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Class-balanced loss of one image: ``features [N, D]``, ``labels [3, N]``; object and
+        background tokens weigh equally."""
+        features = features.float()
+        on_object = labels[0] > 0
+        parts = []
+        for head, target in ((self.colour, labels[0]), (self.shape, labels[1]), (self.count, labels[3])):
+            per_token = F.cross_entropy(head(features), target, reduction="none")
+            parts.append(_balanced(per_token, on_object))
+        centre = F.binary_cross_entropy_with_logits(self.centre(features)[:, 0], labels[2].float(), reduction="none")
+        parts.append(_balanced(centre, labels[2] > 0))
+        return sum(parts)
+
+
+def _balanced(per_token: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    means = [per_token[group].mean() for group in (positive, ~positive) if group.any()]
+    return sum(means) / len(means)
+
+
+def _collate(examples: list[TrainingExample]) -> list[TrainingExample]:
+    return examples
+
+
+def answer_rows(vlm: LoadedVLM, examples: Sequence[TrainingExample], keep_ratios: Sequence[float],
+                generator: torch.Generator):
+    """Vision (with gradients) for all images, random token dropping, pruned rows with their answers.
+
+    Returns ``(rows, kept, features)``: per example an ``LLMRow`` of prompt + answer
+    whose kept visual tokens (``kept [K_b]``, raster indices) are a random
+    ``keep_ratio`` share at stock positions, and the merger outputs ``[N_b, D]`` of
+    every token.
+    """
+    encoded = [e.encoded for e in examples]
+    pixels = torch.cat([e.pixel_values for e in encoded]).to(vlm.device)
+    thw = torch.stack([e.image_grid_thw for e in encoded]).to(vlm.device)
+    features = vlm.model.get_image_features(pixels, thw, return_dict=True).pooler_output
+    rows, kept_sets = [], []
+    for example, feats, ratio in zip(examples, features, keep_ratios):
+        e = example.encoded
+        tokens = feats.shape[0]
+        keep = max(1, round(ratio * tokens))
+        kept = torch.sort(torch.randperm(tokens, generator=generator)[:keep]).values
+        ids = torch.cat([e.input_ids, example.answer_ids])
+        types = torch.cat([e.mm_token_type_ids, torch.zeros_like(example.answer_ids)])
+        positions = full_positions(vlm, ids, types, e.image_grid_thw)
+        rows.append(prune_row(ids, positions, types, VisionFeatures(feats, None), kept))
+        kept_sets.append(kept)
+    return rows, kept_sets, features
+
+
+@dataclass
+class StepLosses:
+    answer: torch.Tensor  # mean cross-entropy of the answer tokens
+    hints: torch.Tensor  # mean of the hints: -log(attention mass on the right tokens), read-out cross-entropy
+
+
+def step_losses(vlm: LoadedVLM, rows, kept: Sequence[torch.Tensor], examples: Sequence[TrainingExample]) -> StepLosses:
+    """Teacher-forced answer loss over left-padded rows, and the attention hints (see the module docstring)."""
+    batch = pad_rows(rows, vlm.pad_token_id, vlm.device)
+    lengths = [int(e.answer_ids.numel()) for e in examples]
+    tail = max(lengths)
+    output = vlm.model(
+        input_ids=batch.input_ids,
+        attention_mask=None if bool(batch.attention_mask.all()) else batch.attention_mask,
+        position_ids=batch.position_ids,
+        mm_encoder_outputs=encoder_outputs(vlm, rows),
+        use_cache=False,
+        logits_to_keep=tail + 1,
+        output_attentions=True,
+        output_hidden_states=True,
+    )
+    logits = output.logits[:, :-1].float()  # [B, tail, V]: position t predicts token t + 1
+    labels = torch.full((len(rows), tail), IGNORE, dtype=torch.long, device=vlm.device)
+    for b, length in enumerate(lengths):
+        labels[b, tail - length :] = batch.input_ids[b, -length:]
+    answer = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
+    hints = []
+    first, second = output.attentions[0][:, 0], output.attentions[1][:, 0]  # [B, L, L], head 0
+    for b, (example, kept_b, length) in enumerate(zip(examples, kept, lengths)):
+        ids = batch.input_ids[b, : batch.input_ids.shape[1] - length]
+        subject = torch.nonzero(ids == example.subject_id).flatten()
+        if subject.numel() == 0:
+            continue
+        subject = int(subject[-1])
+        answering = ids.numel() - 1
+        hints.append(-torch.log(second[b, answering, subject] + 1e-6))
+        read_out = vlm.model.lm_head(vlm.model.model.language_model.norm(output.hidden_states[1][b, subject]))
+        hints.append(F.cross_entropy(read_out[None].float(), example.answer_ids[:1].to(vlm.device)))
+        on_target = example.target.flatten()[kept_b]
+        if on_target.any():
+            image_slots = torch.nonzero(ids == vlm.image_token_id).flatten()
+            hints.append(-torch.log(first[b, subject, image_slots[on_target]].sum() + 1e-6))
+    return StepLosses(answer, torch.stack(hints).mean() if hints else answer.new_zeros(()))
+
+
+def schedule(config: TrainTestbedConfig):
+    """Linear warm-up, then cosine decay to 5 % of the peak."""
+
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+@torch.no_grad()
+def heldout_accuracy(vlm: LoadedVLM, dataset: ShapesVQA, batch_size: int = 16) -> float:
+    """Share of ``dataset`` answered right with all visual tokens, through the serving pipeline (greedy)."""
+    was_training = vlm.model.training
+    vlm.model.eval()
+    pipeline = VLMPipeline(vlm)
+    correct = 0
+    for start in range(0, len(dataset), batch_size):
+        samples = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
+        requests = [AnswerRequest(s.image, s.question, method="none", budget=1.0,
+                                  generation=GenerationParams(max_new_tokens=4)) for s in samples]
+        results = pipeline.answer_batch(requests)
+        correct += sum(answer_matches(r.answer, s.answer) for r, s in zip(results, samples))
+    vlm.model.train(was_training)
+    return correct / len(dataset)
+
+
+TRAINING_ATTENTION = {"text_config": "eager", "vision_config": "sdpa", "": "sdpa"}
+"""Eager attention in the LLM (its weights feed the attention hints), SDPA in the vision tower."""
+
+
+def initial_model(directory: str | Path, seed: int) -> LoadedVLM:
+    """The untrained VQA testbed (random weights from ``seed``), written to ``directory`` and loaded."""
+    build_testbed(directory, "qwen2.5-vl", seed=seed, size="vqa", words=ANSWER_WORDS)
+    return load_vlm(directory, device="cpu", dtype="float32", attn_implementation=TRAINING_ATTENTION)
+
+
+def train_testbed(config: TrainTestbedConfig, logger: TestbedLogger | None = None,
+                  progress: bool = True) -> TestbedResult:
+    """Train the VQA testbed for ``config.steps`` steps and save it (model + processor) to ``config.out``."""
+    from tqdm.auto import tqdm
+
+    logger = logger or _NullLogger()
+    out = Path(config.out)
+    vlm = initial_model(out, config.seed)
+    model = vlm.model
+    model.requires_grad_(True)
+    model.train()
+    grid_for = _processor_grid(vlm)
+    train_set = ShapesVQA(config.steps * config.batch_size, "train", config.seed, grid_for)
+    heldout = ShapesVQA(config.heldout_size, "heldout", config.seed, grid_for)
+    end_id = vlm.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    loader = torch.utils.data.DataLoader(
+        ExampleSet(vlm.processor, train_set, end_id, vlm.context_length),
+        batch_size=config.batch_size,
+        shuffle=False,
+        num_workers=config.workers,
+        collate_fn=_collate,
+        persistent_workers=False,
+        prefetch_factor=4 if config.workers else None,
+    )
+    vision = [p for n, p in model.named_parameters() if n.startswith("model.visual.")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("model.visual.")]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        probe = TokenProbe(vlm.hidden_size)
+    optimizer = torch.optim.AdamW(
+        [{"params": rest + list(probe.parameters())},
+         {"params": vision, "lr": config.lr * config.vision_lr_scale}],
+        lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98),
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(config))
+    generator = torch.Generator().manual_seed(config.seed)
+    losses: list[float] = []
+    accuracy = float("nan")
+    started = time.perf_counter()
+    bar = tqdm(enumerate(loader, start=1), total=config.steps, desc="train-testbed", disable=not progress)
+    for step, examples in bar:
+        ratios = (config.min_keep + (1 - config.min_keep) * torch.rand(len(examples), generator=generator)).tolist()
+        rows, kept, features = answer_rows(vlm, examples, ratios, generator)
+        losses_now = step_losses(vlm, rows, kept, examples)
+        answer = losses_now.answer
+        probe_loss = torch.stack([probe.loss(f, e.labels.flatten(1)) for f, e in zip(features, examples)]).mean()
+        loss = answer + config.probe_weight * probe_loss + config.hint_weight * losses_now.hints
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = float(torch.nn.utils.clip_grad_norm_([*model.parameters(), *probe.parameters()], 1.0))
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(answer.detach()))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        metrics = {"train/loss": losses[-1], "train/probe_loss": float(probe_loss.detach()),
+                   "train/hint_loss": float(losses_now.hints.detach()), "train/lr": lr,
+                   "train/grad_norm": norm,
+                   "train/elapsed_s": time.perf_counter() - started}
+        last = step == config.steps
+        if last or (config.eval_every and step % config.eval_every == 0):
+            accuracy = heldout_accuracy(vlm, heldout)
+            metrics["heldout/accuracy"] = accuracy
+        logger.log(metrics, step)
+    model.eval()
+    model.requires_grad_(False)
+    model.save_pretrained(out, safe_serialization=True)
+    vlm.processor.save_pretrained(out)
+    return TestbedResult(vlm, losses, accuracy)
+
+
+def _processor_grid(vlm: LoadedVLM):
+    from arr_coc.training.data import processor_grid
+
+    return processor_grid(vlm.processor)

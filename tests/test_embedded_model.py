@@ -1,0 +1,61 @@
+"""The shipped default: a trained tiny Qwen2.5-VL and its trained scorer answer the synthetic VQA task.
+
+Held-out samples only (the ``heldout`` split never shares a seed with training).
+CI never retrains: these tests load the files shipped in ``arr_coc/assets/``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from arr_coc.evaluation import evaluate_variant, summarize
+from arr_coc.scorer import RelevanceScorer
+from arr_coc.tasks.shapes_vqa import ShapesVQA
+from arr_coc.training.data import processor_grid
+from arr_coc.variants import get_variant
+from arr_coc.vlm.loading import load_vlm
+from arr_coc.vlm.pipeline import VLMPipeline
+from arr_coc.vlm.testbed import EMBEDDED_MODEL, EMBEDDED_SCORER
+
+SAMPLES = 64
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> VLMPipeline:
+    return VLMPipeline.from_pretrained(device="cpu", dtype="fp32")  # the embedded default
+
+
+@pytest.fixture(scope="module")
+def heldout(pipeline):
+    return ShapesVQA(SAMPLES, "heldout", seed=0, grid_for=processor_grid(pipeline.vlm.processor))
+
+
+def _accuracy(pipeline, variant: str, dataset) -> dict[str, float]:
+    records = list(evaluate_variant(pipeline, get_variant(variant), dataset, batch_size=8, max_new_tokens=4))
+    return summarize(records, 1.0)
+
+
+def test_shipped_files_load_through_the_normal_path_and_stay_small() -> None:
+    vlm = load_vlm(EMBEDDED_MODEL, device="cpu", dtype="fp32")
+    assert vlm.family.name == "qwen2.5-vl" and vlm.model.__class__.__name__ == "Qwen2_5_VLForConditionalGeneration"
+    assert (EMBEDDED_MODEL / "model.safetensors").stat().st_size <= 25 * 2**20
+    assert (EMBEDDED_MODEL / "README.md").is_file(), "the model card ships beside the weights"
+    scorer = RelevanceScorer.load(EMBEDDED_SCORER)
+    assert scorer.query_dim == vlm.hidden_size
+    assert json.loads((EMBEDDED_MODEL / "config.json").read_text())["model_type"] == "qwen2_5_vl"
+
+
+def test_all_tokens_answer_the_heldout_sample(pipeline, heldout) -> None:
+    summary = _accuracy(pipeline, "full", heldout)
+    assert summary["accuracy"] >= 0.9, summary
+
+
+def test_arr_coc_at_10_percent_beats_uniform_and_random(pipeline, heldout) -> None:
+    arr_coc = _accuracy(pipeline, "arr-coc-10", heldout)
+    uniform = _accuracy(pipeline, "uniform-10", heldout)
+    random = _accuracy(pipeline, "random-10", heldout)
+    assert arr_coc["accuracy"] >= uniform["accuracy"] + 0.15, (arr_coc, uniform)
+    assert arr_coc["accuracy"] >= random["accuracy"] + 0.15, (arr_coc, random)
+    assert arr_coc["recall"] >= uniform["recall"] + 0.3 and arr_coc["recall"] >= random["recall"] + 0.3

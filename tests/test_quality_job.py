@@ -1,0 +1,73 @@
+"""`arr-coc quality`: every method at every budget, one W&B eval run each, a table and a plot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from arr_coc.errors import InvalidConfigError, UnknownDatasetError
+from training_hooks.quality_job import QualityParams, format_markdown, quality_variants, run_quality_job
+from training_hooks.runfile import find_run_files, read_run
+from wandb_jobs import offline_env
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_variants_cover_full_then_every_method_and_budget() -> None:
+    variants = quality_variants(QualityParams(methods=["arr-coc", "cdpruner"], budgets=[0.1, 0.3]))
+    assert [(v.name, v.method, v.budget) for v in variants] == [
+        ("full", "none", 1.0), ("arr-coc-10", "arr-coc", 0.1), ("arr-coc@0.3", "arr-coc", 0.3),
+        ("cdpruner-10", "cdpruner", 0.1), ("cdpruner@0.3", "cdpruner", 0.3),
+    ]
+
+
+def test_a_small_table_is_written_and_logged(tmp_path, monkeypatch) -> None:
+    for key, value in offline_env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    out = tmp_path / "quality"
+    code = run_quality_job({"size": 6, "methods": ["arr-coc", "divprune"], "budgets": [0.25], "out": str(out),
+                            "batch_size": 3}, wandb_mode="offline", device="cpu")
+    assert code == 0
+    rows = json.loads((out / "quality.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["full", "arr-coc-25", "divprune-25"]
+    for row in rows:
+        assert row["samples"] == 6 and 0 <= row["accuracy"] <= 1 and 0 <= row["recall"] <= 1
+        assert {"accuracy/colour", "accuracy/shape", "accuracy/count"} & set(row)
+    assert rows[0]["kept_ratio"] == 1.0 and 0.2 < rows[1]["kept_ratio"] < 0.3
+    table = (out / "quality.md").read_text().splitlines()
+    assert len(table) == 2 + len(rows) and table[2].startswith("| full |")
+    with Image.open(out / "accuracy_vs_kept_ratio.png") as plot:
+        assert plot.size[0] > 400
+    runs = [read_run(path) for path in find_run_files(tmp_path)]
+    by_group = {run.config.get("variant"): run for run in runs}
+    assert set(by_group) == {"full", "arr-coc-25", "divprune-25"}
+    assert by_group["arr-coc-25"].summary["accuracy"] == pytest.approx(rows[1]["accuracy"])
+    assert by_group["divprune-25"].config["method"] == "divprune"
+
+
+def test_markdown_rows_carry_per_kind_accuracy() -> None:
+    row = {"variant": "v", "method": "arr-coc", "budget": 0.1, "accuracy": 0.5, "accuracy/colour": 1.0,
+           "accuracy/count": 0.25, "recall": 0.75, "kept_tokens_mean": 12.0, "kept_ratio": 0.1, "latency_p50_ms": 9.0}
+    line = format_markdown([row]).splitlines()[2]
+    assert line == "| v | arr-coc | 0.1 | 0.500 | 1.000 | nan | 0.250 | 0.750 | 12.0 | 0.100 | 9 |"
+
+
+@pytest.mark.parametrize("values, error", [({"size": 0}, InvalidConfigError), ({"methods": []}, InvalidConfigError),
+                                           ({"dataset": "coco"}, UnknownDatasetError),
+                                           ({"methods": ["blur"]}, InvalidConfigError),
+                                           ({"budgets": [1.5]}, InvalidConfigError)])
+def test_bad_parameters_fail_before_any_model_work(values, error, tmp_path) -> None:
+    with pytest.raises(error):
+        run_quality_job({**values, "out": str(tmp_path / "q")}, wandb_mode="off", device="cpu")
+    assert not (tmp_path / "q").exists()
+
+
+def test_cli_reports_bad_flags_with_exit_code_2(tmp_path) -> None:
+    result = subprocess.run([sys.executable, "-m", "arr_coc", "quality", "--size", "0", "--wandb", "off",
+                             "--out", str(tmp_path / "q")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "size" in result.stderr

@@ -1,0 +1,120 @@
+"""`arr-coc train-testbed`: the VQA testbed trains from scratch through the pruned-prefill path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from arr_coc.errors import InvalidConfigError
+from arr_coc.synthetic import patch_grid
+from arr_coc.tasks.shapes_vqa import COLOURS, SHAPES, ShapesVQA, token_labels
+from arr_coc.training.testbed_training import (
+    ExampleSet, TrainTestbedConfig, TokenProbe, answer_rows, initial_model, step_losses, subject_word,
+    train_testbed_config, train_testbed,
+)
+from arr_coc.vlm.loading import load_vlm
+
+
+def test_token_labels_describe_what_each_token_shows() -> None:
+    sample, scene = ShapesVQA(4, "train", seed=2).sample_and_scene(1)
+    grid = patch_grid(28)(*scene.image.size)
+    labels = token_labels(scene, grid)
+    assert labels.shape == (4, *grid)
+    assert int(labels[2].sum()) == len(scene.objects), "one centre token per object"
+    colours = {int(c) for c in labels[0].unique()} - {0}
+    assert colours == {1 + list(COLOURS).index(o.colour) for o in scene.objects}
+    shapes = {int(s) for s in labels[1].unique()} - {0}
+    assert shapes <= {1 + SHAPES.index(o.shape) for o in scene.objects}
+    on_object = labels[0] > 0
+    assert ((labels[1] > 0) == on_object).all() and ((labels[3] > 0) == on_object).all()
+    for obj in scene.objects:
+        same = sum(o.colour == obj.colour for o in scene.objects)
+        colour_cells = labels[0] == 1 + list(COLOURS).index(obj.colour)
+        assert (labels[3][colour_cells] == same).all()
+
+
+def test_subject_word_is_the_shape_or_colour_asked_about() -> None:
+    assert subject_word("What colour is the star?") == "star"
+    assert subject_word("What shape is the white object?") == "white"
+    assert subject_word("How many black objects are there?") == "black"
+    with pytest.raises(StopIteration):
+        subject_word("Where is the dog?")
+
+
+def test_probe_loss_is_low_for_features_that_show_the_labels() -> None:
+    torch.manual_seed(0)
+    probe = TokenProbe(8)
+    labels = torch.tensor([[0, 1, 2, 0], [0, 3, 1, 0], [0, 1, 0, 0], [0, 1, 2, 0]])
+    noise = torch.randn(4, 8)
+    before = probe.loss(noise, labels)
+    optimizer = torch.optim.Adam(probe.parameters(), lr=0.1)
+    features = torch.eye(4, 8) * 3
+    for _ in range(100):
+        optimizer.zero_grad()
+        probe.loss(features, labels).backward()
+        optimizer.step()
+    assert probe.loss(features, labels) < 0.1 < before
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory):
+    return initial_model(tmp_path_factory.mktemp("vqa-untrained"), seed=0)
+
+
+def test_training_rows_keep_a_random_share_at_stock_positions(untrained) -> None:
+    from arr_coc.training.data import processor_grid
+    from arr_coc.vlm.pruning import full_positions
+
+    vlm = untrained
+    examples = ExampleSet(vlm.processor, ShapesVQA(2, "train", 0, processor_grid(vlm.processor)),
+                          vlm.tokenizer.convert_tokens_to_ids("<|im_end|>"), vlm.context_length)
+    batch = [examples[0], examples[1]]
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        rows, kept, features = answer_rows(vlm, batch, [0.1, 1.0], generator)
+    for example, row, kept_b, feats in zip(batch, rows, kept, features):
+        tokens = example.encoded.num_visual_tokens
+        assert feats.shape[0] == tokens
+        assert torch.equal(kept_b, torch.sort(kept_b).values) and kept_b.unique().numel() == kept_b.numel()
+        ids = torch.cat([example.encoded.input_ids, example.answer_ids])
+        types = torch.cat([example.encoded.mm_token_type_ids, torch.zeros_like(example.answer_ids)])
+        stock = full_positions(vlm, ids, types, example.encoded.image_grid_thw)
+        image_slots = torch.nonzero(types == 1).flatten()
+        slots = image_slots[kept_b]
+        first = int(image_slots[0])
+        assert torch.equal(row.positions[:, :first], stock[:, :first]), "text before the image is unchanged"
+        kept_positions = row.positions[:, row.input_ids == vlm.image_token_id]
+        assert torch.equal(kept_positions, stock[:, slots]), "kept tokens keep their original M-RoPE positions"
+        assert torch.equal(row.input_ids[-example.answer_ids.numel() :], example.answer_ids)
+    assert kept[0].numel() == max(1, round(0.1 * features[0].shape[0])) and kept[1].numel() == features[1].shape[0]
+    losses = step_losses(vlm, rows, kept, batch)
+    assert losses.answer.item() > 0 and losses.hints.item() > 0
+
+
+def test_a_short_training_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tmp_path) -> None:
+    config = train_testbed_config({"steps": 10, "batch_size": 4, "warmup_steps": 0, "lr": 3e-3, "heldout_size": 4,
+                             "eval_every": 0, "workers": 0, "out": str(tmp_path / "tb")})
+    logged = []
+
+    class Logger:
+        def log(self, metrics, step):
+            logged.append((step, metrics))
+
+    result = train_testbed(config, Logger(), progress=False)
+    assert len(result.losses) == 10 and [s for s, _ in logged] == list(range(1, 11))
+    assert np.mean(result.losses[-3:]) < np.mean(result.losses[:3]) - 0.5
+    assert "heldout/accuracy" in logged[-1][1] and 0.0 <= result.heldout_accuracy <= 1.0
+    loaded = load_vlm(tmp_path / "tb", device="cpu", dtype="fp32")
+    assert loaded.family.name == "qwen2.5-vl"
+    assert all(len(loaded.tokenizer(w, add_special_tokens=False)["input_ids"]) == 1 for w in (*COLOURS, *SHAPES))
+    assert "eager" not in (tmp_path / "tb" / "config.json").read_text(), "training attention is not saved"
+
+
+@pytest.mark.parametrize("bad, field", [({"steps": 0}, "steps"), ({"min_keep": 0}, "min_keep"),
+                                        ({"min_keep": 1.5}, "min_keep"), ({"lr": -1}, "lr"), ({"stepz": 3}, "stepz")])
+def test_bad_training_config_is_a_typed_error(bad, field) -> None:
+    with pytest.raises(InvalidConfigError) as caught:
+        train_testbed_config(bad)
+    assert caught.value.field.startswith(field)
+    assert TrainTestbedConfig().min_keep == 0.1

@@ -1,0 +1,32 @@
+"""``arr-coc quality``: accuracy and target recall of every method at every budget on the held-out split."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def run(args: argparse.Namespace) -> int:
+    from training_hooks.quality_job import run_quality_job
+
+    values = {"size": args.size, "seed": args.seed, "batch_size": args.batch_size, "out": args.out,
+              "model": args.model, "scorer": args.scorer, "dataset": args.dataset,
+              "methods": args.methods, "budgets": args.budgets}
+    return run_quality_job({k: v for k, v in values.items() if v is not None}, wandb_mode=args.wandb,
+                           device=args.device)
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("quality", help="the quality table: every method x budget (W&B eval runs)")
+    parser.add_argument("--size", type=int, help="held-out samples (default 300)")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--batch-size", type=int, help="requests per answer_batch call (default 8)")
+    parser.add_argument("--methods", nargs="+", help="methods besides full (default: all five)")
+    parser.add_argument("--budgets", nargs="+", type=float, help="kept ratios (default 0.1 0.25 0.5)")
+    parser.add_argument("--dataset", help="dataset name (default vqa)")
+    parser.add_argument("--model", help="VLM directory or hub id (default: the embedded trained testbed)")
+    parser.add_argument("--scorer", help="scorer checkpoint (default: the embedded one with the embedded model)")
+    parser.add_argument("--out", help="folder for quality.md, quality.json and the plot (default ./quality)")
+    parser.add_argument("--device", help="cpu (default), cuda, cuda:N")
+    parser.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "off"],
+                        help="auto: online with WANDB_API_KEY, else offline (WANDB_MODE wins)")
+    parser.set_defaults(func=run)

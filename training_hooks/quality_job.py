@@ -1,0 +1,158 @@
+"""``arr-coc quality``: the quality table, every method at every budget on the held-out split.
+
+One pipeline (the embedded default unless ``--model``/``--scorer`` say otherwise)
+answers the same held-out samples of the synthetic VQA task for ``full`` and each
+method at each budget. Each variant becomes a W&B eval run (``job_type=eval``,
+``group`` = variant, the summary of :func:`arr_coc.evaluation.summarize` plus
+accuracy per question kind), so ``arr-coc compare`` and dashboards read them like
+any ``arr-coc eval`` run. The table is printed, and written to ``out`` as
+``quality.md`` and ``quality.json`` with ``accuracy_vs_kept_ratio.png`` (one line
+per method).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from arr_coc.attending import check_method, resolve_budget
+from arr_coc.tasks import check_dataset
+from arr_coc.training.config import validate
+from arr_coc.variants import Variant, ad_hoc, get_variant
+from training_hooks.jobrun import resolve_mode, start_run
+from training_hooks.plots import PALETTE, Series, scatter_plot
+
+METHODS = ("arr-coc", "uniform", "random", "divprune", "cdpruner")
+BUDGETS = (0.1, 0.25, 0.5)
+KINDS = ("colour", "shape", "count")
+COLUMNS = ("accuracy", "recall", "kept_tokens_mean", "kept_ratio", "latency_p50_ms")
+
+
+class QualityParams(BaseModel):
+    """What the table is computed over."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    dataset: str = "vqa"
+    size: int = Field(300, ge=1, description="held-out samples")
+    seed: int = Field(0, ge=0)
+    batch_size: int = Field(8, ge=1)
+    methods: list[str] = Field(list(METHODS), min_length=1)
+    budgets: list[float] = Field(list(BUDGETS), min_length=1)
+    model: str = ""
+    scorer: str = ""
+    out: str = "quality"
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, methods: list[str]) -> list[str]:
+        return [check_method(m) for m in methods]
+
+    @field_validator("budgets")
+    @classmethod
+    def _valid_budgets(cls, budgets: list[float]) -> list[float]:
+        for budget in budgets:
+            resolve_budget(float(budget), 1)
+        return budgets
+
+
+def quality_variants(params: QualityParams) -> list[Variant]:
+    """``full`` then each method at each budget (registered variants where they exist)."""
+    variants = [get_variant("full")]
+    for method in params.methods:
+        for budget in params.budgets:
+            name = f"{method}-{round(budget * 100)}"
+            try:
+                variant = get_variant(name)
+            except Exception:
+                variant = ad_hoc(method, budget)
+            if (variant.method, variant.budget) != (method, budget):
+                variant = ad_hoc(method, budget)
+            variants.append(variant)
+    return variants
+
+
+def per_kind_accuracy(records) -> dict[str, float]:
+    """``accuracy/<kind>`` for each question kind present in ``records``."""
+    right: dict[str, list[bool]] = defaultdict(list)
+    for record in records:
+        right[record.sample.kind].append(record.correct)
+    return {f"accuracy/{kind}": sum(v) / len(v) for kind, v in sorted(right.items())}
+
+
+def format_markdown(rows: list[dict[str, Any]]) -> str:
+    """The table as GitHub markdown: one row per variant."""
+    header = ["variant", "method", "budget", "accuracy", *[f"acc. {k}" for k in KINDS], "target recall",
+              "kept tokens", "kept ratio", "latency p50 ms"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        kinds = [f"{row.get(f'accuracy/{k}', float('nan')):.3f}" for k in KINDS]
+        cells = [row["variant"], row["method"], f"{row['budget']:g}", f"{row['accuracy']:.3f}", *kinds,
+                 f"{row['recall']:.3f}", f"{row['kept_tokens_mean']:.1f}", f"{row['kept_ratio']:.3f}",
+                 f"{row['latency_p50_ms']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def accuracy_plot(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Accuracy vs kept ratio, one line per method; ``full`` drawn as its own point at 1.0."""
+    by_method: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for row in rows:
+        by_method[row["method"]].append((row["kept_ratio"], row["accuracy"]))
+    full = by_method.pop("none", [])
+    series = [Series(method, sorted(points + full), colour=PALETTE[i % len(PALETTE)],
+                     marker=("circle", "square", "triangle")[i % 3])
+              for i, (method, points) in enumerate(sorted(by_method.items()))]
+    return scatter_plot(series, path, title="Accuracy vs kept visual tokens (held-out synthetic VQA)",
+                        xlabel="kept ratio", ylabel="accuracy", xrange=(0.0, 1.0), yrange=(0.0, 1.0))
+
+
+def run_quality_job(values: dict[str, Any], *, wandb_mode: str = "auto", device: str | None = None) -> int:
+    """Evaluate every variant, log one W&B eval run each, write the table and plot; exit code 0."""
+    params = validate(QualityParams, values)
+    check_dataset(params.dataset)
+    variants = quality_variants(params)
+    rows = evaluate_all(params, variants, resolve_mode(wandb_mode), device)
+    out = Path(params.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = format_markdown(rows)
+    (out / "quality.md").write_text(table + "\n")
+    (out / "quality.json").write_text(json.dumps({"params": params.model_dump(), "rows": rows}, indent=2) + "\n")
+    plot = accuracy_plot(rows, out / "accuracy_vs_kept_ratio.png")
+    print(table, file=sys.stdout)
+    print(f"wrote {out / 'quality.md'}, {out / 'quality.json'}, {plot}")
+    return 0
+
+
+def evaluate_all(params: QualityParams, variants: list[Variant], mode: str, device: str | None) -> list[dict]:
+    from tqdm.auto import tqdm
+
+    from arr_coc.evaluation import Stopwatch, evaluate_variant, summarize
+    from arr_coc.tasks import load_dataset
+    from arr_coc.training.data import processor_grid
+    from arr_coc.vlm.pipeline import VLMPipeline
+
+    pipeline = VLMPipeline.from_pretrained(params.model or None, scorer=params.scorer or None,
+                                           device=device or "cpu", dtype="fp32")
+    dataset = load_dataset(params.dataset, "heldout", params.size, seed=params.seed,
+                           grid_for=processor_grid(pipeline.vlm.processor))
+    rows = []
+    for variant in variants:
+        clock = Stopwatch()
+        stream = evaluate_variant(pipeline, variant, dataset, batch_size=params.batch_size, max_new_tokens=4,
+                                  seed=params.seed)
+        records = list(tqdm(stream, total=len(dataset), desc=f"quality {variant.name}", leave=False))
+        summary = {**summarize(records, clock.elapsed_s), **per_kind_accuracy(records)}
+        config = variant.as_config(dataset=params.dataset, size=params.size, seed=params.seed,
+                                   model=params.model or "embedded", scorer=params.scorer or "embedded")
+        run = start_run(job_type="eval", config=config, mode=mode, group=variant.name,
+                        name=f"quality-{variant.name}", tags=(variant.method, "quality"))
+        run.summary.update(summary)
+        run.finish()
+        rows.append({"variant": variant.name, "method": variant.method, "budget": float(variant.budget), **summary})
+    return rows
