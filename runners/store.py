@@ -9,12 +9,13 @@ with no hub access at start.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import bentoml
 
-from arr_coc.errors import ModelNotFoundError
+from arr_coc.errors import CheckpointFormatError, ModelNotFoundError
 from arr_coc.scorer import RelevanceScorer
 from arr_coc.vlm.loading import _resolve_source, read_family
 from runners.models import SCORER_MODEL_NAME, VLM_MODEL_NAME
@@ -42,11 +43,28 @@ def _copy_into_store(name: str, source: Path, metadata: dict) -> bentoml.Model:
 
 
 def import_models(vlm: str, scorer: str | None = None) -> list[str]:
-    """Store the VLM (and scorer); returns the new tags."""
+    """Store the VLM (and scorer); returns the new tags.
+
+    Both are checked before anything is stored, so a refused scorer never leaves a
+    new ``arr-coc-vlm:latest`` behind.
+    """
     family = read_family(vlm)
     checkpoint = local_checkpoint(vlm)
+    if scorer:
+        loaded = RelevanceScorer.load(scorer)  # refuse a broken checkpoint before storing anything
+        width = read_hidden_size(checkpoint)
+        if loaded.query_dim != width:
+            raise CheckpointFormatError(
+                f"the scorer at {scorer} takes {loaded.query_dim}-d queries but the VLM's embeddings are {width}-d",
+                field="scorer",
+            )
     tags = [str(_copy_into_store(VLM_MODEL_NAME, checkpoint, {"source": str(vlm), "family": family.name}).tag)]
     if scorer:
-        RelevanceScorer.load(scorer)  # refuse a broken checkpoint before storing it
         tags.append(str(_copy_into_store(SCORER_MODEL_NAME, Path(scorer), {"source": str(scorer)}).tag))
     return tags
+
+
+def read_hidden_size(checkpoint: Path) -> int:
+    """Width of the LLM's input embeddings, from the checkpoint's ``config.json``."""
+    config = json.loads((checkpoint / "config.json").read_text())
+    return int(config.get("text_config", config)["hidden_size"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -86,6 +87,13 @@ def test_import_refuses_missing_checkpoints(built, tmp_path):
     result = subprocess.run([sys.executable, "-m", "arr_coc", "models", "import", "--testbed", "qwen2.5-vl",
                              "--scorer", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 2 and "scorer" in result.stderr
+    # the shipped scorer takes the shipped model's 128-d queries, not the random testbed's 64-d ones
+    result = subprocess.run([sys.executable, "-m", "arr_coc", "models", "import", "--testbed", "qwen2.5-vl",
+                             "--scorer", "arr_coc/assets/vqa-scorer"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 2 and "128-d" in result.stderr
+    listed = subprocess.run([sys.executable, "-m", "bentoml", "models", "list", "-o", "json"], cwd=ROOT, env=env,
+                            capture_output=True, text=True)
+    assert sorted(m["tag"] for m in json.loads(listed.stdout)) == sorted(built["models"]), "a refused import stores nothing"
 
 
 def test_built_bento_serves_its_bundled_models(built, tmp_path):
