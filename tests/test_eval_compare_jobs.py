@@ -12,7 +12,7 @@ from arr_coc.cli import main
 from wandb_jobs import arr_coc, launch_env, offline_env
 from training_hooks.runfile import find_run_files, read_run
 
-EVAL_ARGS = ["--limit", "2", "--size", "4", "--image-size", "112", "--max-new-tokens", "2"]
+EVAL_ARGS = ["--limit", "2", "--size", "4", "--dataset", "synthetic", "--image-size", "112", "--max-new-tokens", "2"]
 
 
 @pytest.fixture(scope="module")

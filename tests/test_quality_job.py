@@ -13,7 +13,7 @@ from PIL import Image
 from arr_coc.errors import InvalidConfigError, UnknownDatasetError
 from training_hooks.quality_job import QualityParams, format_markdown, quality_variants, run_quality_job
 from training_hooks.runfile import find_run_files, read_run
-from wandb_jobs import offline_env
+from wandb_jobs import arr_coc, offline_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,13 +26,11 @@ def test_variants_cover_full_then_every_method_and_budget() -> None:
     ]
 
 
-def test_a_small_table_is_written_and_logged(tmp_path, monkeypatch) -> None:
-    for key, value in offline_env(tmp_path).items():
-        monkeypatch.setenv(key, value)
+def test_a_small_table_is_written_and_logged(tmp_path) -> None:
     out = tmp_path / "quality"
-    code = run_quality_job({"size": 6, "methods": ["arr-coc", "divprune"], "budgets": [0.25], "out": str(out),
-                            "batch_size": 3}, wandb_mode="offline", device="cpu")
-    assert code == 0
+    done = arr_coc(["quality", "--size", "6", "--methods", "arr-coc", "divprune", "--budgets", "0.25", "--out", str(out),
+                    "--batch-size", "3", "--wandb", "offline"], offline_env(tmp_path), tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads((out / "quality.json").read_text())["rows"]
     assert [r["variant"] for r in rows] == ["full", "arr-coc-25", "divprune-25"]
     for row in rows:
@@ -41,11 +39,13 @@ def test_a_small_table_is_written_and_logged(tmp_path, monkeypatch) -> None:
     assert rows[0]["kept_ratio"] == 1.0 and 0.2 < rows[1]["kept_ratio"] < 0.3
     table = (out / "quality.md").read_text().splitlines()
     assert len(table) == 2 + len(rows) and table[2].startswith("| full |")
+    assert "| arr-coc-25 |" in done.stdout
     with Image.open(out / "accuracy_vs_kept_ratio.png") as plot:
         assert plot.size[0] > 400
-    runs = [read_run(path) for path in find_run_files(tmp_path)]
+    runs = [read_run(path) for path in find_run_files(tmp_path / "dir")]
     by_group = {run.config.get("variant"): run for run in runs}
     assert set(by_group) == {"full", "arr-coc-25", "divprune-25"}
+    assert all(run.job_type == "eval" and run.group == run.config["variant"] for run in runs)
     assert by_group["arr-coc-25"].summary["accuracy"] == pytest.approx(rows[1]["accuracy"])
     assert by_group["divprune-25"].config["method"] == "divprune"
 

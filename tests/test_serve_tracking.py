@@ -41,7 +41,7 @@ def test_serve_run_records_windows_and_variant_config(tmp_path):
     ad_hoc = by_group["uniform@0.25"]
     assert ad_hoc.job_type == "serve"
     assert ad_hoc.config["method"] == "uniform" and ad_hoc.config["budget"] == 0.25
-    assert ad_hoc.config["vlm"] == "testbed:qwen2.5-vl" and "git_commit" in ad_hoc.config
+    assert ad_hoc.config["vlm"] == "testbed:qwen2.5-vl-vqa" and "git_commit" in ad_hoc.config
     assert ad_hoc.config["scorer"] == str(scorer)
     assert ad_hoc.config["scorer_artifact"] == "arr-coc/relevance-scorer:v3"
     requests = sum(row.get("serve/requests", 0) for row in ad_hoc.history)

@@ -14,6 +14,8 @@ from arr_coc.training.testbed_training import (
     train_testbed_config, train_testbed,
 )
 from arr_coc.vlm.loading import load_vlm
+from training_hooks.runfile import find_run_files, read_run
+from wandb_jobs import arr_coc, offline_env
 
 
 def test_token_labels_describe_what_each_token_shows() -> None:
@@ -118,3 +120,24 @@ def test_bad_training_config_is_a_typed_error(bad, field) -> None:
         train_testbed_config(bad)
     assert caught.value.field.startswith(field)
     assert TrainTestbedConfig().min_keep == 0.1
+
+
+def test_train_testbed_job_logs_an_offline_run_and_an_artifact(tmp_path) -> None:
+    out = tmp_path / "tb"
+    done = arr_coc(["train-testbed", "--steps", "3", "--batch-size", "2", "--heldout-size", "2", "--workers", "0",
+                    "--out", str(out), "--no-progress"], offline_env(tmp_path), tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_file,) = find_run_files(tmp_path / "dir")
+    run = read_run(run_file)
+    assert (run.job_type, run.group, run.exit_code) == ("train", "testbed-training", 0)
+    assert run.config["steps"] == 3 and run.config["min_keep"] == 0.1
+    assert len(run.metric("train/loss")) == 3 and len(run.metric("train/hint_loss")) == 3
+    assert 0.0 <= run.summary["heldout_accuracy"] <= 1.0
+    assert any(a.name.startswith("vqa-testbed") for a in run.artifacts), run.artifacts
+    assert (out / "model.safetensors").is_file() and "held-out accuracy" in done.stdout
+
+
+def test_train_testbed_cli_refuses_bad_flags(tmp_path) -> None:
+    done = arr_coc(["train-testbed", "--steps", "0", "--out", str(tmp_path / "tb")], offline_env(tmp_path), tmp_path)
+    assert done.returncode == 2 and "steps" in done.stderr
+    assert not (tmp_path / "tb").exists()

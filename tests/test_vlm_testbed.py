@@ -151,7 +151,7 @@ def test_cli_answer_defaults_to_the_embedded_testbed(tmp_path, capsys, monkeypat
 
     shapes(100, 100).save(tmp_path / "image.png")
     assert main(["answer", str(tmp_path / "image.png"), "What?", "--max-new-tokens", "3", "--stream"]) == 0
-    assert (tmp_path / "home" / "testbed" / "qwen2.5-vl" / "model.safetensors").is_file()
+    assert not (tmp_path / "home").exists(), "the embedded default ships trained; nothing is built"
     assert "kept" in capsys.readouterr().err
     assert main(["answer", str(tmp_path / "image.png"), "", "--json"]) == 2
     assert "question" in capsys.readouterr().err

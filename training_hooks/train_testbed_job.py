@@ -15,18 +15,9 @@ from typing import Any
 from arr_coc.training.config import load_config_file
 from arr_coc.training.testbed_training import TrainTestbedConfig, train_testbed_config
 from training_hooks.jobrun import declare_launch_inputs, launch_overrides, resolve_mode, run_config, start_run
+from training_hooks.train_job import WandbTrainLogger
 
 ARTIFACT_NAME = "vqa-testbed"
-
-
-class WandbTestbedLogger:
-    """:class:`arr_coc.training.testbed_training.TestbedLogger` into a W&B run."""
-
-    def __init__(self, run) -> None:
-        self.run = run
-
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        self.run.log(metrics, step=step)
 
 
 def run_train_testbed_job(config_file: str | None, cli_values: dict[str, Any], *, wandb_mode: str = "auto",
@@ -44,7 +35,7 @@ def run_train_testbed_job(config_file: str | None, cli_values: dict[str, Any], *
     try:
         declare_launch_inputs(list(TrainTestbedConfig.model_fields))
         config = train_testbed_config(config.model_dump(), run_config(run, TrainTestbedConfig.model_fields))
-        result = train_testbed(config, WandbTestbedLogger(run), progress)
+        result = train_testbed(config, WandbTrainLogger(run), progress)
         summary = {"final_loss": result.losses[-1], "heldout_accuracy": result.heldout_accuracy}
         run.summary.update(summary)
         artifact = wandb.Artifact(ARTIFACT_NAME, type="model", metadata={"config": config.model_dump(), **summary},

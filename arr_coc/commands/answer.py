@@ -1,8 +1,9 @@
 """``arr-coc answer IMAGE QUESTION``: answer from the relevance-pruned visual tokens.
 
-Without ``--model`` the VLM is the embedded qwen2.5-vl testbed (built on first
-use), whose answers are noise; ``--model`` takes a hub id or a checkpoint
-directory of Qwen2-VL, Qwen2.5-VL or Qwen3-VL.
+Without ``--model`` the VLM is the embedded default: the VQA testbed shipped in the
+package with its scorer, trained on the synthetic VQA task (it answers that task's
+questions); ``--model`` takes a hub id or a checkpoint directory of Qwen2-VL,
+Qwen2.5-VL or Qwen3-VL.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("answer", help="answer a question about an image from the kept visual tokens")
     parser.add_argument("image", help="image file")
     parser.add_argument("question")
-    parser.add_argument("--model", help="hub id or checkpoint directory (default: the embedded qwen2.5-vl testbed)")
+    parser.add_argument("--model", help="hub id or checkpoint directory (default: the embedded trained VQA testbed)")
     parser.add_argument("--method", default="arr-coc", help="none, uniform, random, arr-coc, divprune, cdpruner")
     parser.add_argument("--budget", type=parse_budget, default=0.25, help="tokens kept: a count or a ratio")
     parser.add_argument("--max-new-tokens", type=int, default=32)

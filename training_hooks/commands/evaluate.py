@@ -29,7 +29,7 @@ def register(subparsers) -> None:
     parser.add_argument("--image-size", type=int, default=336, help="side of the synthetic images, pixels")
     parser.add_argument("--batch-size", type=int, default=1, help="requests per answer_batch call")
     parser.add_argument("--max-new-tokens", type=int, default=8)
-    parser.add_argument("--model", help="VLM hub id or directory (default: the embedded qwen2.5-vl testbed)")
+    parser.add_argument("--model", help="VLM hub id or directory (default: the embedded trained VQA testbed)")
     parser.add_argument("--scorer", help="relevance scorer checkpoint directory (default: the variant's)")
     parser.add_argument("--device", help="cpu (default), cuda, cuda:N")
     parser.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "off"],

@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     parser.add_argument("--config", help="JSON or YAML file of training parameters")
     parser.add_argument("--steps", type=int, help="optimizer steps (default 300)")
     parser.add_argument("--out", help="checkpoint directory (default ./scorer-checkpoint)")
-    parser.add_argument("--model", help="VLM hub id or directory (default: the embedded qwen2.5-vl testbed)")
+    parser.add_argument("--model", help="VLM hub id or directory (default: the embedded trained VQA testbed)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--train-size", type=int, help="training samples")
