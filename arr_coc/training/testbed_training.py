@@ -52,6 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from arr_coc.metrics import answer_matches
 from arr_coc.tasks.shapes_vqa import ANSWER_WORDS, COLOURS, MAX_OBJECTS, SHAPES, ShapesVQA, token_labels
 from arr_coc.training.config import validate
+from arr_coc.training.data import processor_grid
 from arr_coc.vlm.decoding import pad_rows
 from arr_coc.vlm.grid import merged_grid
 from arr_coc.vlm.inputs import EncodedRequest, encode_request
@@ -301,7 +302,7 @@ def train_testbed(config: TrainTestbedConfig, logger: TestbedLogger | None = Non
     model = vlm.model
     model.requires_grad_(True)
     model.train()
-    grid_for = _processor_grid(vlm)
+    grid_for = processor_grid(vlm.processor)
     train_set = ShapesVQA(config.steps * config.batch_size, "train", config.seed, grid_for)
     heldout = ShapesVQA(config.heldout_size, "heldout", config.seed, grid_for)
     end_id = vlm.tokenizer.convert_tokens_to_ids("<|im_end|>")
@@ -359,9 +360,3 @@ def train_testbed(config: TrainTestbedConfig, logger: TestbedLogger | None = Non
     model.save_pretrained(out, safe_serialization=True)
     vlm.processor.save_pretrained(out)
     return TestbedResult(vlm, losses, accuracy)
-
-
-def _processor_grid(vlm: LoadedVLM):
-    from arr_coc.training.data import processor_grid
-
-    return processor_grid(vlm.processor)
