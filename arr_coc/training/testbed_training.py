@@ -49,18 +49,19 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from arr_coc.metrics import answer_matches
+from arr_coc.evaluation import evaluate_variant
 from arr_coc.tasks.shapes_vqa import ANSWER_WORDS, COLOURS, MAX_OBJECTS, SHAPES, ShapesVQA, token_labels
 from arr_coc.training.config import validate
 from arr_coc.training.data import processor_grid
+from arr_coc.training.loop import NullLogger
 from arr_coc.vlm.decoding import pad_rows
 from arr_coc.vlm.grid import merged_grid
 from arr_coc.vlm.inputs import EncodedRequest, encode_request
 from arr_coc.vlm.loading import LoadedVLM, load_vlm
 from arr_coc.vlm.pipeline import VLMPipeline
-from arr_coc.vlm.pruning import VisionFeatures, encoder_outputs, full_positions, prune_row
+from arr_coc.vlm.pruning import encode_images, encoder_outputs, full_positions, prune_row
 from arr_coc.vlm.testbed import build_testbed
-from arr_coc.vlm.types import AnswerRequest, GenerationParams
+from arr_coc.variants import get_variant
 
 IGNORE = -100
 
@@ -93,11 +94,6 @@ def train_testbed_config(*layers) -> TrainTestbedConfig:
 
 class TestbedLogger(Protocol):
     def log(self, metrics: dict[str, float], step: int) -> None: ...
-
-
-class _NullLogger:
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        pass
 
 
 @dataclass
@@ -148,7 +144,8 @@ def subject_word(question: str) -> str:
 
 
 class TokenProbe(torch.nn.Module):
-    """Linear read-out of each visual token's colour, shape and centre flag from merger outputs ``[N, D]``."""
+    """Linear read-out of each visual token's colour, shape, centre flag and same-colour count from merger
+    outputs ``[N, D]`` (the labels of :func:`arr_coc.tasks.shapes_vqa.token_labels`)."""
 
     def __init__(self, width: int) -> None:
         super().__init__()
@@ -158,7 +155,7 @@ class TokenProbe(torch.nn.Module):
         self.count = torch.nn.Linear(width, 1 + MAX_OBJECTS)
 
     def loss(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Class-balanced loss of one image: ``features [N, D]``, ``labels [3, N]``; object and
+        """Class-balanced loss of one image: ``features [N, D]``, ``labels [4, N]``; object and
         background tokens weigh equally."""
         features = features.float()
         on_object = labels[0] > 0
@@ -189,22 +186,20 @@ def answer_rows(vlm: LoadedVLM, examples: Sequence[TrainingExample], keep_ratios
     ``keep_ratio`` share at stock positions, and the merger outputs ``[N_b, D]`` of
     every token.
     """
-    encoded = [e.encoded for e in examples]
-    pixels = torch.cat([e.pixel_values for e in encoded]).to(vlm.device)
-    thw = torch.stack([e.image_grid_thw for e in encoded]).to(vlm.device)
-    features = vlm.model.get_image_features(pixels, thw, return_dict=True).pooler_output
+    vision = encode_images(vlm, [e.encoded.pixel_values for e in examples],
+                           [e.encoded.image_grid_thw for e in examples])
     rows, kept_sets = [], []
-    for example, feats, ratio in zip(examples, features, keep_ratios):
+    for example, image, ratio in zip(examples, vision, keep_ratios):
         e = example.encoded
-        tokens = feats.shape[0]
+        tokens = image.features.shape[0]
         keep = max(1, round(ratio * tokens))
         kept = torch.sort(torch.randperm(tokens, generator=generator)[:keep]).values
         ids = torch.cat([e.input_ids, example.answer_ids])
         types = torch.cat([e.mm_token_type_ids, torch.zeros_like(example.answer_ids)])
         positions = full_positions(vlm, ids, types, e.image_grid_thw)
-        rows.append(prune_row(ids, positions, types, VisionFeatures(feats, None), kept))
+        rows.append(prune_row(ids, positions, types, image, kept))
         kept_sets.append(kept)
-    return rows, kept_sets, features
+    return rows, kept_sets, [image.features for image in vision]
 
 
 @dataclass
@@ -269,16 +264,10 @@ def heldout_accuracy(vlm: LoadedVLM, dataset: ShapesVQA, batch_size: int = 16) -
     """Share of ``dataset`` answered right with all visual tokens, through the serving pipeline (greedy)."""
     was_training = vlm.model.training
     vlm.model.eval()
-    pipeline = VLMPipeline(vlm)
-    correct = 0
-    for start in range(0, len(dataset), batch_size):
-        samples = [dataset[i] for i in range(start, min(len(dataset), start + batch_size))]
-        requests = [AnswerRequest(s.image, s.question, method="none", budget=1.0,
-                                  generation=GenerationParams(max_new_tokens=4)) for s in samples]
-        results = pipeline.answer_batch(requests)
-        correct += sum(answer_matches(r.answer, s.answer) for r, s in zip(results, samples))
+    records = list(evaluate_variant(VLMPipeline(vlm), get_variant("full"), dataset, batch_size=batch_size,
+                                    max_new_tokens=4))
     vlm.model.train(was_training)
-    return correct / len(dataset)
+    return sum(r.correct for r in records) / len(records)
 
 
 TRAINING_ATTENTION = {"text_config": "eager", "vision_config": "sdpa", "": "sdpa"}
@@ -296,7 +285,7 @@ def train_testbed(config: TrainTestbedConfig, logger: TestbedLogger | None = Non
     """Train the VQA testbed for ``config.steps`` steps and save it (model + processor) to ``config.out``."""
     from tqdm.auto import tqdm
 
-    logger = logger or _NullLogger()
+    logger = logger or NullLogger()
     out = Path(config.out)
     vlm = initial_model(out, config.seed)
     model = vlm.model

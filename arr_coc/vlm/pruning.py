@@ -54,9 +54,10 @@ class LLMRow:
         return int(self.input_ids.numel())
 
 
-@torch.no_grad()
 def encode_images(vlm: LoadedVLM, pixel_values: list[torch.Tensor], grids_thw: list[torch.Tensor]) -> list[VisionFeatures]:
     """One vision-tower pass over all images (attention never crosses images).
+
+    Gradients flow when the caller enables them (testbed training); serving calls it under ``no_grad``.
 
     pixel_values: per image ``[P_b, C * T * p * p]``; grids_thw: per image ``[3]``.
     Returns per image ``N_b = P_b / m^2`` merged features.
