@@ -113,11 +113,15 @@ class RelevanceModel:
 
     @torch.inference_mode()
     def score(self, images: Sequence[Image.Image], questions: Sequence[str]) -> list[RelevanceMap]:
-        """Relevance of every visual token of each image for its question, image by image."""
-        maps = []
-        for image, question in zip(images, questions, strict=True):
-            bridge = token_grid(self.processor, image)
-            query = self.question_embedding(question)
-            relevance = self.scorer(bridge.image[None].to(self.device), bridge.grid, query[None])[0]
-            maps.append(RelevanceMap(bridge.grid, relevance.float().cpu(), query.cpu()))
-        return maps
+        """Relevance of every visual token of each image for its question; one scorer call per image size."""
+        if len(images) == 0 and len(questions) == 0:
+            return []
+        bridges = [token_grid(self.processor, image) for image in images]
+        queries = torch.stack([self.question_embedding(question) for question in questions])  # [B, D]
+        if len(bridges) != len(queries):
+            raise ValueError(f"{len(bridges)} images but {len(queries)} questions")
+        scored = self.scorer.score_images([b.image for b in bridges], [b.grid for b in bridges], queries)
+        return [
+            RelevanceMap(bridge.grid, relevance.float().cpu(), query.cpu())
+            for bridge, relevance, query in zip(bridges, scored, queries)
+        ]

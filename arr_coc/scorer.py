@@ -1,7 +1,11 @@
 """RelevanceScorer: texture -> three ways of knowing -> balancing, with safetensors I/O.
 
 ``RelevanceScorer(query_dim)(images [B, 3, H, W], grid (H', W'), query_embeds [B, D])``
-returns relevance ``[B, H', W']`` in [0, 1], one score per visual token.
+returns relevance ``[B, H', W']`` in [0, 1], one score per visual token. Every
+module runs once per batch; nothing crosses images, so an image's scores alone and
+in a batch agree within float noise (1e-5), not bitwise: kernels are picked by
+batch size. :meth:`RelevanceScorer.score_images` scores images of mixed sizes,
+one call per distinct size.
 
 A checkpoint is a directory with ``config.json`` (the constructor arguments) and
 ``model.safetensors`` (the weights); nothing is ever unpickled.
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -53,17 +58,6 @@ class ScorerOutput:
     timings_ms: dict[str, float]
 
 
-def _one_by_one(layer, *batched: torch.Tensor) -> torch.Tensor:
-    """Apply ``layer`` to each image of the batch alone and concatenate.
-
-    oneDNN convolutions and BLAS matmuls pick kernels by batch size, so a batched
-    call can differ from a lone call in the last bit; running the learned layers
-    (a few small convolutions on ``H' x W'`` cells) image by image keeps a score
-    independent of its batch mates, exactly.
-    """
-    return torch.cat([layer(*(t[i : i + 1] for t in batched)) for i in range(batched[0].shape[0])])
-
-
 class RelevanceScorer(nn.Module):
     """Scores every visual token of an image against a question, in [0, 1]."""
 
@@ -99,10 +93,10 @@ class RelevanceScorer(nn.Module):
         perspectival = perspectival_score(texture)
         lap("knowing_fixed")
         query_embeds = query_embeds.to(device)
-        participatory = _one_by_one(self.participatory, texture, query_embeds)
+        participatory = self.participatory(texture, query_embeds)
         lap("participatory")
         stacked = torch.stack([information, perspectival, participatory], dim=1)
-        weights = _one_by_one(self.balancer.weights, stacked, query_embeds)
+        weights = self.balancer.weights(stacked, query_embeds)
         relevance = (weights * stacked).sum(dim=1)
         lap("balancing")
         return ScorerOutput(texture, information, perspectival, participatory, weights, relevance, timings)
@@ -110,6 +104,27 @@ class RelevanceScorer(nn.Module):
     def forward(self, images: torch.Tensor, grid: tuple[int, int], query_embeds: torch.Tensor) -> torch.Tensor:
         """Relevance ``[B, H', W']`` in [0, 1]."""
         return self.score(images, grid, query_embeds).relevance
+
+    def score_images(
+        self, images: Sequence[torch.Tensor], grids: Sequence[tuple[int, int]], query_embeds: torch.Tensor
+    ) -> list[torch.Tensor]:
+        """Relevance ``[H'_b, W'_b]`` per image of ``images`` (each ``[3, H_b, W_b]``) for ``query_embeds [B, D]``.
+
+        Images that share a size and a grid are scored in one batched call.
+        """
+        if not (len(images) == len(grids) == query_embeds.shape[0]):
+            raise ValueError(f"{len(images)} images, {len(grids)} grids and {query_embeds.shape[0]} queries")
+        device = next(self.parameters()).device
+        groups: dict[tuple, list[int]] = {}
+        for index, (image, grid) in enumerate(zip(images, grids)):
+            groups.setdefault((tuple(image.shape), tuple(grid)), []).append(index)
+        scores: list[torch.Tensor | None] = [None] * len(images)
+        for (_, grid), members in groups.items():
+            batch = torch.stack([images[i] for i in members]).to(device)
+            relevance = self(batch, grid, query_embeds[members].to(device))
+            for i, member in enumerate(members):
+                scores[member] = relevance[i]
+        return scores
 
     def save(self, path: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into directory ``path``."""

@@ -1,10 +1,11 @@
 """Images/s of texture + relevance scoring on CPU, and where the time goes.
 
-    python benchmarks/bench_scorer.py [--repeats 10] [--threads N]
+    python benchmarks/bench_scorer.py [--repeats 10] [--threads N] [--device cuda] [--batches 1 16 64]
 
-For 448x448 images on a 16x16 grid and 1344x1344 on 48x48, at batch 1 and 16:
+For 448x448 images on a 16x16 grid and 1344x1344 on 48x48, at batch 1, 16 and 64:
 images per second of ``RelevanceScorer`` (texture -> knowing -> balancing, untrained
-weights, which cost the same as trained ones) and the share of each stage.
+weights, which cost the same as trained ones) and the share of each stage (stage
+shares are host-side laps, so on CUDA they show launch order, not kernel time).
 """
 
 from __future__ import annotations
@@ -17,18 +18,25 @@ import torch
 from arr_coc.scorer import RelevanceScorer
 
 CASES = [(448, (16, 16)), (1344, (48, 48))]
-BATCHES = [1, 16]
+BATCHES = [1, 16, 64]
 QUERY_DIM = 1536  # Qwen2.5-VL-1.5B-class hidden size: the query projection is not free
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def measure(scorer, images, grid, queries, repeats):
     with torch.inference_mode():
         scorer.score(images, grid, queries)  # warm-up
+        synchronize(images.device)
         stages: dict[str, float] = {}
         start = time.perf_counter()
         for _ in range(repeats):
             for stage, ms in scorer.score(images, grid, queries).timings_ms.items():
                 stages[stage] = stages.get(stage, 0.0) + ms
+        synchronize(images.device)
         elapsed = time.perf_counter() - start
     return images.shape[0] * repeats / elapsed, stages
 
@@ -37,16 +45,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batches", type=int, nargs="+", default=BATCHES)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    scorer = RelevanceScorer(QUERY_DIM).eval()
+    device = torch.device(args.device)
+    scorer = RelevanceScorer(QUERY_DIM).eval().to(device)
     generator = torch.Generator().manual_seed(0)
-    print(f"torch {torch.__version__}, {args.threads} threads, {args.repeats} repeats, query dim {QUERY_DIM}")
+    print(f"torch {torch.__version__}, {device}, {args.threads} threads, {args.repeats} repeats, query dim {QUERY_DIM}")
     print(f"{'image':>10} {'grid':>6} {'batch':>5} {'images/s':>9}   stage shares")
     for size, grid in CASES:
-        for batch in BATCHES:
-            images = torch.rand(batch, 3, size, size, generator=generator)
-            queries = torch.randn(batch, QUERY_DIM, generator=generator)
+        for batch in args.batches:
+            images = torch.rand(batch, 3, size, size, generator=generator).to(device)
+            queries = torch.randn(batch, QUERY_DIM, generator=generator).to(device)
             rate, stages = measure(scorer, images, grid, queries, args.repeats)
             total = sum(stages.values())
             shares = "  ".join(f"{name} {100 * ms / total:4.1f}%" for name, ms in stages.items())

@@ -1,7 +1,8 @@
 """RelevanceRunner: the VLM's processor and input embeddings plus the relevance scorer.
 
-``score(items)`` is batchable: each item gets the relevance map of its image for its
-question, image by image, so a batch never changes a result. An input error in one
+``score(items)`` is batchable: the batch is scored in one scorer call per image
+size, and each item gets the relevance map of its image for its question (equal
+to its lone score within float noise). An input error in one
 item is returned in that item's ``error`` and leaves the rest of the batch alone.
 """
 
@@ -14,6 +15,7 @@ import bentoml
 
 from arr_coc.errors import ArrCocInputError
 from arr_coc.images import load_image
+from arr_coc.query import check_question
 from arr_coc.relevance_model import RelevanceModel
 from arr_coc.settings import get_settings
 from runners import models
@@ -51,21 +53,37 @@ class RelevanceRunner:
             dtype=models.dtype(settings),
         )
 
-    def _score_one(self, item: ScoreItem, batch_size: int) -> ScoreOutput:
-        start = time.perf_counter()
+    def _decode(self, item: ScoreItem):
+        """The item's image, with its question checked; a typed error instead when either is bad."""
         try:
             image = load_image(base64.b64decode(item.image_b64), max_bytes=settings.max_image_bytes,
                                max_pixels=settings.max_image_pixels)  # fmt: skip
-            scored = self.model.score([image], [item.question])[0]
+            check_question(item.question)
         except ArrCocInputError as error:
-            return ScoreOutput(error=RunnerError(kind=error.kind, field=error.field, detail=error.detail))
-        return ScoreOutput(
-            grid=scored.grid,
-            relevance=scored.relevance.flatten().tolist(),
-            timings_ms={"relevance": (time.perf_counter() - start) * 1000.0},
-            batch_size=batch_size,
-        )
+            return error
+        return image
 
     @bentoml.api(**batching(settings.relevance_max_batch_size, settings.relevance_max_latency_ms))
     def score(self, items: list[ScoreItem]) -> list[ScoreOutput]:
-        return [self._score_one(item, len(items)) for item in items]
+        """Relevance maps of a batch, scored together; an item with bad input gets its own error."""
+        start = time.perf_counter()
+        decoded = [self._decode(item) for item in items]
+        good = [i for i, d in enumerate(decoded) if not isinstance(d, ArrCocInputError)]
+        try:
+            maps = dict(zip(good, self.model.score([decoded[i] for i in good], [items[i].question for i in good])))
+        except ArrCocInputError:  # an image the processor refuses: score one by one so only it fails
+            maps = {}
+            for i in good:
+                try:
+                    maps[i] = self.model.score([decoded[i]], [items[i].question])[0]
+                except ArrCocInputError as error:
+                    decoded[i] = error
+        elapsed_ms = (time.perf_counter() - start) * 1000.0
+        outputs = []
+        for i, result in enumerate(decoded):
+            if isinstance(result, ArrCocInputError):
+                outputs.append(ScoreOutput(error=RunnerError(kind=result.kind, field=result.field, detail=result.detail)))
+                continue
+            outputs.append(ScoreOutput(grid=maps[i].grid, relevance=maps[i].relevance.flatten().tolist(),
+                                       timings_ms={"relevance": elapsed_ms}, batch_size=len(items)))  # fmt: skip
+        return outputs

@@ -10,6 +10,7 @@ from arr_coc.errors import CheckpointFormatError, ModelNotFoundError
 from arr_coc.knowing import information_score, perspectival_score
 from arr_coc.scorer import RelevanceScorer
 from arr_coc.texture import texture_array
+from batch_contract import assert_kept_match, assert_scores_match
 from drawing import as_batch, gradient, noise, scene, shapes, text
 
 QUERY_DIM = 24
@@ -55,15 +56,48 @@ def test_perspectival_finds_the_odd_one_out():
     assert salience.argmax() == 1 * 4 + 2
 
 
-def test_per_image_independence_is_exact(images):
+def test_batch_matches_lone_scores_within_tolerance(images):
     scorer = RelevanceScorer(QUERY_DIM).eval()
+    for parameter in scorer.parameters():  # trained-like weights, so the learned layers matter
+        parameter.data.add_(torch.randn_like(parameter) * 0.2)
     batch = as_batch(*images)
     queries = torch.randn(len(images), QUERY_DIM)
     with torch.inference_mode():
         together = scorer(batch, (6, 8), queries)
         for index in range(len(images)):
             alone = scorer(batch[index : index + 1], (6, 8), queries[index : index + 1])
-            assert torch.equal(alone[0], together[index]), index
+            assert_scores_match(alone[0], together[index])
+            for k in (5, 12, 24):
+                kept_alone = torch.sort(torch.topk(alone[0].flatten(), k).indices).values
+                kept_together = torch.sort(torch.topk(together[index].flatten(), k).indices).values
+                assert_kept_match(alone[0], kept_alone, kept_together)
+
+
+def test_learned_modules_run_once_per_batch(images):
+    scorer = RelevanceScorer(QUERY_DIM).eval()
+    calls = {"participatory": 0, "balancer": 0}
+    scorer.participatory.register_forward_hook(lambda *_: calls.__setitem__("participatory", calls["participatory"] + 1))
+    scorer.balancer.mixer.register_forward_hook(lambda *_: calls.__setitem__("balancer", calls["balancer"] + 1))
+    with torch.inference_mode():
+        scorer(as_batch(*images), (6, 8), torch.randn(len(images), QUERY_DIM))
+    assert calls == {"participatory": 1, "balancer": 1}
+
+
+def test_score_images_groups_sizes_and_keeps_order(images):
+    scorer = RelevanceScorer(QUERY_DIM).eval()
+    mixed = [as_batch(images[0])[0], as_batch(scene(112, 84))[0], as_batch(images[1])[0]]
+    grids = [(6, 8), (3, 4), (6, 8)]
+    queries = torch.randn(3, QUERY_DIM)
+    calls = []
+    scorer.participatory.register_forward_hook(lambda module, args, out: calls.append(tuple(args[0].shape)))
+    with torch.inference_mode():
+        scored = scorer.score_images(mixed, grids, queries)
+        assert [tuple(s.shape) for s in scored] == grids
+        assert sorted(shape[0] for shape in calls) == [1, 2]  # one call per distinct size
+        for image, grid, query, scores in zip(mixed, grids, queries, scored):
+            assert_scores_match(scorer(image[None], grid, query[None])[0], scores)
+    with pytest.raises(ValueError):
+        scorer.score_images(mixed, grids[:2], queries)
 
 
 def test_query_changes_participatory_score(images):

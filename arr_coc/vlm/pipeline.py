@@ -13,8 +13,9 @@ requests it runs, in order (DESIGN.md, "One request, with shapes"):
 5. the pruned rows (kept tokens at their stock M-RoPE positions) -> one batched
    prefill and cached decode.
 
-Every per-image step is computed per image, so a request gets the same kept
-tokens and the same answer alone or in any batch.
+Nothing crosses requests: the scorer runs once per image size for the whole
+batch, so a request's scores agree within float noise alone and in any batch,
+and it gets the same kept tokens (up to ties closer than 1e-4) and the same answer.
 """
 
 from __future__ import annotations
@@ -161,20 +162,21 @@ class VLMPipeline:
         start = clock()
         image_processor = vlm.processor.image_processor
         embed = vlm.model.get_input_embeddings()
-        grids, relevance, queries, questions = [], [], [], []
-        for r, e in zip(requests, encoded):
-            grid = merged_grid(e.image_grid_thw, vlm.merge_size)
-            question_tokens = embed(e.question_ids.to(vlm.device)).float()  # [Q, D]
-            query = question_tokens.mean(dim=0)  # [D], as query_embedding
-            if r.relevance is not None:
-                scores = check_relevance(r.relevance, grid)
-            else:
-                image = resized_image(e.pixel_values, e.image_grid_thw, image_processor)
-                scores = self.scorer(image[None].to(vlm.device), grid, query[None])[0]
-            grids.append(grid)
-            queries.append(query)
-            questions.append(question_tokens)
-            relevance.append(scores.float().cpu())
+        grids = [merged_grid(e.image_grid_thw, vlm.merge_size) for e in encoded]
+        questions = [embed(e.question_ids.to(vlm.device)).float() for e in encoded]  # [Q_b, D]
+        queries = [q.mean(dim=0) for q in questions]  # [D] each, as query_embedding
+        relevance: list[torch.Tensor | None] = [
+            None if r.relevance is None else check_relevance(r.relevance, g) for r, g in zip(requests, grids)
+        ]
+        to_score = [b for b, scores in enumerate(relevance) if scores is None]
+        if to_score:
+            images = [resized_image(encoded[b].pixel_values, encoded[b].image_grid_thw, image_processor) for b in to_score]
+            scored = self.scorer.score_images(
+                images, [grids[b] for b in to_score], torch.stack([queries[b] for b in to_score])
+            )
+            for b, scores in zip(to_score, scored):
+                relevance[b] = scores
+        relevance = [scores.float().cpu() for scores in relevance]
         kept = allocate(
             relevance,
             [r.budget for r in requests],
