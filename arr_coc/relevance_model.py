@@ -111,6 +111,10 @@ class RelevanceModel:
         ids = self.processor.tokenizer(question, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
         return self.embeddings[ids.to(self.device)].mean(dim=0)
 
+    def warm_up(self) -> None:
+        """Score one synthetic 224x224 image, so the first real request pays no first-call costs."""
+        self.score([Image.linear_gradient("L").resize((224, 224)).convert("RGB")], ["What colour is the circle?"])
+
     @torch.inference_mode()
     def score(self, images: Sequence[Image.Image], questions: Sequence[str]) -> list[RelevanceMap]:
         """Relevance of every visual token of each image for its question; one scorer call per image size."""

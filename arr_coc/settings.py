@@ -38,6 +38,15 @@ class Settings(BaseSettings):
     scorer_artifact: str = Field("", description="W&B artifact name the scorer came from, for run configs")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'")
     dtype: str = Field("auto", description="'auto' (bf16 on CUDA, fp32 on CPU), 'float32', 'bfloat16', 'float16'")
+    decode: Literal["auto", "eager", "static", "graph"] = Field(
+        "auto",
+        description="decode loop: 'auto' (graph on CUDA, eager on CPU), 'eager' (growing KV cache), 'static' "
+        "(static KV cache per batch bucket), 'graph' (static cache + one captured CUDA graph per bucket)",
+    )
+    warm_up: bool = Field(True, description="run warm-up batches (and capture decode graphs) before /readyz is ready")
+    warm_cache_tokens: int = Field(
+        2048, ge=1, description="with graph decode, warm-up captures every batch bucket up to this cache length"
+    )
 
     # Serving
     default_variant: str = Field("arr-coc-25", description="variant served when a request names none")

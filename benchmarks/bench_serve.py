@@ -12,6 +12,7 @@ run, so the ratios compare like with like on this noisy machine.
 from __future__ import annotations
 
 import argparse
+import os
 import concurrent.futures
 import statistics
 import sys
@@ -91,14 +92,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=48)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--batching", nargs="+", choices=["off", "on"], default=["off", "on"])
+    parser.add_argument("--no-in-process", dest="in_process", action="store_false",
+                        help="skip the in-process rows (the served rows only)")  # fmt: skip
     args = parser.parse_args()
     requests = payloads(args.requests)
     rows = []
     configs = {
-        "served, batching off (max_batch_size 1)": {"ARR_COC_VLM_MAX_BATCH_SIZE": "1", "ARR_COC_RELEVANCE_MAX_BATCH_SIZE": "1"},
-        "served, batching on (16 / 8)": {"ARR_COC_VLM_MAX_BATCH_SIZE": "8", "ARR_COC_RELEVANCE_MAX_BATCH_SIZE": "16"},
+        "off": ("served, batching off (max_batch_size 1)", {"ARR_COC_VLM_MAX_BATCH_SIZE": "1", "ARR_COC_RELEVANCE_MAX_BATCH_SIZE": "1"}),
+        "on": ("served, batching on (16 / 8)", {"ARR_COC_VLM_MAX_BATCH_SIZE": "8", "ARR_COC_RELEVANCE_MAX_BATCH_SIZE": "16"}),
     }  # fmt: skip
-    for name, env in configs.items():
+    for name, env in (configs[choice] for choice in args.batching):
         server = Server(Path(tempfile.mkdtemp()), **env)
         try:
             server.wait_ready()
@@ -106,10 +110,11 @@ def main() -> None:
                 rows.append((name, concurrency, *load(server.url, requests, concurrency)))
         finally:
             server.stop()
-    for name, figures in in_process(requests).items():
+    for name, figures in (in_process(requests) if args.in_process else {}).items():
         rows.append((name, 1, *figures))
     base = rows[0][2]
-    print(f"{args.requests} requests per cell, testbed qwen2.5-vl on CPU, 8 new tokens, budget 25%")
+    device = "CUDA" if os.environ.get("ARR_COC_VLM_GPU", "0") not in ("", "0") else "CPU"
+    print(f"{args.requests} requests per cell, the embedded testbed on {device}, 8 new tokens, budget 25%")
     print(f"{'configuration':<42} {'conc':>4} {'req/s':>7} {'x base':>7} {'p50 ms':>8} {'p95 ms':>8} {'failed':>6}")
     for name, concurrency, rate, p50, p95, failed in rows:
         print(f"{name:<42} {concurrency:>4} {rate:>7.1f} {rate / base:>7.2f} {p50:>8.1f} {p95:>8.1f} {failed:>6}")

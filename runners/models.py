@@ -14,7 +14,6 @@ from __future__ import annotations
 import bentoml
 
 from arr_coc.settings import Settings
-from arr_coc.vlm.testbed import EMBEDDED, EMBEDDED_SCORER, testbed_source
 
 STORE_PREFIX = "model-store:"
 VLM_MODEL_NAME = "arr-coc-vlm"
@@ -30,6 +29,8 @@ def resolve(reference: str) -> str:
 
 def vlm_source(settings: Settings) -> str:
     """The VLM checkpoint the runners load."""
+    from arr_coc.vlm.testbed import testbed_source  # builds models: transformers, in the runner only
+
     if not settings.model:
         return str(testbed_source(settings.testbed_family, settings.home / "testbed"))
     return resolve(settings.model)
@@ -37,6 +38,8 @@ def vlm_source(settings: Settings) -> str:
 
 def scorer_source(settings: Settings) -> str | None:
     """The scorer checkpoint directory, or ``None`` for the untrained seeded scorer."""
+    from arr_coc.vlm.testbed import EMBEDDED, EMBEDDED_SCORER
+
     if settings.scorer:
         return resolve(settings.scorer)
     if not settings.model and settings.testbed_family == EMBEDDED:

@@ -16,7 +16,6 @@ import bentoml
 from arr_coc.errors import ArrCocInputError
 from arr_coc.images import load_image
 from arr_coc.query import check_question
-from arr_coc.relevance_model import RelevanceModel
 from arr_coc.settings import get_settings
 from runners import models
 from runners.schemas import RunnerError, ScoreItem, ScoreOutput
@@ -46,12 +45,17 @@ def batching(max_batch_size: int, max_latency_ms: int) -> dict:
 )
 class RelevanceRunner:
     def __init__(self) -> None:
+        # Model code is imported here, in the runner's own process: the front imports this module too.
+        from arr_coc.relevance_model import RelevanceModel
+
         self.model = RelevanceModel.from_pretrained(
             models.vlm_source(settings),
             scorer=models.scorer_source(settings),
             device=models.device(settings),
             dtype=models.dtype(settings),
         )
+        if settings.warm_up:  # before /readyz: the first request is as fast as the tenth
+            self.model.warm_up()
 
     def _decode(self, item: ScoreItem):
         """The item's image, with its question checked; a typed error instead when either is bad."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 from collections.abc import Generator
 
 import bentoml
@@ -20,13 +21,13 @@ import torch
 from arr_coc.errors import ArrCocInputError
 from arr_coc.images import load_image
 from arr_coc.settings import get_settings
-from arr_coc.vlm.pipeline import VLMPipeline
 from arr_coc.vlm.types import AnswerRequest, AnswerResult, GenerationParams
 from runners import models
 from runners.relevance import _resources, batching
 from runners.schemas import AnswerItem, AnswerOutput, RunnerError
 
 settings = get_settings()
+logger = logging.getLogger(__name__)
 
 
 def to_request(item: AnswerItem) -> AnswerRequest:
@@ -74,12 +75,23 @@ def error_output(error: ArrCocInputError) -> AnswerOutput:
 )
 class VLMRunner:
     def __init__(self) -> None:
+        # Model code is imported here, in the runner's own process: the front imports this module too.
+        from arr_coc.vlm.pipeline import VLMPipeline
+        from arr_coc.vlm.static_decoding import BATCH_BUCKETS
+
         self.pipeline = VLMPipeline.from_pretrained(
             models.vlm_source(settings),
             scorer=models.scorer_source(settings),
             device=models.device(settings),
             dtype=models.dtype(settings),
+            decode=settings.decode,
         )
+        if settings.warm_up:  # before /readyz: the first request is as fast as the tenth
+            graphs = self.pipeline.static is not None and self.pipeline.static.graphs
+            sizes = tuple(b for b in BATCH_BUCKETS if b <= settings.vlm_max_batch_size) if graphs else (1,)
+            spent = self.pipeline.warm_up(sizes, cache_tokens=settings.warm_cache_tokens)
+            logger.info("VLM runner warmed up (%s decode): %s ms per batch size", self.pipeline.decode,
+                        {size: round(ms) for size, ms in spent.items()})  # fmt: skip
 
     def _one_by_one(self, items: list[AnswerItem]) -> list[AnswerOutput]:
         outputs = []

@@ -3,7 +3,8 @@
 ``testbed_dir(family)`` returns a checkpoint directory of the tiny ``family``
 model (``qwen2-vl``, ``qwen2.5-vl``, ``qwen3-vl``) built into a session temp dir;
 ``testbed_pipeline(family)`` a loaded :class:`VLMPipeline` on CPU (fp32) with the
-untrained seeded scorer. Both are cached, so each model is built and loaded once.
+untrained seeded scorer; ``ARR_COC_TEST_DEVICE`` / ``ARR_COC_TEST_DTYPE`` move it
+(``benchmarks/gpu_check.sh`` runs the equivalence tests on CUDA in fp32 and bf16). Both are cached, so each model is built and loaded once.
 No test reaches the network: ``HF_HUB_OFFLINE`` is set before transformers loads.
 """
 
@@ -42,7 +43,12 @@ def testbed_pipeline(testbed_dir):
 
     def get(family: str = "qwen2.5-vl"):
         if family not in loaded:
-            loaded[family] = VLMPipeline.from_pretrained(testbed_dir(family), device="cpu", dtype="fp32")
+            loaded[family] = VLMPipeline.from_pretrained(
+                testbed_dir(family),
+                device=os.environ.get("ARR_COC_TEST_DEVICE", "cpu"),
+                dtype=os.environ.get("ARR_COC_TEST_DTYPE", "fp32"),
+                decode="eager",
+            )
         return loaded[family]
 
     return get

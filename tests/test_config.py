@@ -18,18 +18,22 @@ def test_defaults_serve_the_testbed_on_cpu(monkeypatch):
     settings = Settings()
     assert settings.model == "" and settings.testbed_family == "qwen2.5-vl-vqa"
     assert settings.device == "auto" and settings.default_variant in VARIANTS
+    assert settings.decode == "auto" and settings.warm_up
 
 
 def test_environment_overrides(monkeypatch):
     monkeypatch.setenv("ARR_COC_MODEL", "Qwen/Qwen2.5-VL-3B-Instruct")
     monkeypatch.setenv("ARR_COC_VLM_MAX_BATCH_SIZE", "16")
     monkeypatch.setenv("ARR_COC_WANDB", "1")
+    monkeypatch.setenv("ARR_COC_DECODE", "graph")
     settings = Settings()
     assert settings.model == "Qwen/Qwen2.5-VL-3B-Instruct" and settings.vlm_max_batch_size == 16 and settings.wandb
+    assert settings.decode == "graph"
 
 
 @pytest.mark.parametrize("key, value", [("ARR_COC_VLM_MAX_BATCH_SIZE", "0"), ("ARR_COC_TESTBED_FAMILY", "llava"),
-                                        ("ARR_COC_WANDB_SAMPLE_RATE", "2")])  # fmt: skip
+                                        ("ARR_COC_WANDB_SAMPLE_RATE", "2"), ("ARR_COC_DECODE", "fast"),
+                                        ("ARR_COC_WARM_CACHE_TOKENS", "0")])  # fmt: skip
 def test_bad_settings_are_refused(monkeypatch, key, value):
     monkeypatch.setenv(key, value)
     with pytest.raises(ValidationError):

@@ -143,6 +143,11 @@ def test_cli_testbed_build_then_answer_json(tmp_path, capsys, monkeypatch):
     assert payload["total_tokens"] == payload["grid"][0] * payload["grid"][1] > 3
     assert 1 <= len(payload["token_ids"]) <= 4
     assert {"vision", "scoring", "prefill", "decode"} <= set(payload["timings_ms"])
+    assert main([*argv, "--decode", "static"]) == 0
+    assert json.loads(capsys.readouterr().out)["token_ids"] == payload["token_ids"]
+    with pytest.raises(SystemExit) as refused:
+        main([*argv, "--decode", "fast"])
+    assert refused.value.code == 2 and "invalid choice: 'fast'" in capsys.readouterr().err
 
 
 def test_cli_answer_defaults_to_the_embedded_testbed(tmp_path, capsys, monkeypatch):

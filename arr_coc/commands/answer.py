@@ -17,6 +17,7 @@ from transformers.utils import logging as hf_logging
 from arr_coc.commands.relevance import parse_budget
 from arr_coc.images import load_image
 from arr_coc.vlm.pipeline import VLMPipeline
+from arr_coc.vlm.static_decoding import DECODE_MODES
 from arr_coc.vlm.types import AnswerRequest, AnswerResult, GenerationParams
 
 
@@ -35,7 +36,9 @@ def result_json(result: AnswerResult) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     hf_logging.disable_progress_bar()
-    pipeline = VLMPipeline.from_pretrained(args.model, scorer=args.scorer, device=args.device, dtype=args.dtype)
+    pipeline = VLMPipeline.from_pretrained(
+        args.model, scorer=args.scorer, device=args.device, dtype=args.dtype, decode=args.decode
+    )
     request = AnswerRequest(
         image=load_image(args.image),
         question=args.question,
@@ -86,6 +89,8 @@ def register(subparsers) -> None:
     parser.add_argument("--scorer", help="relevance scorer checkpoint directory (default: untrained, seeded)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda when available)")
     parser.add_argument("--dtype", help="bf16, fp16, fp32 (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--decode", choices=DECODE_MODES, default="auto",
+                        help="decode loop: auto (CUDA graphs on CUDA, eager on CPU), eager, static, graph")  # fmt: skip
     parser.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)

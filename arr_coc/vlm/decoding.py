@@ -20,6 +20,7 @@ import torch
 from arr_coc.vlm.loading import LoadedVLM
 from arr_coc.vlm.pruning import LLMRow, encoder_outputs
 from arr_coc.vlm.sampling import RowDecoder
+from arr_coc.vlm.static_decoding import StaticDecoder
 
 
 @dataclass
@@ -95,11 +96,14 @@ def generate_rows(
     decoders: list[RowDecoder],
     timings: dict[str, float] | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    static: StaticDecoder | None = None,
 ) -> Iterator[StepEvent]:
     """Prefill then decode with the KV cache until every row's decoder is finished.
 
-    Yields one :class:`StepEvent` per step; fills ``timings`` with ``prefill``
-    (time to the first tokens) and ``decode`` milliseconds.
+    With ``static`` the decode steps run on a static-cache bucket (graph-replayed
+    on CUDA) when one is free, else eagerly on the growing cache; the ids are the
+    same. Yields one :class:`StepEvent` per step; fills ``timings`` with
+    ``prefill`` (time to the first tokens) and ``decode`` milliseconds.
     """
     timings = {} if timings is None else timings
     start = clock()
@@ -109,41 +113,72 @@ def generate_rows(
     timings["prefill"] = (clock() - start) * 1000.0
     timings["decode"] = 0.0
     yield StepEvent(0, tokens)
+    if all(d.finished for d in decoders):
+        return
 
-    cache = output.cache
-    attention_mask = batch.attention_mask
-    positions = batch.next_positions.clone()
-    step = 0
-    while not all(d.finished for d in decoders):
-        step += 1
-        start = clock()
-        feed = torch.tensor(
-            [[t if t is not None else vlm.pad_token_id] for t in tokens], dtype=torch.long, device=vlm.device
-        )
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(rows), 1))], dim=1)
-        output = vlm.model(
-            input_ids=feed,
-            attention_mask=attention_mask,
-            position_ids=positions.view(1, -1, 1).expand(3, -1, 1),
-            cache=cache,
+    most_new = max(d.params.max_new_tokens for d in decoders)
+    buffers = None if static is None else static.buffers(len(rows), batch.input_ids.shape[1] + most_new)
+    if buffers is not None and buffers.lock.acquire(blocking=False):
+        try:
+            buffers.load(output.cache, batch.attention_mask, batch.next_positions)
+
+            def static_step(fed: torch.Tensor) -> torch.Tensor:
+                buffers.ids.copy_(fed)
+                return buffers.run(vlm.model)[: len(rows)]
+
+            yield from _decode_steps(vlm, decoders, tokens, timings, clock, static_step, width=buffers.batch)
+        finally:
+            buffers.lock.release()
+        return
+
+    state = {"cache": output.cache, "mask": batch.attention_mask, "positions": batch.next_positions.clone()}
+
+    def eager_step(fed: torch.Tensor) -> torch.Tensor:
+        state["mask"] = torch.cat([state["mask"], state["mask"].new_ones((len(rows), 1))], dim=1)
+        out = vlm.model(
+            input_ids=fed.to(vlm.device),
+            attention_mask=state["mask"],
+            position_ids=state["positions"].view(1, -1, 1).expand(3, -1, 1),
+            cache=state["cache"],
             use_cache=True,
         )
-        cache = output.cache
-        positions = positions + 1
-        tokens = _push(decoders, output.logits[:, -1])
+        state["cache"] = out.cache
+        state["positions"] = state["positions"] + 1
+        return out.logits[:, -1]
+
+    yield from _decode_steps(vlm, decoders, tokens, timings, clock, eager_step, width=len(rows))
+
+
+def _decode_steps(vlm, decoders, tokens, timings, clock, step, width: int) -> Iterator[StepEvent]:
+    """Run ``step(fed [width, 1]) -> logits [B, V]`` on each row's last token and choose, until every row finishes.
+
+    ``width >= B``: rows past ``B`` are bucket filler and are fed padding.
+    """
+    count = 0
+    while not all(d.finished for d in decoders):
+        count += 1
+        start = clock()
+        fed = [t if t is not None else vlm.pad_token_id for t in tokens]
+        fed += [vlm.pad_token_id] * (width - len(decoders))
+        tokens = _push(decoders, step(torch.tensor(fed, dtype=torch.long).view(-1, 1)))
         synchronize(vlm.device)
         timings["decode"] += (clock() - start) * 1000.0
-        yield StepEvent(step, tokens)
+        yield StepEvent(count, tokens)
 
 
 def _push(decoders: list[RowDecoder], logits: torch.Tensor) -> list[int | None]:
-    """Choose and record one token per unfinished row from ``logits [B, V]``."""
+    """Choose and record one token per unfinished row from ``logits [B, V]``.
+
+    Greedy rows take the batch's argmax, computed on the device and handed to the
+    host once per step; sampling rows draw from their own generator.
+    """
+    greedy = logits.argmax(dim=-1).tolist()
     chosen: list[int | None] = []
     for row, decoder in enumerate(decoders):
         if decoder.finished:
             chosen.append(None)
             continue
-        token = decoder.choose(logits[row])
+        token = greedy[row] if decoder.params.temperature == 0.0 else decoder.choose(logits[row])
         decoder.push(token)
         chosen.append(token)
     return chosen

@@ -20,12 +20,14 @@ and it gets the same kept tokens (up to ties closer than 1e-4) and the same answ
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from arr_coc.attending import allocate, check_method, resolve_budget
 from arr_coc.errors import CheckpointFormatError, InvalidGridError
@@ -36,8 +38,12 @@ from arr_coc.vlm.inputs import EncodedRequest, check_generation, encode_request
 from arr_coc.vlm.loading import LoadedVLM, load_vlm
 from arr_coc.vlm.pruning import LLMRow, encode_images, full_positions, prune_row
 from arr_coc.vlm.sampling import RowDecoder
+from arr_coc.vlm.static_decoding import (BATCH_BUCKETS, LENGTH_STEP, StaticDecoder, length_bucket, resolve_decode,
+                                         static_decode_supported)  # fmt: skip
 from arr_coc.vlm.testbed import EMBEDDED_MODEL, EMBEDDED_SCORER
 from arr_coc.vlm.types import AnswerRequest, AnswerResult, GenerationParams
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,7 +84,7 @@ def check_relevance(relevance: torch.Tensor, grid: tuple[int, int]) -> torch.Ten
 class VLMPipeline:
     """A loaded Qwen-VL plus a relevance scorer; answers batches and streams."""
 
-    def __init__(self, vlm: LoadedVLM, scorer: RelevanceScorer | None = None) -> None:
+    def __init__(self, vlm: LoadedVLM, scorer: RelevanceScorer | None = None, decode: str = "auto") -> None:
         if scorer is None:
             scorer = RelevanceScorer(query_dim=vlm.hidden_size)
         if scorer.query_dim != vlm.hidden_size:
@@ -88,6 +94,11 @@ class VLMPipeline:
             )
         self.vlm = vlm
         self.scorer = scorer.to(vlm.device).eval()
+        self.decode = resolve_decode(decode, vlm.device)
+        if self.decode != "eager" and not static_decode_supported(vlm):
+            logger.warning("%s has sliding-window layers; decoding eagerly", vlm.source)
+            self.decode = "eager"
+        self.static = None if self.decode == "eager" else StaticDecoder(vlm, graphs=self.decode == "graph")
 
     @classmethod
     def from_pretrained(
@@ -97,12 +108,13 @@ class VLMPipeline:
         scorer: str | Path | RelevanceScorer | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
+        decode: str = "auto",
     ) -> VLMPipeline:
         """Load ``model`` (hub id or directory) and a scorer (checkpoint directory, module, or ``None``).
 
         ``model=None`` is the embedded default: the shipped VQA testbed, with its
         shipped scorer when ``scorer`` is ``None``. With any other model, ``scorer=None``
-        is the untrained seeded scorer.
+        is the untrained seeded scorer. ``decode``: see :data:`DECODE_MODES`.
         """
         if model is None:
             model = EMBEDDED_MODEL
@@ -110,7 +122,7 @@ class VLMPipeline:
         vlm = load_vlm(model, device=device, dtype=dtype)
         if isinstance(scorer, (str, Path)):
             scorer = RelevanceScorer.load(scorer, device=vlm.device)
-        return cls(vlm, scorer)
+        return cls(vlm, scorer, decode=decode)
 
     # --- checks and helpers -------------------------------------------------------------
 
@@ -212,6 +224,29 @@ class VLMPipeline:
             timings_ms=dict(timings),
         )
 
+    def warm_up(self, batch_sizes: Sequence[int] = (1,), cache_tokens: int = 0) -> dict[int, float]:
+        """Answer one small synthetic batch per size, so no real request pays first-call costs.
+
+        Every stage runs (processor, vision tower, scorer, selection, prefill, decode)
+        for a 224x224 image and two new tokens. With graph decode, every batch
+        bucket up to ``max(batch_sizes)`` is also captured at each cache length up to
+        ``cache_tokens``. Returns milliseconds per batch size.
+        """
+        image = Image.linear_gradient("L").resize((224, 224)).convert("RGB")
+        request = AnswerRequest(image, "What colour is the circle?", "arr-coc", 0.25, GenerationParams(max_new_tokens=2))
+        spent = {}
+        for size in batch_sizes:
+            start = time.perf_counter()
+            self.answer_batch([request] * size)
+            spent[size] = (time.perf_counter() - start) * 1000.0
+        if self.static is not None and self.static.graphs and cache_tokens > 0:
+            rows = tuple(b for b in BATCH_BUCKETS if b <= max(batch_sizes))
+            length = LENGTH_STEP
+            while length <= length_bucket(cache_tokens):
+                self.static.warm_up(rows, length)
+                length *= 2
+        return spent
+
     # --- public answering ---------------------------------------------------------------
 
     def answer_batch(self, requests: Sequence[AnswerRequest]) -> list[AnswerResult]:
@@ -228,7 +263,7 @@ class VLMPipeline:
         start = time.perf_counter()
         prepared = self.prepare(requests, timings)
         decoders = self._decoders(prepared)
-        for _ in generate_rows(self.vlm, [p.row for p in prepared], decoders, timings):
+        for _ in generate_rows(self.vlm, [p.row for p in prepared], decoders, timings, static=self.static):
             pass
         timings["total"] = (time.perf_counter() - start) * 1000.0
         return [self._result(p, d, timings) for p, d in zip(prepared, decoders)]
@@ -264,7 +299,9 @@ class AnswerStream:
             raise RuntimeError("an AnswerStream can be iterated only once")
         decoder = self._pipeline._decoders([self._prepared])[0]
         sent = ""
-        for _ in generate_rows(self._pipeline.vlm, [self._prepared.row], [decoder], self._timings):
+        for _ in generate_rows(
+            self._pipeline.vlm, [self._prepared.row], [decoder], self._timings, static=self._pipeline.static
+        ):
             text = decoder.stable_text()
             if len(text) > len(sent) and text.startswith(sent):
                 yield text[len(sent) :]

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# One GPU check of the serving path: correctness, then every speed figure, into one text file.
+#
+#   bash benchmarks/gpu_check.sh [OUT_FILE]        # default gpu_check.txt; ~6 min on one H100
+#   bash benchmarks/gpu_check.sh --smoke [OUT_FILE] # the same steps on CPU at toy sizes (CI runs this)
+#
+# For a machine with one CUDA GPU, Python 3.12, torch preinstalled and no network.
+# Prepare the other wheels on a machine with network (TORCHVISION = the torchvision
+# release paired with the GPU machine's torch, e.g. 0.26.0 for torch 2.11):
+#
+#   pip download -d wheels --python-version 3.12 --platform manylinux2014_x86_64 --only-binary=:all: \
+#       "torchvision==$TORCHVISION" --no-deps
+#   pip download -d wheels --python-version 3.12 --platform manylinux2014_x86_64 --only-binary=:all: \
+#       -r benchmarks/gpu-requirements.txt
+#
+# and on the GPU machine, in the repository:
+#
+#   pip install --no-index --find-links wheels --no-deps torchvision
+#   pip install --no-index --find-links wheels -r benchmarks/gpu-requirements.txt
+#   pip install --no-index --no-deps --no-build-isolation -e .
+#
+# Every step runs under its own time limit; a failed or timed-out step is recorded and
+# the next one runs. The exit status is the number of failed steps.
+set -u
+cd "$(dirname "$0")/.."
+
+SMOKE=0
+if [ "${1:-}" = "--smoke" ]; then SMOKE=1; shift; fi
+OUT=${1:-gpu_check.txt}
+PY=${PYTHON:-python}
+: > "$OUT"
+FAILED=0
+
+step() {  # step NAME LIMIT_S COMMAND...
+    local name=$1 limit=$(($2 * LIMIT_SCALE))
+    shift 2
+    local start=$SECONDS
+    echo "== $name (limit ${limit} s): $*" | tee -a "$OUT"
+    timeout --kill-after=10 "$limit" "$@" >> "$OUT" 2>&1
+    local rc=$?
+    [ $rc -eq 0 ] || FAILED=$((FAILED + 1))
+    echo "-- $name: exit $rc after $((SECONDS - start)) s" | tee -a "$OUT"
+    echo >> "$OUT"
+}
+
+export HF_HUB_OFFLINE=1 WANDB_MODE=disabled BENTOML_DO_NOT_TRACK=true
+if [ $SMOKE -eq 1 ]; then
+    DEVICE=cpu MODEL=testbed SERVE_GPU=0 DTYPES="fp32" LIMIT_SCALE=${LIMIT_SCALE:-4}
+    SCORER_BATCHES="1 4" BATCHES="1 4" DECODE_BATCHES="1 2" STEPS=4 REQUESTS=4 CONCURRENCY="1 2"
+else
+    DEVICE=cuda MODEL=qwen2.5-vl-3b SERVE_GPU=0.5 DTYPES="fp32 bf16" LIMIT_SCALE=${LIMIT_SCALE:-1}
+    SCORER_BATCHES="1 16 64" BATCHES="1 8 16 32" DECODE_BATCHES="1 16" STEPS=64 REQUESTS=64 CONCURRENCY="1 16"
+fi
+
+step environment 30 "$PY" -c "import torch, transformers, bentoml; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
+'| transformers', transformers.__version__, '| bentoml', bentoml.__version__); \
+print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA device')"
+
+for dtype in $DTYPES; do
+    step "greedy ids = stock generate, three families, $DEVICE $dtype" 60 \
+        env ARR_COC_TEST_DEVICE=$DEVICE ARR_COC_TEST_DTYPE=$dtype "$PY" -m pytest -q -p no:cacheprovider \
+        tests/test_vlm_equivalence.py
+done
+
+step "scorer images/s" 30 "$PY" benchmarks/bench_scorer.py --device $DEVICE --repeats 5 --batches $SCORER_BATCHES
+for side in 448 1344; do
+    step "TTFT vs budget, ${side}x${side}" 60 "$PY" benchmarks/bench_prune.py --models $MODEL --device $DEVICE \
+        --image $side --repeats 3
+done
+step "decode ms/step, eager vs graph" 60 "$PY" benchmarks/bench_decode.py --model $MODEL --device $DEVICE \
+    --modes eager graph --batches $DECODE_BATCHES --steps $STEPS
+step "in-process batch throughput" 50 "$PY" benchmarks/bench_batch.py --model $MODEL --device $DEVICE \
+    --batches $BATCHES --budgets 1.0 0.25 0.1
+step "served: both runners on the GPU" 60 env ARR_COC_VLM_GPU=$SERVE_GPU ARR_COC_RELEVANCE_GPU=$SERVE_GPU \
+    "$PY" benchmarks/bench_serve.py --requests $REQUESTS --concurrency $CONCURRENCY --batching on --no-in-process
+
+echo "failed steps: $FAILED; figures in $OUT"
+exit $FAILED
