@@ -165,3 +165,15 @@ def test_buckets_made_in_inference_mode_serve_outside_it(testbed_pipeline):
         inside = pipeline.answer(request)
     outside = pipeline.answer(request)
     assert inside.token_ids == outside.token_ids == eager.answer(request).token_ids
+
+
+def test_warm_up_runs_every_stage_and_captures_each_bucket(testbed_pipeline, monkeypatch):
+    eager = testbed_pipeline()
+    pipeline = VLMPipeline(eager.vlm, eager.scorer, decode="static")
+    pipeline.static.graphs = True  # as on CUDA; the capture itself is recorded, not run
+    captured = []
+    monkeypatch.setattr(StepBuffers, "capture", lambda self, model, pool: captured.append((self.batch, self.length)))
+    spent = pipeline.warm_up((1, 3), cache_tokens=600)
+    assert sorted(spent) == [1, 3] and all(ms > 0 for ms in spent.values())
+    assert set(captured) == {(b, length) for b in (1, 2, 4) for length in (256, 512, 1024)}
+    assert len(captured) == len(set(captured)), "each bucket is captured once"

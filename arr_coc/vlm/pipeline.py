@@ -38,8 +38,8 @@ from arr_coc.vlm.inputs import EncodedRequest, check_generation, encode_request
 from arr_coc.vlm.loading import LoadedVLM, load_vlm
 from arr_coc.vlm.pruning import LLMRow, encode_images, full_positions, prune_row
 from arr_coc.vlm.sampling import RowDecoder
-from arr_coc.vlm.static_decoding import (BATCH_BUCKETS, LENGTH_STEP, StaticDecoder, length_bucket, resolve_decode,
-                                         static_decode_supported)  # fmt: skip
+from arr_coc.vlm.static_decoding import (BATCH_BUCKETS, LENGTH_STEP, StaticDecoder, batch_bucket, length_bucket,
+                                         resolve_decode, static_decode_supported)  # fmt: skip
 from arr_coc.vlm.testbed import EMBEDDED_MODEL, EMBEDDED_SCORER
 from arr_coc.vlm.types import AnswerRequest, AnswerResult, GenerationParams
 
@@ -229,7 +229,7 @@ class VLMPipeline:
 
         Every stage runs (processor, vision tower, scorer, selection, prefill, decode)
         for a 224x224 image and two new tokens. With graph decode, every batch
-        bucket up to ``max(batch_sizes)`` is also captured at each cache length up to
+        bucket a batch of up to ``max(batch_sizes)`` rows can use is also captured at each cache length up to
         ``cache_tokens``. Returns milliseconds per batch size.
         """
         image = Image.linear_gradient("L").resize((224, 224)).convert("RGB")
@@ -240,7 +240,8 @@ class VLMPipeline:
             self.answer_batch([request] * size)
             spent[size] = (time.perf_counter() - start) * 1000.0
         if self.static is not None and self.static.graphs and cache_tokens > 0:
-            rows = tuple(b for b in BATCH_BUCKETS if b <= max(batch_sizes))
+            largest = batch_bucket(max(batch_sizes)) or max(BATCH_BUCKETS)
+            rows = tuple(b for b in BATCH_BUCKETS if b <= largest)
             length = LENGTH_STEP
             while length <= length_bucket(cache_tokens):
                 self.static.warm_up(rows, length)
