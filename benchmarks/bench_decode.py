@@ -40,7 +40,7 @@ from arr_coc.vlm.types import AnswerRequest, GenerationParams  # noqa: E402
 def decode_run(pipeline: VLMPipeline, prepared, steps: int) -> tuple[float, list[list[int]]]:
     """(decode ms per step, ids per row) of one generation of exactly ``steps`` decode steps."""
     params = GenerationParams(max_new_tokens=steps + 1)
-    decoders = [RowDecoder(pipeline.vlm.tokenizer, params, eos_token_ids=()) for _ in prepared]
+    decoders = [RowDecoder(pipeline.vlm.tokenizer, params, (), pipeline.vlm.device) for _ in prepared]
     timings: dict[str, float] = {}
     for _ in generate_rows(pipeline.vlm, [p.row for p in prepared], decoders, timings, static=pipeline.static):
         pass

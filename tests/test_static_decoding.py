@@ -177,3 +177,13 @@ def test_warm_up_runs_every_stage_and_captures_each_bucket(testbed_pipeline, mon
     assert sorted(spent) == [1, 3] and all(ms > 0 for ms in spent.values())
     assert set(captured) == {(b, length) for b in (1, 2, 4) for length in (256, 512, 1024)}
     assert len(captured) == len(set(captured)), "each bucket is captured once"
+
+
+def test_sampled_rows_draw_the_same_tokens_on_the_static_path(testbed_pipeline, static_pipeline):
+    eager, static = testbed_pipeline("qwen3-vl"), static_pipeline("qwen3-vl")
+    params = GenerationParams(max_new_tokens=10, temperature=0.9, top_p=0.8, seed=5)
+    requests = [AnswerRequest(scene(220, 160), QUESTION, "arr-coc", 0.5, params), greedy_requests()[1]]
+    expected, got = eager.answer_batch(requests), static.answer_batch(requests)
+    assert [r.token_ids for r in got] == [r.token_ids for r in expected]
+    reseeded = AnswerRequest(scene(220, 160), QUESTION, "arr-coc", 0.5, GenerationParams(**{**vars(params), "seed": 6}))
+    assert static.answer(reseeded).token_ids != expected[0].token_ids

@@ -169,16 +169,18 @@ def _decode_steps(vlm, decoders, tokens, timings, clock, step, width: int) -> It
 def _push(decoders: list[RowDecoder], logits: torch.Tensor) -> list[int | None]:
     """Choose and record one token per unfinished row from ``logits [B, V]``.
 
-    Greedy rows take the batch's argmax, computed on the device and handed to the
-    host once per step; sampling rows draw from their own generator.
+    Every choice is made on the device (argmax, or the row's own sampler); the
+    ``[B]`` choices reach the host in one hand-off per step.
     """
-    greedy = logits.argmax(dim=-1).tolist()
-    chosen: list[int | None] = []
+    picks = logits.argmax(dim=-1)  # [B]
     for row, decoder in enumerate(decoders):
+        if not decoder.finished and decoder.params.temperature > 0.0:
+            picks[row] = decoder.sample(logits[row])
+    chosen: list[int | None] = []
+    for decoder, token in zip(decoders, picks.tolist()):
         if decoder.finished:
             chosen.append(None)
             continue
-        token = greedy[row] if decoder.params.temperature == 0.0 else decoder.choose(logits[row])
         decoder.push(token)
         chosen.append(token)
     return chosen

@@ -210,7 +210,7 @@ class VLMPipeline:
         return prepared
 
     def _decoders(self, prepared: Sequence[PreparedRequest]) -> list[RowDecoder]:
-        return [RowDecoder(self.vlm.tokenizer, p.params, self.vlm.eos_token_ids) for p in prepared]
+        return [RowDecoder(self.vlm.tokenizer, p.params, self.vlm.eos_token_ids, self.vlm.device) for p in prepared]
 
     @staticmethod
     def _result(p: PreparedRequest, decoder: RowDecoder, timings: dict[str, float]) -> AnswerResult:

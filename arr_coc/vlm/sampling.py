@@ -1,8 +1,9 @@
 """Choosing each next token, and turning token ids into answer text.
 
 Each request of a batch owns a :class:`RowDecoder`: its own settings and its own
-seeded ``torch.Generator``, so a sampled answer depends only on its request,
-never on its batch mates. Stop strings are matched on the decoded text; the
+seeded ``torch.Generator`` on the model's device, so a sampled answer depends only
+on its request (and the device), never on its batch mates. Tokens are chosen on the
+device; the batch's choices reach the host once per step. Stop strings are matched on the decoded text; the
 answer ends before the first match and the ids that produced the stop string
 are dropped.
 """
@@ -16,18 +17,18 @@ from arr_coc.vlm.types import GenerationParams
 _INCOMPLETE = "\ufffd"  # what a byte-level decoder shows for a cut UTF-8 sequence
 
 
-def choose_token(logits: torch.Tensor, params: GenerationParams, generator: torch.Generator) -> int:
-    """Next token id from ``logits [V]``: argmax when ``temperature == 0``, else top-p sampling."""
-    if params.temperature == 0.0:
-        return int(torch.argmax(logits))
-    scaled = logits.float().cpu() / params.temperature
-    probs = torch.softmax(scaled, dim=-1)
+def sample_token(logits: torch.Tensor, params: GenerationParams, generator: torch.Generator) -> torch.Tensor:
+    """A token id drawn from ``logits [V]`` with temperature and top-p, as a 0-d tensor on the logits' device.
+
+    ``generator`` lives on that device, so drawing needs no host round trip.
+    """
+    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
     if params.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True, stable=True)
         before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
         sorted_probs[before >= params.top_p] = 0.0  # the top token always survives (before == 0)
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return torch.multinomial(probs, 1, generator=generator)[0]
 
 
 class RowDecoder:
@@ -37,19 +38,22 @@ class RowDecoder:
     not part of the answer; neither is a stop string or anything after it.
     """
 
-    def __init__(self, tokenizer, params: GenerationParams, eos_token_ids: tuple[int, ...]) -> None:
+    def __init__(
+        self, tokenizer, params: GenerationParams, eos_token_ids: tuple[int, ...], device: str | torch.device = "cpu"
+    ) -> None:
         self.tokenizer = tokenizer
         self.params = params
         self.eos = set(eos_token_ids)
-        self.generator = torch.Generator().manual_seed(params.seed)
+        self.generator = torch.Generator(device=device).manual_seed(params.seed)
         self.ids: list[int] = []
         self.finished = False
         self.finish_reason: str | None = None
         self._cut: int | None = None  # character offset of the first stop string
         self._max_stop = max((len(s) for s in params.stop), default=0)
 
-    def choose(self, logits: torch.Tensor) -> int:
-        return choose_token(logits, self.params, self.generator)
+    def sample(self, logits: torch.Tensor) -> torch.Tensor:
+        """Draw this row's next token from ``logits [V]`` (0-d tensor, on the logits' device)."""
+        return sample_token(logits, self.params, self.generator)
 
     def push(self, token: int) -> bool:
         if self.finished:
