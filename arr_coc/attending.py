@@ -19,7 +19,7 @@ from numbers import Integral, Real
 
 import torch
 
-from arr_coc.errors import InvalidBudgetError, InvalidGridError, UnknownMethodError
+from arr_coc.errors import InvalidBudgetError, InvalidGridError, InvalidStageError, UnknownMethodError
 
 Budget = int | float
 Grid = tuple[int, int]
@@ -87,6 +87,21 @@ def resolve_budget(budget: Budget, num_tokens: int) -> int:
             raise InvalidBudgetError(f"a ratio must be a finite float in (0, 1], got {budget!r}", field="budget")
         return max(1, min(num_tokens, round(ratio * num_tokens)))
     raise InvalidBudgetError(f"expected an int >= 1 or a float in (0, 1], got {type(budget).__name__}", field="budget")
+
+
+STAGES = ("post", "pre")
+"""Where selection happens: ``post`` on the tower's outputs, ``pre`` on pixels + question before the tower."""
+
+
+def check_stage(stage: str, method: str) -> str:
+    """``stage`` if it is known and ``method`` can select at it; :class:`InvalidStageError` otherwise."""
+    if stage not in STAGES:
+        raise InvalidStageError(f"unknown stage {stage!r}; use one of {', '.join(STAGES)}", field="stage")
+    if stage == "pre" and method in FEATURE_METHODS:
+        raise InvalidStageError(
+            f"{method!r} selects from the vision tower's features, so it runs at stage 'post' only", field="stage"
+        )
+    return stage
 
 
 def check_method(method: str) -> str:

@@ -52,6 +52,10 @@ class UnknownVariantError(ArrCocInputError):
     """A variant name that the registry does not know."""
 
 
+class InvalidStageError(ArrCocInputError):
+    """A pruning stage other than ``post`` or ``pre``, or ``pre`` with a method that needs the tower's features."""
+
+
 class InvalidQuestionError(ArrCocInputError):
     """An empty question, or one longer than the model's context allows."""
 

@@ -1,6 +1,8 @@
 """Variants: the unit that is served, evaluated and compared.
 
-A variant is a name plus a VLM, a pruning method, a budget and a scorer checkpoint.
+A variant is a name plus a VLM, a pruning method, a budget, a stage (``post``: select
+from the vision tower's outputs; ``pre``: select before the tower, which then runs on
+the kept tokens only) and a scorer checkpoint.
 ``VARIANTS`` is the one registry; W&B runs carry ``Variant.as_config()`` so that
 dashboards compare variants on the same metrics. A request may also name a method
 and budget directly: :func:`ad_hoc` turns them into a variant named ``method@budget``.
@@ -8,9 +10,9 @@ and budget directly: :func:`ad_hoc` turns them into a variant named ``method@bud
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from arr_coc.attending import check_method, resolve_budget
+from arr_coc.attending import check_method, check_stage, resolve_budget
 from arr_coc.errors import UnknownVariantError
 
 
@@ -22,6 +24,7 @@ class Variant(BaseModel):
     name: str
     method: str
     budget: int | float
+    stage: str = "post"
     vlm: str = ""
     scorer: str = ""
 
@@ -36,9 +39,14 @@ class Variant(BaseModel):
         resolve_budget(budget, 1)
         return budget
 
+    @model_validator(mode="after")
+    def _valid_stage(self) -> Variant:
+        check_stage(self.stage, self.method)
+        return self
+
     def as_config(self, **extra) -> dict:
         """Flat dict for a W&B run config."""
-        return {"variant": self.name, "method": self.method, "budget": self.budget,
+        return {"variant": self.name, "method": self.method, "budget": self.budget, "stage": self.stage,
                 "vlm": self.vlm, "scorer": self.scorer, **extra}  # fmt: skip
 
 
@@ -47,6 +55,9 @@ def _builtin() -> dict[str, Variant]:
     for method in ("arr-coc", "uniform", "random", "divprune", "cdpruner"):
         for percent in (10, 25, 50):
             variants.append(Variant(name=f"{method}-{percent}", method=method, budget=percent / 100))
+    for method in ("arr-coc", "uniform", "random"):  # chosen before the vision tower, which runs on the kept only
+        for percent in (10, 25, 50):
+            variants.append(Variant(name=f"{method}-pre-{percent}", method=method, budget=percent / 100, stage="pre"))
     return {v.name: v for v in variants}
 
 
@@ -61,8 +72,10 @@ def get_variant(name: str) -> Variant:
         raise UnknownVariantError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}", field="variant") from None
 
 
-def ad_hoc(method: str, budget: int | float) -> Variant:
-    """A variant for a request that names its method and budget itself (typed errors if bad)."""
+def ad_hoc(method: str, budget: int | float, stage: str = "post") -> Variant:
+    """A variant for a request that names its method, budget (and stage) itself (typed errors if bad)."""
     check_method(method)
     resolve_budget(budget, 1)
-    return Variant(name=f"{method}@{budget}", method=method, budget=budget)
+    check_stage(stage, method)
+    suffix = "" if stage == "post" else f"@{stage}"
+    return Variant(name=f"{method}@{budget}{suffix}", method=method, budget=budget, stage=stage)

@@ -4,13 +4,16 @@
 requests it runs, in order (DESIGN.md, "One request, with shapes"):
 
 1. input checks and the stock processor inputs of each request;
-2. one vision-tower pass over all images -> merger features ``[N_b, D]``;
-3. the token grid bridge -> resized image ``[3, H, W]`` and grid ``(H', W')``,
+2. the token grid bridge -> resized image ``[3, H, W]`` and grid ``(H', W')``,
    the query embedding ``[D]`` (mean input embedding of the question tokens), and
    the scorer -> relevance ``[H', W']`` (unless the request carries a relevance map
    computed elsewhere, e.g. by the relevance runner, on the same grid);
-4. ``allocate`` -> kept indices ``[K_b]`` by each request's method and budget;
-5. the pruned rows (kept tokens at their stock M-RoPE positions) -> one batched
+3. for ``stage = "pre"`` requests, ``allocate`` -> kept indices ``[K_b]`` now;
+4. one vision-tower pass over all images -> merger features: ``[N_b, D]`` for
+   ``post`` requests, ``[K_b, D]`` for ``pre`` ones (the tower ran on their kept
+   patches only, see ``pre_encoder.py``);
+5. for ``post`` requests, ``allocate`` on the features -> kept indices ``[K_b]``;
+6. the pruned rows (kept tokens at their stock M-RoPE positions) -> one batched
    prefill and cached decode.
 
 Nothing crosses requests: the scorer runs once per image size for the whole
@@ -29,13 +32,14 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from arr_coc.attending import allocate, check_method, resolve_budget
+from arr_coc.attending import allocate, check_method, check_stage, resolve_budget
 from arr_coc.errors import CheckpointFormatError, InvalidGridError
 from arr_coc.scorer import RelevanceScorer
 from arr_coc.vlm.decoding import generate_rows, synchronize
 from arr_coc.vlm.grid import TokenGrid, merged_grid, resized_image, token_grid
 from arr_coc.vlm.inputs import EncodedRequest, check_generation, encode_request
 from arr_coc.vlm.loading import LoadedVLM, load_vlm
+from arr_coc.vlm.pre_encoder import encode_kept
 from arr_coc.vlm.pruning import LLMRow, encode_images, full_positions, prune_row
 from arr_coc.vlm.sampling import RowDecoder
 from arr_coc.vlm.static_decoding import (BATCH_BUCKETS, LENGTH_STEP, StaticDecoder, batch_bucket, length_bucket,
@@ -133,6 +137,7 @@ class VLMPipeline:
         checked when the request is encoded.
         """
         check_method(request.method)
+        check_stage(request.stage, request.method)
         resolve_budget(request.budget, 1)
         return check_generation(request.generation)
 
@@ -167,11 +172,6 @@ class VLMPipeline:
         timings["preprocess"] = (clock() - start) * 1000.0
 
         start = clock()
-        vision = encode_images(vlm, [e.pixel_values for e in encoded], [e.image_grid_thw for e in encoded])
-        synchronize(vlm.device)
-        timings["vision"] = (clock() - start) * 1000.0
-
-        start = clock()
         image_processor = vlm.processor.image_processor
         embed = vlm.model.get_input_embeddings()
         grids = [merged_grid(e.image_grid_thw, vlm.merge_size) for e in encoded]
@@ -189,23 +189,48 @@ class VLMPipeline:
             for b, scores in zip(to_score, scored):
                 relevance[b] = scores
         relevance = [scores.float().cpu() for scores in relevance]
-        kept = allocate(
-            relevance,
-            [r.budget for r in requests],
-            [r.method for r in requests],
-            [p.seed for p in params],
-            grid=grids,
-            features=[v.features for v in vision],
-            query=queries,
-            question_tokens=questions,
-        )
+        pre = [b for b, r in enumerate(requests) if r.stage == "pre"]
+        kept: list[torch.Tensor | None] = [None] * len(requests)
+
+        def select(members: list[int], features: list[torch.Tensor] | None) -> None:
+            chosen = allocate(
+                [relevance[b] for b in members],
+                [requests[b].budget for b in members],
+                [requests[b].method for b in members],
+                [params[b].seed for b in members],
+                grid=[grids[b] for b in members],
+                features=features,
+                query=[queries[b] for b in members],
+                question_tokens=[questions[b] for b in members],
+            )
+            for b, k in zip(members, chosen):
+                kept[b] = k
+
+        if pre:
+            select(pre, None)
         synchronize(vlm.device)
-        timings["scoring"] = (clock() - start) * 1000.0
+        scoring_ms = (clock() - start) * 1000.0
+
+        start = clock()
+        pixel_values, grids_thw = [e.pixel_values for e in encoded], [e.image_grid_thw for e in encoded]
+        if pre:  # one tower call: the kept patches of "pre" images, every patch of the others
+            vision = encode_kept(vlm, pixel_values, grids_thw, kept)
+        else:
+            vision = encode_images(vlm, pixel_values, grids_thw)
+        synchronize(vlm.device)
+        timings["vision"] = (clock() - start) * 1000.0
+
+        start = clock()
+        post = [b for b in range(len(requests)) if requests[b].stage != "pre"]
+        if post:
+            select(post, [vision[b].features for b in post])
+        synchronize(vlm.device)
+        timings["scoring"] = scoring_ms + (clock() - start) * 1000.0
 
         prepared = []
         for r, p, e, v, g, rel, k in zip(requests, params, encoded, vision, grids, relevance, kept):
             positions = full_positions(vlm, e.input_ids, e.mm_token_type_ids, e.image_grid_thw)
-            row = prune_row(e.input_ids, positions, e.mm_token_type_ids, v, k)
+            row = prune_row(e.input_ids, positions, e.mm_token_type_ids, v, k, vision_is_kept=r.stage == "pre")
             prepared.append(PreparedRequest(r, p, e, g, rel, k, positions, row))
         return prepared
 

@@ -87,14 +87,24 @@ def full_positions(vlm: LoadedVLM, input_ids: torch.Tensor, mm_token_type_ids: t
 
 
 def prune_row(
-    input_ids: torch.Tensor, positions: torch.Tensor, mm_token_type_ids: torch.Tensor, vision: VisionFeatures, kept: torch.Tensor
+    input_ids: torch.Tensor,
+    positions: torch.Tensor,
+    mm_token_type_ids: torch.Tensor,
+    vision: VisionFeatures,
+    kept: torch.Tensor,
+    vision_is_kept: bool = False,
 ) -> LLMRow:
-    """Keep all text tokens and the image tokens ``kept [K]`` (raster indices into the N image tokens)."""
+    """Keep all text tokens and the image tokens ``kept [K]`` (raster indices into the N image tokens).
+
+    ``vision`` holds all ``N`` tokens' features, or with ``vision_is_kept`` only the
+    ``K`` kept ones (the tower ran on them alone: ``stage = "pre"``).
+    """
     image_slots = torch.nonzero(mm_token_type_ids == 1).flatten()
     keep = torch.ones_like(input_ids, dtype=torch.bool)
     keep[image_slots] = False
     keep[image_slots[kept.to(image_slots.device)]] = True
-    return LLMRow(input_ids=input_ids[keep], positions=positions[:, keep], vision=vision.select(kept))
+    kept_vision = vision if vision_is_kept else vision.select(kept)
+    return LLMRow(input_ids=input_ids[keep], positions=positions[:, keep], vision=kept_vision)
 
 
 def encoder_outputs(vlm: LoadedVLM, rows: list[LLMRow]) -> dict[str, BaseModelOutputWithPooling]:

@@ -39,6 +39,9 @@ class AnswerRequest:
     budget: kept visual tokens, a count (int >= 1) or a ratio (float in (0, 1]).
     relevance: ``[H', W']`` scores already computed for this image and question
         (by the relevance runner); ``None`` lets the pipeline run its own scorer.
+    stage: ``post`` selects from the vision tower's outputs (every method); ``pre``
+        selects before the tower, which then runs on the kept tokens only
+        (``none``, ``uniform``, ``random``, ``arr-coc``).
     """
 
     image: Image.Image
@@ -47,6 +50,7 @@ class AnswerRequest:
     budget: int | float = 0.25
     generation: GenerationParams = field(default_factory=GenerationParams)
     relevance: torch.Tensor | None = None
+    stage: str = "post"
 
 
 @dataclass
