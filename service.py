@@ -50,10 +50,11 @@ API_ROUTES = ("/answer", "/answer_stream", "/relevance")
 
 
 def pick_variant(body) -> Variant:
-    """The request's variant: its method + budget, else its named variant, else the default."""
-    if body.method is not None or body.budget is not None:
+    """The request's variant: its method + budget (+ stage), else its named variant, else the default."""
+    if body.method is not None or body.budget is not None or body.stage is not None:
         base = get_variant(body.variant or settings.default_variant)
-        return ad_hoc(body.method or base.method, body.budget if body.budget is not None else base.budget)
+        return ad_hoc(body.method or base.method, body.budget if body.budget is not None else base.budget,
+                      body.stage or base.stage)  # fmt: skip
     return get_variant(body.variant or settings.default_variant)
 
 
@@ -137,7 +138,7 @@ class ARRCOC:
                      scored: ScoreOutput) -> AnswerItem:  # fmt: skip
         return AnswerItem(
             image_b64=base64.b64encode(data).decode(), question=question, method=variant.method,
-            budget=variant.budget, relevance=scored.relevance, grid=scored.grid,
+            budget=variant.budget, stage=variant.stage, relevance=scored.relevance, grid=scored.grid,
             max_new_tokens=body.max_new_tokens, temperature=body.temperature, top_p=body.top_p,
             stop=body.stop, seed=body.seed,
         )  # fmt: skip

@@ -59,7 +59,7 @@ def sample_count(dataset: Dataset, limit: int | None) -> int:
 
 def evaluate_variant(pipeline: VLMPipeline, variant: Variant, dataset: Dataset, *, limit: int | None = None,
                      batch_size: int = 1, max_new_tokens: int = 8, seed: int = 0) -> Iterator[EvalRecord]:  # fmt: skip
-    """Yield a record per sample (in dataset order) for ``variant``'s method and budget.
+    """Yield a record per sample (in dataset order) for ``variant``'s method, budget and stage.
 
     Greedy decoding; ``seed + index`` seeds the ``random`` method per sample.
     """
@@ -71,7 +71,7 @@ def evaluate_variant(pipeline: VLMPipeline, variant: Variant, dataset: Dataset, 
         samples = [dataset[i] for i in indices]
         requests = [
             AnswerRequest(image=s.image, question=s.question, method=variant.method, budget=variant.budget,
-                          generation=GenerationParams(max_new_tokens=max_new_tokens, seed=seed + i))
+                          stage=variant.stage, generation=GenerationParams(max_new_tokens=max_new_tokens, seed=seed + i))
             for i, s in zip(indices, samples)
         ]  # fmt: skip
         for i, sample, result in zip(indices, samples, pipeline.answer_batch(requests)):

@@ -9,7 +9,7 @@ items plain JSON.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -51,6 +51,11 @@ class ImageQuestion(_Strict):
     variant: str | None = Field(None, description="a registered variant; default: the deployment's")
     method: str | None = Field(None, description="overrides the variant's method (with budget)")
     budget: Budget | None = None
+    stage: Literal["post", "pre"] | None = Field(
+        None,
+        description="overrides the variant's stage: 'post' selects from the vision tower's outputs, 'pre' before "
+        "the tower, which then runs on the kept tokens only (none, uniform, random, arr-coc)",
+    )
 
 
 class AnswerRequestBody(ImageQuestion, GenerationFields):
@@ -121,6 +126,7 @@ class AnswerItem(BaseModel):
     question: str
     method: str
     budget: int | float
+    stage: str = "post"
     relevance: list[float] | None = None
     grid: tuple[int, int] | None = None
     max_new_tokens: int

@@ -42,6 +42,7 @@ def to_request(item: AnswerItem) -> AnswerRequest:
         question=item.question,
         method=item.method,
         budget=item.budget,
+        stage=item.stage,
         relevance=relevance,
         generation=GenerationParams(
             max_new_tokens=item.max_new_tokens, temperature=item.temperature, top_p=item.top_p,

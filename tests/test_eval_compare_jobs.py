@@ -80,6 +80,7 @@ def test_compare_prints_both_variants_and_writes_plots(eval_runs, tmp_path: Path
         (["eval", "--variant", "nope-25"], "unknown variant 'nope-25'"),
         (["eval", "--method", "arr-coc", "--budget", "1.5"], "budget"),
         (["eval", "--method", "sharpen", "--budget", "0.5"], "unknown method 'sharpen'"),
+        (["eval", "--method", "divprune", "--budget", "0.5", "--stage", "pre"], "runs at stage 'post' only"),
         (["eval"], "name a --variant, or a --method with a --budget"),
         (["eval", "--variant", "full", "--limit", "0"], "limit must be >= 1"),
         (["eval", "--variant", "full", "--dataset", "coco"], "unknown dataset 'coco'"),
@@ -116,3 +117,14 @@ def test_missing_model_dir_and_empty_dataset_exit_2(tmp_path: Path) -> None:
     assert done.returncode == 2 and "no checkpoint directory" in done.stderr
     done = arr_coc(["train-scorer", "--train-size", "0"], env, tmp_path)
     assert done.returncode == 2 and "train_size" in done.stderr
+
+
+def test_eval_variant_carries_its_stage() -> None:
+    from training_hooks.eval_job import EvalParams, resolve_variant
+
+    assert resolve_variant(EvalParams(variant="arr-coc-pre-25")).stage == "pre"
+    adhoc = resolve_variant(EvalParams(method="uniform", budget=0.3, stage="pre"))
+    assert (adhoc.name, adhoc.stage) == ("uniform@0.3@pre", "pre")
+    on_top = resolve_variant(EvalParams(variant="arr-coc-25", stage="pre"))
+    assert (on_top.method, on_top.budget, on_top.stage) == ("arr-coc", 0.25, "pre")
+    assert resolve_variant(EvalParams(variant="arr-coc-25")).stage == "post"

@@ -20,19 +20,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_variants_cover_full_then_every_method_and_budget() -> None:
     variants = quality_variants(QualityParams(methods=["arr-coc", "cdpruner"], budgets=[0.1, 0.3]))
-    assert [(v.name, v.method, v.budget) for v in variants] == [
-        ("full", "none", 1.0), ("arr-coc-10", "arr-coc", 0.1), ("arr-coc@0.3", "arr-coc", 0.3),
-        ("cdpruner-10", "cdpruner", 0.1), ("cdpruner@0.3", "cdpruner", 0.3),
-    ]
+    assert [(v.name, v.method, v.budget, v.stage) for v in variants] == [
+        ("full", "none", 1.0, "post"), ("arr-coc-10", "arr-coc", 0.1, "post"), ("arr-coc@0.3", "arr-coc", 0.3, "post"),
+        ("cdpruner-10", "cdpruner", 0.1, "post"), ("cdpruner@0.3", "cdpruner", 0.3, "post"),
+        ("arr-coc-pre-10", "arr-coc", 0.1, "pre"), ("arr-coc@0.3@pre", "arr-coc", 0.3, "pre"),
+    ]  # cdpruner needs the tower's features: no pre rows
 
 
 def test_a_small_table_is_written_and_logged(tmp_path) -> None:
     out = tmp_path / "quality"
     done = arr_coc(["quality", "--size", "6", "--methods", "arr-coc", "divprune", "--budgets", "0.25", "--out", str(out),
-                    "--batch-size", "3", "--wandb", "offline"], offline_env(tmp_path), tmp_path)
+                    "--batch-size", "3", "--wandb", "offline", "--stages", "post", "pre"], offline_env(tmp_path), tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads((out / "quality.json").read_text())["rows"]
-    assert [r["variant"] for r in rows] == ["full", "arr-coc-25", "divprune-25"]
+    assert [r["variant"] for r in rows] == ["full", "arr-coc-25", "divprune-25", "arr-coc-pre-25"]
+    assert [r["stage"] for r in rows] == ["post", "post", "post", "pre"]
+    assert rows[3]["kept_tokens_mean"] == rows[1]["kept_tokens_mean"]
     for row in rows:
         assert row["samples"] == 6 and 0 <= row["accuracy"] <= 1 and 0 <= row["recall"] <= 1
         assert {"accuracy/colour", "accuracy/shape", "accuracy/count"} & set(row)
@@ -44,7 +47,8 @@ def test_a_small_table_is_written_and_logged(tmp_path) -> None:
         assert plot.size[0] > 400
     runs = [read_run(path) for path in find_run_files(tmp_path / "dir")]
     by_group = {run.config.get("variant"): run for run in runs}
-    assert set(by_group) == {"full", "arr-coc-25", "divprune-25"}
+    assert set(by_group) == {"full", "arr-coc-25", "divprune-25", "arr-coc-pre-25"}
+    assert by_group["arr-coc-pre-25"].config["stage"] == "pre"
     assert all(run.job_type == "eval" and run.group == run.config["variant"] for run in runs)
     assert by_group["arr-coc-25"].summary["accuracy"] == pytest.approx(rows[1]["accuracy"])
     assert by_group["divprune-25"].config["method"] == "divprune"
@@ -54,13 +58,14 @@ def test_markdown_rows_carry_per_kind_accuracy() -> None:
     row = {"variant": "v", "method": "arr-coc", "budget": 0.1, "accuracy": 0.5, "accuracy/colour": 1.0,
            "accuracy/count": 0.25, "recall": 0.75, "kept_tokens_mean": 12.0, "kept_ratio": 0.1, "latency_p50_ms": 9.0}
     line = format_markdown([row]).splitlines()[2]
-    assert line == "| v | arr-coc | 0.1 | 0.500 | 1.000 | nan | 0.250 | 0.750 | 12.0 | 0.100 | 9 |"
+    assert line == "| v | arr-coc | post | 0.1 | 0.500 | 1.000 | nan | 0.250 | 0.750 | 12.0 | 0.100 | 9 |"
 
 
 @pytest.mark.parametrize("values, error", [({"size": 0}, InvalidConfigError), ({"methods": []}, InvalidConfigError),
                                            ({"dataset": "coco"}, UnknownDatasetError),
                                            ({"methods": ["blur"]}, InvalidConfigError),
-                                           ({"budgets": [1.5]}, InvalidConfigError)])
+                                           ({"budgets": [1.5]}, InvalidConfigError),
+                                           ({"stages": ["middle"]}, InvalidConfigError)])
 def test_bad_parameters_fail_before_any_model_work(values, error, tmp_path) -> None:
     with pytest.raises(error):
         run_quality_job({**values, "out": str(tmp_path / "q")}, wandb_mode="off", device="cpu")

@@ -70,6 +70,16 @@ def test_data_uri_variant_and_method_budget(http):
     assert custom["variant"] == "uniform@10" and custom["kept_tokens"] == 10
 
 
+def test_pre_encoder_variants_and_stage_field(http):
+    named = http.post("/answer", json=body(variant="arr-coc-pre-25"))
+    assert named.status_code == 200, named.text
+    assert named.json()["variant"] == "arr-coc-pre-25" and named.json()["kept_tokens"] == 48
+    staged = http.post("/answer", json=body(method="uniform", budget=10, stage="pre")).json()
+    assert staged["variant"] == "uniform@10@pre" and staged["kept_tokens"] == 10
+    post = http.post("/answer", json=body(method="uniform", budget=10)).json()
+    assert staged["timings_ms"]["vision"] > 0 and post["timings_ms"]["vision"] > 0
+
+
 def test_multipart_upload_equals_json(http):
     image = base64.b64decode(SAMPLE)
     upload = http.post("/answer", files={"image": ("scene.png", image, "image/png")},
@@ -177,6 +187,8 @@ BAD_INPUTS = [
     ("budget-negative", body(budget=-3), 422, "invalid_budget", "budget"),
     ("unknown-variant", body(variant="best-ever"), 422, "unknown_variant", "variant"),
     ("unknown-method", body(method="magic"), 422, "unknown_method", "method"),
+    ("unknown-stage", body(stage="middle"), 422, "validation_error", "stage"),
+    ("pre-needs-no-features", body(method="divprune", stage="pre"), 422, "invalid_stage", "stage"),
     ("max-new-tokens", body(max_new_tokens=100000), 422, "validation_error", "max_new_tokens"),
     ("temperature", body(temperature=-1), 422, "validation_error", "temperature"),
     ("unknown-field", body(colour="red"), 422, "validation_error", "colour"),

@@ -145,6 +145,10 @@ def test_cli_testbed_build_then_answer_json(tmp_path, capsys, monkeypatch):
     assert {"vision", "scoring", "prefill", "decode"} <= set(payload["timings_ms"])
     assert main([*argv, "--decode", "static"]) == 0
     assert json.loads(capsys.readouterr().out)["token_ids"] == payload["token_ids"]
+    assert main([*argv, "--stage", "pre"]) == 2, "divprune needs the tower's features"
+    assert "stage 'post' only" in capsys.readouterr().err
+    pre = [*argv[:6], "uniform", *argv[7:], "--stage", "pre"]
+    assert main(pre) == 0 and json.loads(capsys.readouterr().out)["kept_tokens"] == 3
     with pytest.raises(SystemExit) as refused:
         main([*argv, "--decode", "fast"])
     assert refused.value.code == 2 and "invalid choice: 'fast'" in capsys.readouterr().err

@@ -8,9 +8,10 @@ sample (correct, recall, kept ratio, latency by stage); a table of the first
 examples with their relevance heatmaps.
 
 Which variant: ``--variant NAME`` takes a registered one; ``--method``/``--budget``
-(alone or on top of a variant) make an ad-hoc ``method@budget`` one. A Launch
+(alone or on top of a variant) make an ad-hoc ``method@budget`` one, ``--stage pre`` a
+pre-encoder one (``method@budget@pre``). A Launch
 override of ``variant`` alone picks that variant whole; overrides of ``method``
-or ``budget`` act like the flags.
+``budget`` or ``stage`` act like the flags.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class EvalParams(BaseModel):
     variant: str = ""
     method: str = ""
     budget: int | float | None = None
+    stage: str = ""
     dataset: str = "vqa"
     size: int = Field(64, ge=1, description="samples in the held-out split")
     limit: int | None = Field(None, description="evaluate only the first N samples")
@@ -56,26 +58,27 @@ def resolve_variant(params: EvalParams) -> Variant:
     budget = params.budget if params.budget is not None else (base.budget if base else None)
     if not method or budget is None:
         raise InvalidConfigError("name a --variant, or a --method with a --budget", field="variant")
-    if base is not None and (base.method, base.budget) == (method, budget):
+    stage = params.stage or (base.stage if base else "post")
+    if base is not None and (base.method, base.budget, base.stage) == (method, budget, stage):
         variant = base
     else:
-        variant = ad_hoc(method, budget)
+        variant = ad_hoc(method, budget, stage)
     scorer = params.scorer or variant.scorer
     return variant.model_copy(update={"scorer": scorer, "vlm": params.model or variant.vlm})
 
 
 def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> EvalParams:
-    """``values`` with ``overrides`` on top; a new ``variant`` alone drops the old method/budget."""
+    """``values`` with ``overrides`` on top; a new ``variant`` alone drops the old method/budget/stage."""
     merged = dict(values)
-    if "variant" in overrides and not {"method", "budget"} & set(overrides):
-        merged.update(method="", budget=None)
+    if "variant" in overrides and not {"method", "budget", "stage"} & set(overrides):
+        merged.update(method="", budget=None, stage="")
     merged.update(overrides)
     return validate(EvalParams, merged)
 
 
 def run_config(variant: Variant, params: EvalParams) -> dict[str, Any]:
     """The W&B run config: the variant, the model, and the evaluation parameters."""
-    extra = params.model_dump(exclude={"variant", "method", "budget", "scorer"})
+    extra = params.model_dump(exclude={"variant", "method", "budget", "stage", "scorer"})
     return variant.as_config(**extra)
 
 
@@ -90,7 +93,7 @@ def run_eval_job(values: dict[str, Any], *, wandb_mode: str = "auto", device: st
     run = start_run(job_type="eval", config=run_config(variant, params), mode=resolve_mode(wandb_mode),
                     group=variant.name, name=f"eval-{variant.name}", tags=(variant.method,))  # fmt: skip
     try:
-        declare_launch_inputs(["variant", "method", "budget", "limit", "size", "model", "batch_size"])
+        declare_launch_inputs(["variant", "method", "budget", "stage", "limit", "size", "model", "batch_size"])
         summary = _evaluate_and_log(run, variant, params, device)
     except BaseException:
         run.finish(exit_code=1)

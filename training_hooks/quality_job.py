@@ -2,7 +2,8 @@
 
 One pipeline (the embedded default unless ``--model``/``--scorer`` say otherwise)
 answers the same held-out samples of the synthetic VQA task for ``full`` and each
-method at each budget. Each variant becomes a W&B eval run (``job_type=eval``,
+method at each budget, at each stage the method supports (``post``: selection on
+the vision tower's outputs; ``pre``: before the tower, for arr-coc, uniform, random). Each variant becomes a W&B eval run (``job_type=eval``,
 ``group`` = variant, the summary of :func:`arr_coc.evaluation.summarize` plus
 accuracy per question kind), so ``arr-coc compare`` and dashboards read them like
 any ``arr-coc eval`` run. The table is printed, and written to ``out`` as
@@ -20,10 +21,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from arr_coc.attending import check_method, resolve_budget
+from arr_coc.attending import FEATURE_METHODS, STAGES, check_method, check_stage, resolve_budget
 from arr_coc.tasks import check_dataset
 from arr_coc.training.config import validate
-from arr_coc.variants import Variant, ad_hoc, get_variant
+from arr_coc.variants import VARIANTS, Variant, ad_hoc, get_variant
 from training_hooks.jobrun import resolve_mode, start_run
 from training_hooks.plots import PALETTE, Series, scatter_plot
 
@@ -44,6 +45,7 @@ class QualityParams(BaseModel):
     batch_size: int = Field(8, ge=1)
     methods: list[str] = Field(list(METHODS), min_length=1)
     budgets: list[float] = Field(list(BUDGETS), min_length=1)
+    stages: list[str] = Field(list(STAGES), min_length=1)
     model: str = ""
     scorer: str = ""
     out: str = "quality"
@@ -52,6 +54,11 @@ class QualityParams(BaseModel):
     @classmethod
     def _known_methods(cls, methods: list[str]) -> list[str]:
         return [check_method(m) for m in methods]
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, stages: list[str]) -> list[str]:
+        return [check_stage(stage, "none") for stage in stages]
 
     @field_validator("budgets")
     @classmethod
@@ -62,18 +69,18 @@ class QualityParams(BaseModel):
 
 
 def quality_variants(params: QualityParams) -> list[Variant]:
-    """``full`` then each method at each budget (registered variants where they exist)."""
+    """``full`` then each method at each budget and stage it supports (registered variants where they exist)."""
     variants = [get_variant("full")]
-    for method in params.methods:
-        for budget in params.budgets:
-            name = f"{method}-{round(budget * 100)}"
-            try:
-                variant = get_variant(name)
-            except Exception:
-                variant = ad_hoc(method, budget)
-            if (variant.method, variant.budget) != (method, budget):
-                variant = ad_hoc(method, budget)
-            variants.append(variant)
+    for stage in params.stages:
+        for method in params.methods:
+            if stage == "pre" and method in FEATURE_METHODS:
+                continue
+            for budget in params.budgets:
+                infix = "-pre" if stage == "pre" else ""
+                variant = VARIANTS.get(f"{method}{infix}-{round(budget * 100)}")
+                if variant is None or (variant.method, variant.budget, variant.stage) != (method, budget, stage):
+                    variant = ad_hoc(method, budget, stage)
+                variants.append(variant)
     return variants
 
 
@@ -87,12 +94,12 @@ def per_kind_accuracy(records) -> dict[str, float]:
 
 def format_markdown(rows: list[dict[str, Any]]) -> str:
     """The table as GitHub markdown: one row per variant."""
-    header = ["variant", "method", "budget", "accuracy", *[f"acc. {k}" for k in KINDS], "target recall",
+    header = ["variant", "method", "stage", "budget", "accuracy", *[f"acc. {k}" for k in KINDS], "target recall",
               "kept tokens", "kept ratio", "latency p50 ms"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         kinds = [f"{row.get(f'accuracy/{k}', float('nan')):.3f}" for k in KINDS]
-        cells = [row["variant"], row["method"], f"{row['budget']:g}", f"{row['accuracy']:.3f}", *kinds,
+        cells = [row["variant"], row["method"], row.get("stage", "post"), f"{row['budget']:g}", f"{row['accuracy']:.3f}", *kinds,
                  f"{row['recall']:.3f}", f"{row['kept_tokens_mean']:.1f}", f"{row['kept_ratio']:.3f}",
                  f"{row['latency_p50_ms']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -100,10 +107,12 @@ def format_markdown(rows: list[dict[str, Any]]) -> str:
 
 
 def accuracy_plot(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Accuracy vs kept ratio, one line per method; ``full`` drawn as its own point at 1.0."""
+    """Accuracy vs kept ratio, one line per method and stage; ``full`` drawn as its own point at 1.0."""
     by_method: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for row in rows:
-        by_method[row["method"]].append((row["kept_ratio"], row["accuracy"]))
+        stage = row.get("stage", "post")
+        label = row["method"] if stage == "post" or row["method"] == "none" else f"{row['method']} (pre)"
+        by_method[label].append((row["kept_ratio"], row["accuracy"]))
     full = by_method.pop("none", [])
     series = [Series(method, sorted(points + full), colour=PALETTE[i % len(PALETTE)],
                      marker=("circle", "square", "triangle")[i % 3])
@@ -151,8 +160,9 @@ def evaluate_all(params: QualityParams, variants: list[Variant], mode: str, devi
         config = variant.as_config(dataset=params.dataset, size=params.size, seed=params.seed,
                                    model=params.model or "embedded", scorer=params.scorer or "embedded")
         run = start_run(job_type="eval", config=config, mode=mode, group=variant.name,
-                        name=f"quality-{variant.name}", tags=(variant.method, "quality"))
+                        name=f"quality-{variant.name}", tags=(variant.method, variant.stage, "quality"))
         run.summary.update(summary)
         run.finish()
-        rows.append({"variant": variant.name, "method": variant.method, "budget": float(variant.budget), **summary})
+        rows.append({"variant": variant.name, "method": variant.method, "stage": variant.stage,
+                     "budget": float(variant.budget), **summary})  # fmt: skip
     return rows

@@ -14,6 +14,7 @@ import sys
 
 from transformers.utils import logging as hf_logging
 
+from arr_coc.attending import STAGES
 from arr_coc.commands.relevance import parse_budget
 from arr_coc.images import load_image
 from arr_coc.vlm.pipeline import VLMPipeline
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         question=args.question,
         method=args.method,
         budget=args.budget,
+        stage=args.stage,
         generation=GenerationParams(
             max_new_tokens=args.max_new_tokens,
             temperature=args.temperature,
@@ -89,6 +91,9 @@ def register(subparsers) -> None:
     parser.add_argument("--scorer", help="relevance scorer checkpoint directory (default: untrained, seeded)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda when available)")
     parser.add_argument("--dtype", help="bf16, fp16, fp32 (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--stage", choices=STAGES, default="post",
+                        help="post: select from the vision tower's outputs; pre: select first, run the tower on the "
+                        "kept tokens only (none, uniform, random, arr-coc)")  # fmt: skip
     parser.add_argument("--decode", choices=DECODE_MODES, default="auto",
                         help="decode loop: auto (CUDA graphs on CUDA, eager on CPU), eager, static, graph")  # fmt: skip
     parser.add_argument("--stream", action="store_true", help="print the answer as it is generated")

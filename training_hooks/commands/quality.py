@@ -10,7 +10,7 @@ def run(args: argparse.Namespace) -> int:
 
     values = {"size": args.size, "seed": args.seed, "batch_size": args.batch_size, "out": args.out,
               "model": args.model, "scorer": args.scorer, "dataset": args.dataset,
-              "methods": args.methods, "budgets": args.budgets}
+              "methods": args.methods, "budgets": args.budgets, "stages": args.stages}
     return run_quality_job({k: v for k, v in values.items() if v is not None}, wandb_mode=args.wandb,
                            device=args.device)
 
@@ -22,6 +22,8 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, help="requests per answer_batch call (default 8)")
     parser.add_argument("--methods", nargs="+", help="methods besides full (default: all five)")
     parser.add_argument("--budgets", nargs="+", type=float, help="kept ratios (default 0.1 0.25 0.5)")
+    parser.add_argument("--stages", nargs="+", choices=["post", "pre"],
+                        help="pruning stages (default both; pre only for arr-coc, uniform, random)")  # fmt: skip
     parser.add_argument("--dataset", help="dataset name (default vqa)")
     parser.add_argument("--model", help="VLM directory or hub id (default: the embedded trained testbed)")
     parser.add_argument("--scorer", help="scorer checkpoint (default: the embedded one with the embedded model)")
