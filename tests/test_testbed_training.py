@@ -94,6 +94,39 @@ def test_training_rows_keep_a_random_share_at_stock_positions(untrained) -> None
     assert losses.answer.item() > 0 and losses.hints.item() > 0
 
 
+def test_pre_rows_run_the_tower_on_the_kept_patches_only(untrained) -> None:
+    from arr_coc.training.data import processor_grid
+    from arr_coc.vlm.pre_encoder import encode_kept
+
+    vlm = untrained
+    examples = ExampleSet(vlm.processor, ShapesVQA(2, "train", 1, processor_grid(vlm.processor)),
+                          vlm.tokenizer.convert_tokens_to_ids("<|im_end|>"), vlm.context_length)
+    batch = [examples[0], examples[1]]
+    with torch.no_grad():
+        rows, kept, features = answer_rows(vlm, batch, [0.3, 0.5], torch.Generator().manual_seed(0), [True, False])
+        (alone,) = encode_kept(vlm, [batch[0].encoded.pixel_values], [batch[0].encoded.image_grid_thw], [kept[0]])
+    assert features[0] is None and features[1].shape[0] == batch[1].encoded.num_visual_tokens
+    assert rows[0].vision.features.shape[0] == kept[0].numel() < batch[0].encoded.num_visual_tokens
+    assert torch.allclose(rows[0].vision.features, alone.features, atol=1e-5)
+    assert step_losses(vlm, rows, kept, batch).answer.item() > 0
+
+
+def test_fine_tuning_starts_from_the_given_checkpoint(tmp_path) -> None:
+    from arr_coc.vlm.testbed import EMBEDDED_MODEL
+
+    start = load_vlm(EMBEDDED_MODEL, device="cpu", dtype="fp32")
+    config = train_testbed_config({"steps": 2, "batch_size": 2, "warmup_steps": 0, "lr": 1e-4, "heldout_size": 2,
+                                   "eval_every": 0, "workers": 0, "pre_share": 1.0, "init": str(EMBEDDED_MODEL),
+                                   "out": str(tmp_path / "tuned")})
+    result = train_testbed(config, progress=False)
+    assert result.losses[0] < 1.5, "a trained model's loss, not a random one's (about ln 18 + more)"
+    tuned = load_vlm(tmp_path / "tuned", device="cpu", dtype="fp32")
+    before, after = start.model.state_dict(), tuned.model.state_dict()
+    assert before.keys() == after.keys()
+    changed = [name for name in before if not torch.equal(before[name], after[name])]
+    assert changed and all((before[n] - after[n]).abs().max() < 0.05 for n in changed)
+
+
 def test_a_short_training_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tmp_path) -> None:
     config = train_testbed_config({"steps": 10, "batch_size": 4, "warmup_steps": 0, "lr": 3e-3, "heldout_size": 4,
                              "eval_every": 0, "workers": 0, "out": str(tmp_path / "tb")})
@@ -114,6 +147,7 @@ def test_a_short_training_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tm
 
 
 @pytest.mark.parametrize("bad, field", [({"steps": 0}, "steps"), ({"min_keep": 0}, "min_keep"),
+                                        ({"pre_share": 1.5}, "pre_share"),
                                         ({"min_keep": 1.5}, "min_keep"), ({"lr": -1}, "lr"), ({"stepz": 3}, "stepz")])
 def test_bad_training_config_is_a_typed_error(bad, field) -> None:
     with pytest.raises(InvalidConfigError) as caught:

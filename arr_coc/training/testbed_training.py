@@ -23,12 +23,15 @@ needs two attention hops and a value path through both); with them it learns the
 lookup in a few hundred. Attention weights need eager attention in the LLM while
 training; the saved model is a stock checkpoint and serves with SDPA.
 
-Every example goes through the serving path's pruned prefill: the vision tower
-runs on the whole image, a random share of the visual tokens is kept (keep ratio
-uniform in ``[min_keep, 1]``, a uniformly random subset), and the LLM sees only
-the kept tokens at their ORIGINAL 3-row M-RoPE positions
+Every example goes through the serving path's pruned prefill: a random share of
+the visual tokens is kept (keep ratio uniform in ``[min_keep, 1]``, a uniformly
+random subset), dropped either after the vision tower (``post``: the tower sees
+the whole image) or before it (``pre``, a ``pre_share`` of the examples: the tower
+runs on the kept patches only, :func:`arr_coc.vlm.pre_encoder.encode_kept`), and
+the LLM sees only the kept tokens at their ORIGINAL 3-row M-RoPE positions
 (:func:`arr_coc.vlm.pruning.prune_row`), so the model learns to answer from any
-subset without favouring one selection method. Data comes from
+subset at either stage without favouring one selection method. ``init`` starts
+from a trained checkpoint instead of random weights (fine-tuning). Data comes from
 :class:`arr_coc.tasks.shapes_vqa.ShapesVQA` (``train`` split), drawn in a
 DataLoader worker while the model trains. Deterministic for a seed on one machine.
 
@@ -59,6 +62,7 @@ from arr_coc.vlm.grid import merged_grid
 from arr_coc.vlm.inputs import EncodedRequest, encode_request
 from arr_coc.vlm.loading import LoadedVLM, load_vlm
 from arr_coc.vlm.pipeline import VLMPipeline
+from arr_coc.vlm.pre_encoder import encode_kept
 from arr_coc.vlm.pruning import encode_images, encoder_outputs, full_positions, prune_row
 from arr_coc.vlm.testbed import build_testbed
 from arr_coc.variants import get_variant
@@ -78,6 +82,8 @@ class TrainTestbedConfig(BaseModel):
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(100, ge=0)
     min_keep: float = Field(0.1, gt=0, le=1, description="smallest kept share of visual tokens (augmentation)")
+    pre_share: float = Field(0.5, ge=0, le=1, description="share of examples whose tokens are dropped before the tower")
+    init: str = Field("", description="checkpoint to start from (fine-tuning); empty = random weights from seed")
     probe_weight: float = Field(0.5, ge=0, description="weight of the per-token probe loss on the vision tower")
     hint_weight: float = Field(0.5, ge=0, description="weight of the LLM's hints (two attention maps, one read-out)")
     seed: int = Field(0, ge=0, description="seeds the initial weights, the data order and the token dropping")
@@ -178,28 +184,34 @@ def _collate(examples: list[TrainingExample]) -> list[TrainingExample]:
 
 
 def answer_rows(vlm: LoadedVLM, examples: Sequence[TrainingExample], keep_ratios: Sequence[float],
-                generator: torch.Generator):
+                generator: torch.Generator, pre: Sequence[bool] | None = None):
     """Vision (with gradients) for all images, random token dropping, pruned rows with their answers.
 
     Returns ``(rows, kept, features)``: per example an ``LLMRow`` of prompt + answer
     whose kept visual tokens (``kept [K_b]``, raster indices) are a random
-    ``keep_ratio`` share at stock positions, and the merger outputs ``[N_b, D]`` of
-    every token.
+    ``keep_ratio`` share at stock positions, and the merger outputs of every token
+    ``[N_b, D]``, or ``None`` for the examples dropped before the tower (``pre[b]``).
     """
-    vision = encode_images(vlm, [e.encoded.pixel_values for e in examples],
-                           [e.encoded.image_grid_thw for e in examples])
-    rows, kept_sets = [], []
-    for example, image, ratio in zip(examples, vision, keep_ratios):
-        e = example.encoded
-        tokens = image.features.shape[0]
+    pre = [False] * len(examples) if pre is None else list(pre)
+    kept_sets = []
+    for example, ratio in zip(examples, keep_ratios):
+        tokens = int(example.encoded.image_grid_thw.prod()) // vlm.merge_size**2
         keep = max(1, round(ratio * tokens))
-        kept = torch.sort(torch.randperm(tokens, generator=generator)[:keep]).values
+        kept_sets.append(torch.sort(torch.randperm(tokens, generator=generator)[:keep]).values)
+    pixels = [e.encoded.pixel_values for e in examples]
+    grids = [e.encoded.image_grid_thw for e in examples]
+    if any(pre):
+        vision = encode_kept(vlm, pixels, grids, [k if p else None for k, p in zip(kept_sets, pre)])
+    else:
+        vision = encode_images(vlm, pixels, grids)
+    rows = []
+    for example, image, kept, before in zip(examples, vision, kept_sets, pre):
+        e = example.encoded
         ids = torch.cat([e.input_ids, example.answer_ids])
         types = torch.cat([e.mm_token_type_ids, torch.zeros_like(example.answer_ids)])
         positions = full_positions(vlm, ids, types, e.image_grid_thw)
-        rows.append(prune_row(ids, positions, types, image, kept))
-        kept_sets.append(kept)
-    return rows, kept_sets, [image.features for image in vision]
+        rows.append(prune_row(ids, positions, types, image, kept, vision_is_kept=before))
+    return rows, kept_sets, [None if before else image.features for image, before in zip(vision, pre)]
 
 
 @dataclass
@@ -274,8 +286,11 @@ TRAINING_ATTENTION = {"text_config": "eager", "vision_config": "sdpa", "": "sdpa
 """Eager attention in the LLM (its weights feed the attention hints), SDPA in the vision tower."""
 
 
-def initial_model(directory: str | Path, seed: int) -> LoadedVLM:
-    """The untrained VQA testbed (random weights from ``seed``), written to ``directory`` and loaded."""
+def initial_model(directory: str | Path, seed: int, init: str = "") -> LoadedVLM:
+    """The model training starts from: checkpoint ``init``, or the untrained VQA testbed (random weights from
+    ``seed``) written to ``directory``."""
+    if init:
+        return load_vlm(init, device="cpu", dtype="float32", attn_implementation=TRAINING_ATTENTION)
     build_testbed(directory, "qwen2.5-vl", seed=seed, size="vqa", words=ANSWER_WORDS)
     return load_vlm(directory, device="cpu", dtype="float32", attn_implementation=TRAINING_ATTENTION)
 
@@ -287,7 +302,7 @@ def train_testbed(config: TrainTestbedConfig, logger: TestbedLogger | None = Non
 
     logger = logger or NullLogger()
     out = Path(config.out)
-    vlm = initial_model(out, config.seed)
+    vlm = initial_model(out, config.seed, config.init)
     model = vlm.model
     model.requires_grad_(True)
     model.train()
@@ -322,10 +337,12 @@ def train_testbed(config: TrainTestbedConfig, logger: TestbedLogger | None = Non
     bar = tqdm(enumerate(loader, start=1), total=config.steps, desc="train-testbed", disable=not progress)
     for step, examples in bar:
         ratios = (config.min_keep + (1 - config.min_keep) * torch.rand(len(examples), generator=generator)).tolist()
-        rows, kept, features = answer_rows(vlm, examples, ratios, generator)
+        pre = (torch.rand(len(examples), generator=generator) < config.pre_share).tolist()
+        rows, kept, features = answer_rows(vlm, examples, ratios, generator, pre)
         losses_now = step_losses(vlm, rows, kept, examples)
         answer = losses_now.answer
-        probe_loss = torch.stack([probe.loss(f, e.labels.flatten(1)) for f, e in zip(features, examples)]).mean()
+        probed = [probe.loss(f, e.labels.flatten(1)) for f, e in zip(features, examples) if f is not None]
+        probe_loss = torch.stack(probed).mean() if probed else answer.new_zeros(())
         loss = answer + config.probe_weight * probe_loss + config.hint_weight * losses_now.hints
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
