@@ -1,15 +1,18 @@
 """Time to first token and total latency vs. the visual-token budget.
 
     python benchmarks/bench_prune.py [--models testbed,qwen2.5-vl-3b] [--device cpu]
-        [--image 448] [--new-tokens 8] [--repeats 3] [--method arr-coc]
+        [--image 448] [--new-tokens 8] [--repeats 3] [--method arr-coc] [--stage post pre]
+        [--budgets 1.0 0.5 0.25 0.1]
 
 For each model, one request (a drawn scene, one question) at budgets 100, 50, 25
 and 10 % of the visual tokens through the serving path (``VLMPipeline.answer``),
 the budgets interleaved over ``--repeats`` rounds. Printed per budget, for the
 fastest run: time to first token (request start to first generated token:
 processor, vision tower, scoring, selection, prefill) and total latency in ms and
-as ratios to the 100 % budget, and each stage (the vision tower runs on all tokens
-at every budget; only prefill and decode shrink). Models: ``testbed`` is the
+as ratios to the 100 % budget, and each stage, for each pruning stage: ``post``
+(the vision tower runs on all tokens at every budget; only prefill and decode
+shrink) and ``pre`` (the tower runs on the kept tokens only). ``scoring/TTFT`` is
+the relevance scorer's (and selection's) share of time to first token. Models: ``testbed`` is the
 embedded tiny qwen2.5-vl; ``qwen2-vl-2b`` and ``qwen2.5-vl-3b`` are random-weight
 models built from the published configuration values of those checkpoints
 (nothing is downloaded; random weights cost the same as trained ones). Figures
@@ -112,21 +115,24 @@ def bench(name: str, args: argparse.Namespace) -> None:
         vlm = load_vlm(ensure_testbed("qwen2.5-vl"), device=device, dtype=dtype)
     else:
         vlm = random_real_size_model(name, device, dtype)
-    pipeline = VLMPipeline(vlm)
+    pipeline = VLMPipeline(vlm, decode=args.decode)
     params = sum(p.numel() for p in vlm.model.parameters()) / 1e9
     print(f"\n{name}: {params:.2f}B parameters, {dtype}, {device}, built in {time.perf_counter() - start:.1f} s")
     image = scene(args.image, args.image)
     generation = GenerationParams(max_new_tokens=args.new_tokens)
     pipeline.answer(AnswerRequest(image, QUESTION, args.method, 1.0, GenerationParams(max_new_tokens=2)))  # warm-up
-    rows = measure(pipeline, [AnswerRequest(image, QUESTION, args.method, b, generation) for b in BUDGETS], args.repeats)
-    base = rows[0]
-    print(f"{'budget':>6} {'kept':>9} {'new':>4} {'TTFT ms':>9} {'total ms':>9} {'TTFT/100%':>9} {'total/100%':>10}"
-          f" {'vision':>8} {'scoring':>8} {'prefill':>8} {'decode':>8} {'prefill/100%':>12}")  # fmt: skip
-    for budget, row in zip(BUDGETS, rows):
+    requests = [AnswerRequest(image, QUESTION, args.method, b, generation, stage=stage)
+                for stage in args.stage for b in args.budgets]  # fmt: skip
+    rows = measure(pipeline, requests, args.repeats)
+    base = rows[0]  # the first stage at the first budget (100 % by default)
+    print(f"{'stage':>5} {'budget':>6} {'kept':>9} {'new':>4} {'TTFT ms':>9} {'total ms':>9} {'TTFT/100%':>9}"
+          f" {'total/100%':>10} {'vision':>8} {'scoring':>8} {'prefill':>8} {'decode':>8} {'scoring/TTFT':>12}")  # fmt: skip
+    for request, row in zip(requests, rows):
         print(
-            f"{budget:>6.0%} {row['kept']:>4}/{row['n']:<4} {row['new']:>4} {row['ttft']:>9.1f} {row['total']:>9.1f} "
-            f"{row['ttft'] / base['ttft']:>9.2f} {row['total'] / base['total']:>10.2f} {row['vision']:>8.1f} "
-            f"{row['scoring']:>8.1f} {row['prefill']:>8.1f} {row['decode']:>8.1f} {row['prefill'] / base['prefill']:>12.2f}"
+            f"{request.stage:>5} {request.budget:>6.0%} {row['kept']:>4}/{row['n']:<4} {row['new']:>4} "
+            f"{row['ttft']:>9.1f} {row['total']:>9.1f} {row['ttft'] / base['ttft']:>9.2f} "
+            f"{row['total'] / base['total']:>10.2f} {row['vision']:>8.1f} {row['scoring']:>8.1f} "
+            f"{row['prefill']:>8.1f} {row['decode']:>8.1f} {row['scoring'] / row['ttft']:>12.1%}"
         )
     del pipeline, vlm
 
@@ -140,11 +146,14 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="rounds over the budgets (fastest run reported)")
     parser.add_argument("--method", default="arr-coc")
+    parser.add_argument("--stage", nargs="+", choices=["post", "pre"], default=["post", "pre"])
+    parser.add_argument("--budgets", type=float, nargs="+", default=BUDGETS)
+    parser.add_argument("--decode", default="auto", help="decode loop: auto, eager, static, graph")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, image {args.image}x{args.image}, method {args.method}, "
-          f"{args.new_tokens} new tokens, budgets {', '.join(f'{b:.0%}' for b in BUDGETS)}")  # fmt: skip
+          f"{args.new_tokens} new tokens, budgets {', '.join(f'{b:.0%}' for b in args.budgets)}")  # fmt: skip
     with torch.inference_mode():
         for name in args.models.split(","):
             bench(name.strip(), args)

@@ -128,3 +128,14 @@ def test_eval_variant_carries_its_stage() -> None:
     on_top = resolve_variant(EvalParams(variant="arr-coc-25", stage="pre"))
     assert (on_top.method, on_top.budget, on_top.stage) == ("arr-coc", 0.25, "pre")
     assert resolve_variant(EvalParams(variant="arr-coc-25")).stage == "post"
+
+
+def test_compare_keeps_pre_encoder_variants_apart() -> None:
+    from types import SimpleNamespace
+
+    from training_hooks.compare import _variant_of
+
+    flat = SimpleNamespace(config={"variant": "arr-coc-pre-25", "method": "arr-coc", "stage": "pre"}, group="g")
+    nested = SimpleNamespace(config={"variant": {"name": "arr-coc-25", "method": "arr-coc", "stage": "post"}}, group="g")
+    assert _variant_of(flat) == ("arr-coc-pre-25", "arr-coc-pre")
+    assert _variant_of(nested) == ("arr-coc-25", "arr-coc")

@@ -106,10 +106,13 @@ def read_sources(sources: Iterable[str]) -> list[RunSummary]:
 
 
 def _variant_of(run: RunSummary) -> tuple[str, str]:
+    """``(variant name, method)``; a pre-encoder variant's method reads ``<method>-pre`` so it plots on its own."""
     variant = run.config.get("variant")
     if isinstance(variant, Mapping):  # serve runs nest the variant
-        return str(variant.get("name") or run.group), str(variant.get("method", ""))
-    return str(variant or run.group or "?"), str(run.config.get("method", ""))
+        name, method, stage = variant.get("name") or run.group, variant.get("method", ""), variant.get("stage")
+    else:
+        name, method, stage = variant or run.group or "?", run.config.get("method", ""), run.config.get("stage")
+    return str(name), f"{method}-pre" if stage == "pre" and method else str(method)
 
 
 def _train_rows(run: RunSummary) -> list[Row]:
