@@ -126,6 +126,6 @@ class RelevanceModel:
             raise ValueError(f"{len(bridges)} images but {len(queries)} questions")
         scored = self.scorer.score_images([b.image for b in bridges], [b.grid for b in bridges], queries)
         return [
-            RelevanceMap(bridge.grid, relevance.float().cpu(), query.cpu())
-            for bridge, relevance, query in zip(bridges, scored, queries)
+            RelevanceMap(bridge.grid, out.relevance.float().cpu(), query.cpu())
+            for bridge, out, query in zip(bridges, scored, queries)
         ]

@@ -73,8 +73,18 @@ class RelevanceScorer(nn.Module):
     def query_dim(self) -> int:
         return self.config.query_dim
 
-    def score(self, images: torch.Tensor, grid: tuple[int, int], query_embeds: torch.Tensor) -> ScorerOutput:
-        """All stages of scoring ``images [B, 3, H, W]`` on ``grid`` for ``query_embeds [B, D]``."""
+    def score(
+        self,
+        images: torch.Tensor,
+        grid: tuple[int, int],
+        query_embeds: torch.Tensor,
+        texture: torch.Tensor | None = None,
+    ) -> ScorerOutput:
+        """All stages of scoring ``images [B, 3, H, W]`` on ``grid`` for ``query_embeds [B, D]``.
+
+        ``texture [B, 13, H', W']``, when given, is these images' texture cells computed
+        before (e.g. cached); ``images`` is then only used for its batch size.
+        """
         if query_embeds.dim() != 2 or query_embeds.shape != (images.shape[0], self.query_dim):
             raise ValueError(f"query_embeds must be [{images.shape[0]}, {self.query_dim}], got {tuple(query_embeds.shape)}")
         timings: dict[str, float] = {}
@@ -87,7 +97,9 @@ class RelevanceScorer(nn.Module):
             start = now
 
         device = next(self.parameters()).device
-        texture = texture_array(images.to(device), grid, self.config.pixels_per_cell)
+        if texture is None:
+            texture = texture_array(images.to(device), grid, self.config.pixels_per_cell)
+        texture = texture.to(device)
         lap("texture")
         information = information_score(texture)
         perspectival = perspectival_score(texture)
@@ -106,11 +118,17 @@ class RelevanceScorer(nn.Module):
         return self.score(images, grid, query_embeds).relevance
 
     def score_images(
-        self, images: Sequence[torch.Tensor], grids: Sequence[tuple[int, int]], query_embeds: torch.Tensor
-    ) -> list[torch.Tensor]:
-        """Relevance ``[H'_b, W'_b]`` per image of ``images`` (each ``[3, H_b, W_b]``) for ``query_embeds [B, D]``.
+        self,
+        images: Sequence[torch.Tensor],
+        grids: Sequence[tuple[int, int]],
+        query_embeds: torch.Tensor,
+        textures: Sequence[torch.Tensor | None] | None = None,
+    ) -> list[ScorerOutput]:
+        """Scores per image of ``images`` (each ``[3, H_b, W_b]``) for ``query_embeds [B, D]``.
 
-        Images that share a size and a grid are scored in one batched call.
+        Images that share a size and a grid are scored in one batched call. ``textures``
+        gives known texture cells ``[13, H'_b, W'_b]`` (or ``None``) per image. Returns
+        one :class:`ScorerOutput` per image, each map without its batch dimension.
         """
         if not (len(images) == len(grids) == query_embeds.shape[0]):
             raise ValueError(f"{len(images)} images, {len(grids)} grids and {query_embeds.shape[0]} queries")
@@ -118,12 +136,26 @@ class RelevanceScorer(nn.Module):
         groups: dict[tuple, list[int]] = {}
         for index, (image, grid) in enumerate(zip(images, grids)):
             groups.setdefault((tuple(image.shape), tuple(grid)), []).append(index)
-        scores: list[torch.Tensor | None] = [None] * len(images)
+        textures = [None] * len(images) if textures is None else list(textures)
+        scores: list[ScorerOutput | None] = [None] * len(images)
         for (_, grid), members in groups.items():
             batch = torch.stack([images[i] for i in members]).to(device)
-            relevance = self(batch, grid, query_embeds[members].to(device))
+            known = [textures[i] for i in members]
+            texture = None
+            if all(t is not None for t in known):
+                texture = torch.stack(known)
+            elif any(t is not None for t in known):  # fill the unknown ones, in one call
+                missing = [j for j, t in enumerate(known) if t is None]
+                filled = texture_array(batch[missing], grid, self.config.pixels_per_cell)
+                for j, cells in zip(missing, filled):
+                    known[j] = cells
+                texture = torch.stack([t.to(device) for t in known])
+            out = self.score(batch, grid, query_embeds[members].to(device), texture=texture)
             for i, member in enumerate(members):
-                scores[member] = relevance[i]
+                scores[member] = ScorerOutput(
+                    out.texture[i], out.information[i], out.perspectival[i], out.participatory[i], out.weights[i],
+                    out.relevance[i], out.timings_ms,
+                )
         return scores
 
     def save(self, path: str | Path) -> Path:

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
         description="decode loop: 'auto' (graph on CUDA, eager on CPU), 'eager' (growing KV cache), 'static' "
         "(static KV cache per batch bucket), 'graph' (static cache + one captured CUDA graph per bucket)",
     )
+    feature_cache_mb: float = Field(
+        256, ge=0, description="MB of vision-tower outputs kept by image content for further questions (0 = off)"
+    )
     warm_up: bool = Field(True, description="run warm-up batches (and capture decode graphs) before /readyz is ready")
     warm_cache_tokens: int = Field(
         2048, ge=1, description="with graph decode, warm-up captures every batch bucket up to this cache length"

@@ -69,6 +69,8 @@ for side in 448 1344; do
 done
 step "decode ms/step, eager vs graph" 60 "$PY" benchmarks/bench_decode.py --model $MODEL --device $DEVICE \
     --modes eager graph --batches $DECODE_BATCHES --steps $STEPS
+step "second question, vision-feature cache" 45 "$PY" benchmarks/bench_feature_cache.py --models $MODEL \
+    --device $DEVICE --image 448
 step "in-process batch throughput" 50 "$PY" benchmarks/bench_batch.py --model $MODEL --device $DEVICE \
     --batches $BATCHES --budgets 1.0 0.25 0.1
 step "served: both runners on the GPU" 60 env ARR_COC_VLM_GPU=$SERVE_GPU ARR_COC_RELEVANCE_GPU=$SERVE_GPU \

@@ -26,6 +26,11 @@ RUNNER_BATCH_SIZE = bentoml.metrics.Histogram(
     labelnames=["runner"],
     buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
 )
+VISION_CACHE = bentoml.metrics.Counter(
+    name="arr_coc_vision_cache",
+    documentation="Answered post-stage requests whose vision-tower outputs came from the feature cache (hit) or not",
+    labelnames=["result"],
+)
 ERRORS = bentoml.metrics.Counter(
     name="arr_coc_errors",
     documentation="Failed requests by error kind",

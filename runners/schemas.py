@@ -144,5 +144,6 @@ class AnswerOutput(BaseModel):
     grid: tuple[int, int] = (0, 0)
     relevance: list[float] = Field(default_factory=list)
     timings_ms: dict[str, float] = Field(default_factory=dict)
+    vision_cached: bool = False
     batch_size: int = 1
     error: RunnerError | None = None

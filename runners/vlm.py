@@ -61,6 +61,7 @@ def to_output(result: AnswerResult, batch_size: int) -> AnswerOutput:
         relevance=result.relevance.flatten().tolist(),
         timings_ms=result.timings_ms,
         batch_size=batch_size,
+        vision_cached=result.vision_cached,
     )
 
 
@@ -86,6 +87,7 @@ class VLMRunner:
             device=models.device(settings),
             dtype=models.dtype(settings),
             decode=settings.decode,
+            feature_cache_mb=settings.feature_cache_mb,
         )
         if settings.warm_up:  # before /readyz: the first request is as fast as the tenth
             graphs = self.pipeline.static is not None and self.pipeline.static.graphs

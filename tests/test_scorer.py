@@ -8,6 +8,7 @@ import torch
 from arr_coc.balancing import TensionBalancer
 from arr_coc.errors import CheckpointFormatError, ModelNotFoundError
 from arr_coc.knowing import information_score, perspectival_score
+import arr_coc.scorer as scorer_module
 from arr_coc.scorer import RelevanceScorer
 from arr_coc.texture import texture_array
 from batch_contract import assert_kept_match, assert_scores_match
@@ -92,12 +93,28 @@ def test_score_images_groups_sizes_and_keeps_order(images):
     scorer.participatory.register_forward_hook(lambda module, args, out: calls.append(tuple(args[0].shape)))
     with torch.inference_mode():
         scored = scorer.score_images(mixed, grids, queries)
-        assert [tuple(s.shape) for s in scored] == grids
+        assert [tuple(s.relevance.shape) for s in scored] == grids
         assert sorted(shape[0] for shape in calls) == [1, 2]  # one call per distinct size
         for image, grid, query, scores in zip(mixed, grids, queries, scored):
-            assert_scores_match(scorer(image[None], grid, query[None])[0], scores)
+            assert_scores_match(scorer(image[None], grid, query[None])[0], scores.relevance)
     with pytest.raises(ValueError):
         scorer.score_images(mixed, grids[:2], queries)
+
+
+def test_known_texture_cells_are_used_instead_of_recomputed(images, monkeypatch):
+    scorer = RelevanceScorer(QUERY_DIM).eval()
+    mixed = [as_batch(images[0])[0], as_batch(images[1])[0]]
+    queries = torch.randn(2, QUERY_DIM)
+    with torch.inference_mode():
+        fresh = scorer.score_images(mixed, [(6, 8)] * 2, queries)
+        known = [fresh[0].texture, None]
+        computed = []
+        original = scorer_module.texture_array
+        monkeypatch.setattr(scorer_module, "texture_array", lambda x, *a, **k: computed.append(x.shape[0]) or original(x, *a, **k))
+        again = scorer.score_images(mixed, [(6, 8)] * 2, queries, textures=known)
+    assert computed == [1], "only the unknown image's texture is computed"
+    for a, b in zip(fresh, again):
+        assert_scores_match(a.relevance, b.relevance)
 
 
 def test_query_changes_participatory_score(images):

@@ -70,6 +70,16 @@ def test_data_uri_variant_and_method_budget(http):
     assert custom["variant"] == "uniform@10" and custom["kept_tokens"] == 10
 
 
+def test_a_second_question_about_an_image_is_served_from_the_vision_cache(http):
+    image = b64_png(shapes(300, 220, seed=9))
+    first = http.post("/answer", json=body(image=image, question="What is red?", variant="divprune-25")).json()
+    second = http.post("/answer", json=body(image=image, question="What is blue?", variant="divprune-25")).json()
+    assert first["kept_tokens"] == second["kept_tokens"]
+    hits = [line for line in http.get("/metrics").text.splitlines()
+            if line.startswith('arr_coc_vision_cache_total{result="hit"}')]  # fmt: skip
+    assert hits and float(hits[0].split()[-1]) >= 1
+
+
 def test_pre_encoder_variants_and_stage_field(http):
     named = http.post("/answer", json=body(variant="arr-coc-pre-25"))
     assert named.status_code == 200, named.text

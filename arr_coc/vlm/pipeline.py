@@ -39,8 +39,9 @@ from arr_coc.vlm.decoding import generate_rows, synchronize
 from arr_coc.vlm.grid import TokenGrid, merged_grid, resized_image, token_grid
 from arr_coc.vlm.inputs import EncodedRequest, check_generation, encode_request
 from arr_coc.vlm.loading import LoadedVLM, load_vlm
+from arr_coc.vlm.feature_cache import CachedImage, FeatureCache, image_key
 from arr_coc.vlm.pre_encoder import encode_kept
-from arr_coc.vlm.pruning import LLMRow, encode_images, full_positions, prune_row
+from arr_coc.vlm.pruning import LLMRow, VisionFeatures, encode_images, full_positions, prune_row
 from arr_coc.vlm.sampling import RowDecoder
 from arr_coc.vlm.static_decoding import (BATCH_BUCKETS, LENGTH_STEP, StaticDecoder, batch_bucket, length_bucket,
                                          resolve_decode, static_decode_supported)  # fmt: skip
@@ -66,6 +67,7 @@ class PreparedRequest:
     kept: torch.Tensor
     full_positions: torch.Tensor
     row: LLMRow
+    vision_cached: bool = False
 
     @property
     def total_tokens(self) -> int:
@@ -88,7 +90,9 @@ def check_relevance(relevance: torch.Tensor, grid: tuple[int, int]) -> torch.Ten
 class VLMPipeline:
     """A loaded Qwen-VL plus a relevance scorer; answers batches and streams."""
 
-    def __init__(self, vlm: LoadedVLM, scorer: RelevanceScorer | None = None, decode: str = "auto") -> None:
+    def __init__(
+        self, vlm: LoadedVLM, scorer: RelevanceScorer | None = None, decode: str = "auto", feature_cache_mb: float = 0
+    ) -> None:
         if scorer is None:
             scorer = RelevanceScorer(query_dim=vlm.hidden_size)
         if scorer.query_dim != vlm.hidden_size:
@@ -103,6 +107,7 @@ class VLMPipeline:
             logger.warning("%s has sliding-window layers; decoding eagerly", vlm.source)
             self.decode = "eager"
         self.static = None if self.decode == "eager" else StaticDecoder(vlm, graphs=self.decode == "graph")
+        self.feature_cache = FeatureCache(int(feature_cache_mb * 2**20))
 
     @classmethod
     def from_pretrained(
@@ -113,12 +118,14 @@ class VLMPipeline:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         decode: str = "auto",
+        feature_cache_mb: float = 0,
     ) -> VLMPipeline:
         """Load ``model`` (hub id or directory) and a scorer (checkpoint directory, module, or ``None``).
 
         ``model=None`` is the embedded default: the shipped VQA testbed, with its
         shipped scorer when ``scorer`` is ``None``. With any other model, ``scorer=None``
         is the untrained seeded scorer. ``decode``: see :data:`DECODE_MODES`.
+        ``feature_cache_mb``: bound of the vision-feature and texture cache (0 = off).
         """
         if model is None:
             model = EMBEDDED_MODEL
@@ -126,7 +133,7 @@ class VLMPipeline:
         vlm = load_vlm(model, device=device, dtype=dtype)
         if isinstance(scorer, (str, Path)):
             scorer = RelevanceScorer.load(scorer, device=vlm.device)
-        return cls(vlm, scorer, decode=decode)
+        return cls(vlm, scorer, decode=decode, feature_cache_mb=feature_cache_mb)
 
     # --- checks and helpers -------------------------------------------------------------
 
@@ -180,16 +187,22 @@ class VLMPipeline:
         relevance: list[torch.Tensor | None] = [
             None if r.relevance is None else check_relevance(r.relevance, g) for r, g in zip(requests, grids)
         ]
+        pre = [b for b, r in enumerate(requests) if r.stage == "pre"]
+        cache = self.feature_cache
+        keys = [image_key(r.image) for r in requests] if cache.enabled else [None] * len(requests)
+        cached = [cache.get(k, count=r.stage != "pre") if k else CachedImage() for k, r in zip(keys, requests)]
         to_score = [b for b, scores in enumerate(relevance) if scores is None]
         if to_score:
             images = [resized_image(encoded[b].pixel_values, encoded[b].image_grid_thw, image_processor) for b in to_score]
             scored = self.scorer.score_images(
-                images, [grids[b] for b in to_score], torch.stack([queries[b] for b in to_score])
+                images, [grids[b] for b in to_score], torch.stack([queries[b] for b in to_score]),
+                textures=[cached[b].texture for b in to_score],
             )
-            for b, scores in zip(to_score, scored):
-                relevance[b] = scores
+            for b, out in zip(to_score, scored):
+                relevance[b] = out.relevance
+                if keys[b] and cached[b].texture is None:
+                    cache.put(keys[b], texture=out.texture)
         relevance = [scores.float().cpu() for scores in relevance]
-        pre = [b for b, r in enumerate(requests) if r.stage == "pre"]
         kept: list[torch.Tensor | None] = [None] * len(requests)
 
         def select(members: list[int], features: list[torch.Tensor] | None) -> None:
@@ -212,11 +225,21 @@ class VLMPipeline:
         scoring_ms = (clock() - start) * 1000.0
 
         start = clock()
-        pixel_values, grids_thw = [e.pixel_values for e in encoded], [e.image_grid_thw for e in encoded]
-        if pre:  # one tower call: the kept patches of "pre" images, every patch of the others
-            vision = encode_kept(vlm, pixel_values, grids_thw, kept)
-        else:
-            vision = encode_images(vlm, pixel_values, grids_thw)
+        vision: list[VisionFeatures | None] = [
+            None if b in pre else cached[b].features for b in range(len(requests))
+        ]
+        run = [b for b, v in enumerate(vision) if v is None]  # "pre" requests and uncached "post" ones
+        if run:
+            pixel_values = [encoded[b].pixel_values for b in run]
+            grids_thw = [encoded[b].image_grid_thw for b in run]
+            if pre:  # one tower call: the kept patches of "pre" images, every patch of the others
+                computed = encode_kept(vlm, pixel_values, grids_thw, [kept[b] for b in run])
+            else:
+                computed = encode_images(vlm, pixel_values, grids_thw)
+            for b, features in zip(run, computed):
+                vision[b] = features
+                if keys[b] and b not in pre:
+                    cache.put(keys[b], features=features)
         synchronize(vlm.device)
         timings["vision"] = (clock() - start) * 1000.0
 
@@ -231,7 +254,8 @@ class VLMPipeline:
         for r, p, e, v, g, rel, k in zip(requests, params, encoded, vision, grids, relevance, kept):
             positions = full_positions(vlm, e.input_ids, e.mm_token_type_ids, e.image_grid_thw)
             row = prune_row(e.input_ids, positions, e.mm_token_type_ids, v, k, vision_is_kept=r.stage == "pre")
-            prepared.append(PreparedRequest(r, p, e, g, rel, k, positions, row))
+            hit = r.stage != "pre" and cached[len(prepared)].features is not None
+            prepared.append(PreparedRequest(r, p, e, g, rel, k, positions, row, vision_cached=hit))
         return prepared
 
     def _decoders(self, prepared: Sequence[PreparedRequest]) -> list[RowDecoder]:
@@ -247,6 +271,7 @@ class VLMPipeline:
             grid=p.grid,
             relevance=p.relevance,
             timings_ms=dict(timings),
+            vision_cached=p.vision_cached,
         )
 
     def warm_up(self, batch_sizes: Sequence[int] = (1,), cache_tokens: int = 0) -> dict[int, float]:

@@ -62,6 +62,7 @@ class AnswerResult:
     relevance: ``[H', W']`` scores in [0, 1] of every visual token.
     timings_ms: wall-clock milliseconds by stage: ``vision``, ``scoring``,
         ``prefill`` (time to first token), ``decode``.
+    vision_cached: the vision tower's outputs came from the feature cache.
     """
 
     answer: str
@@ -71,6 +72,7 @@ class AnswerResult:
     grid: tuple[int, int]
     relevance: torch.Tensor
     timings_ms: dict[str, float]
+    vision_cached: bool = False
 
     @property
     def kept_tokens(self) -> int:
