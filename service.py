@@ -25,9 +25,14 @@ import json
 import time
 import uuid
 
+from importlib.metadata import version
+
 import aiohttp
 import bentoml
 import torch
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from starlette.responses import JSONResponse, StreamingResponse
 
 from arr_coc.attending import FEATURE_METHODS, allocate
@@ -36,11 +41,12 @@ from arr_coc.heatmap import overlay
 from arr_coc.query import check_question
 from arr_coc.settings import get_settings
 from arr_coc.variants import Variant, ad_hoc, get_variant
+from front import openai_chat
 from runners import http_errors, metrics
 from runners.multipart import MultipartToJson
 from runners.payload import decode_image_field
 from runners.relevance import RelevanceRunner
-from runners.schemas import (AnswerItem, AnswerOutput, AnswerRequestBody, AnswerResponse, GenerationFields,
+from runners.schemas import (AnswerItem, AnswerOutput, AnswerRequestBody, AnswerResponse, GenerationFields, RunnerError,
                              RelevanceRequestBody, RelevanceResponse, ScoreItem, ScoreOutput)  # fmt: skip
 from runners.vlm import VLMRunner
 from training_hooks.service_tracking import Tracking
@@ -104,6 +110,18 @@ def checked(output: ScoreOutput | AnswerOutput):
     return output
 
 
+openai_app = FastAPI(title="ARR-COC, OpenAI-compatible", version=version("arr-coc"))
+
+
+@openai_app.exception_handler(RequestValidationError)
+async def openai_validation_error(request, error: RequestValidationError) -> JSONResponse:
+    first = error.errors()[0]
+    param = ".".join(str(p) for p in first["loc"] if p != "body") or None
+    return JSONResponse({"error": {"message": first["msg"], "type": "invalid_request_error", "param": param,
+                                   "code": "validation_error"}}, status_code=422)  # fmt: skip
+
+
+@bentoml.asgi_app(openai_app, path="/v1")
 @bentoml.service(
     name="arr-coc",
     traffic={"timeout": settings.runner_timeout_s + 30, "concurrency": 64},
@@ -175,6 +193,66 @@ class ARRCOC:
             answer=output.answer, variant=variant.name, kept_tokens=len(output.kept), total_tokens=output.total_tokens,
             kept_ratio=kept_ratio, timings_ms=timings, request_id=uuid.uuid4().hex,
         )  # fmt: skip
+
+    @openai_app.get("/models")
+    def openai_models(self) -> dict:
+        return openai_chat.model_list()
+
+    @openai_app.post("/chat/completions")
+    async def openai_chat_completions(self, request: openai_chat.ChatRequest):
+        """OpenAI's chat completion: one image, one question, the answer from the variant's kept tokens."""
+        started, variant = time.perf_counter(), request.model or settings.default_variant
+        try:
+            body = openai_chat.answer_body(request, settings.default_max_new_tokens)
+            variant, data, _, question = await self._prepare(body)
+            scored = await self._score(data, question)
+            item = self._answer_item(body, variant, data, question, scored)
+            if request.stream:
+                return StreamingResponse(self._chat_chunks(item, variant, scored, started),
+                                         media_type="text/event-stream")  # fmt: skip
+            output = checked((await call_runner(self.vlm_runner.to_async.answer, [item]))[0])
+        except Exception as error:
+            return self._openai_failed(error, variant, started)
+        timings = stage_timings(scored, output)
+        self.tracking.record(variant, (time.perf_counter() - started) * 1000.0, stages_ms=timings,
+                             kept_ratio=len(output.kept) / output.total_tokens)  # fmt: skip
+        return JSONResponse(openai_chat.completion(output, variant.name))
+
+    async def _chat_chunks(self, item: AnswerItem, variant: Variant, scored: ScoreOutput, started: float):
+        """``data: <chat.completion.chunk>`` per text delta, a last chunk with the finish reason, ``data: [DONE]``."""
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        yield f"data: {json.dumps(openai_chat.chunk(completion_id, variant.name, {'role': 'assistant', 'content': ''}))}\n\n"
+        buffer = ""
+        try:
+            async for piece in self.vlm_runner.to_async.stream(item):
+                buffer += piece
+                *lines, buffer = buffer.split("\n")
+                for event in map(json.loads, filter(None, lines)):
+                    if "delta" in event:
+                        delta = openai_chat.chunk(completion_id, variant.name, {"content": event["delta"]})
+                        yield f"data: {json.dumps(delta)}\n\n"
+                    elif "done" in event:
+                        output = AnswerOutput.model_validate(event["done"])
+                        reason = openai_chat.FINISH_REASONS.get(output.finish_reason, "stop")
+                        yield f"data: {json.dumps(openai_chat.chunk(completion_id, variant.name, {}, reason, output))}\n\n"
+                        self.tracking.record(variant, (time.perf_counter() - started) * 1000.0,
+                                             stages_ms=stage_timings(scored, output),
+                                             kept_ratio=len(output.kept) / output.total_tokens)  # fmt: skip
+                    else:
+                        raise RunnerInputError(RunnerError.model_validate(event["error"]))
+        except Exception as error:  # the stream has begun: the error travels as one more event
+            failed = self._openai_failed(error, variant, started)
+            yield f"data: {failed.body.decode()}\n\n"
+        yield "data: [DONE]\n\n"
+
+    def _openai_failed(self, error: Exception, variant: Variant | str, started: float) -> JSONResponse:
+        """OpenAI's error body, with the status, metrics and tracking of ``/answer``'s errors."""
+        if isinstance(error, ValidationError):
+            status = 422
+            metrics.ERRORS.labels(kind="validation_error").inc()
+        else:
+            status = self._failed(error, variant, started).status_code
+        return JSONResponse(openai_chat.error_body(error, status), status_code=status)
 
     @bentoml.api(route="/answer_stream", input_spec=AnswerRequestBody)
     async def answer_stream(self, **fields) -> str:

@@ -144,6 +144,8 @@ class AnswerOutput(BaseModel):
     grid: tuple[int, int] = (0, 0)
     relevance: list[float] = Field(default_factory=list)
     timings_ms: dict[str, float] = Field(default_factory=dict)
+    prompt_tokens: int = 0
+    finish_reason: str | None = None
     vision_cached: bool = False
     batch_size: int = 1
     error: RunnerError | None = None

@@ -62,6 +62,8 @@ def to_output(result: AnswerResult, batch_size: int) -> AnswerOutput:
         timings_ms=result.timings_ms,
         batch_size=batch_size,
         vision_cached=result.vision_cached,
+        prompt_tokens=result.prompt_tokens,
+        finish_reason=result.finish_reason,
     )
 
 

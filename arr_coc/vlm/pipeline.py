@@ -272,6 +272,8 @@ class VLMPipeline:
             relevance=p.relevance,
             timings_ms=dict(timings),
             vision_cached=p.vision_cached,
+            prompt_tokens=p.row.length,
+            finish_reason=decoder.finish_reason,
         )
 
     def warm_up(self, batch_sizes: Sequence[int] = (1,), cache_tokens: int = 0) -> dict[int, float]:

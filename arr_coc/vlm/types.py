@@ -63,6 +63,8 @@ class AnswerResult:
     timings_ms: wall-clock milliseconds by stage: ``vision``, ``scoring``,
         ``prefill`` (time to first token), ``decode``.
     vision_cached: the vision tower's outputs came from the feature cache.
+    prompt_tokens: tokens the LLM was prompted with (text plus kept visual tokens).
+    finish_reason: ``eos``, ``stop`` (a stop string) or ``length`` (``max_new_tokens``).
     """
 
     answer: str
@@ -73,6 +75,8 @@ class AnswerResult:
     relevance: torch.Tensor
     timings_ms: dict[str, float]
     vision_cached: bool = False
+    prompt_tokens: int = 0
+    finish_reason: str | None = None
 
     @property
     def kept_tokens(self) -> int:

@@ -1,0 +1,158 @@
+"""OpenAI-compatible chat: the shapes of ``/v1/chat/completions`` and ``/v1/models``, mapped to ARR-COC's own.
+
+A chat request carries one image (an ``image_url`` content part holding a base64
+data URI) and the question (the text parts of the last user message). ``model``
+names a variant (``/v1/models`` lists them); the extension field ``arr_coc`` may
+instead give ``variant`` or ``method`` + ``budget`` (+ ``stage``). Remote
+``http(s)`` image URLs are refused: the server fetches nothing. Errors use
+OpenAI's body, ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from arr_coc.errors import ArrCocInputError, InvalidImageError, InvalidQuestionError, UnknownVariantError
+from arr_coc.variants import VARIANTS
+from runners.schemas import AnswerOutput, AnswerRequestBody, Budget
+
+FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", None: "stop"}
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(BaseModel):
+    url: str = Field(..., description="a base64 data URI (data:image/png;base64,...); remote URLs are refused")
+    detail: str | None = None
+
+
+class ImagePart(BaseModel):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+
+
+class ArrCocOptions(BaseModel):
+    """The ARR-COC extension: which visual tokens the model sees."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    variant: str | None = None
+    method: str | None = None
+    budget: Budget | None = None
+    stage: Literal["post", "pre"] | None = None
+
+
+class ChatRequest(BaseModel):
+    """Body of ``POST /v1/chat/completions`` (fields OpenAI defines and ARR-COC does not use are ignored)."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+
+    model: str | None = Field(None, description="a variant from /v1/models; default: the deployment's")
+    messages: list[ChatMessage] = Field(..., min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 (the default here) is greedy")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    stream: bool = False
+    n: int = Field(1, ge=1, le=1, description="one choice per request")
+    arr_coc: ArrCocOptions | None = None
+
+
+def _image_and_question(messages: list[ChatMessage]) -> tuple[str, str]:
+    images = [part.image_url.url for m in messages if m.role == "user" and isinstance(m.content, list)
+              for part in m.content if isinstance(part, ImagePart)]  # fmt: skip
+    if len(images) != 1:
+        raise InvalidImageError(f"send exactly one image_url part, got {len(images)}", field="messages")
+    url = images[0]
+    if url.startswith(("http://", "https://")):
+        raise InvalidImageError("remote image URLs are not fetched; send the image as a base64 data URI",
+                                field="messages")  # fmt: skip
+    last = next((m for m in reversed(messages) if m.role == "user"), None)
+    content = last.content if last is not None else None
+    texts = [content] if isinstance(content, str) else [p.text for p in content or [] if isinstance(p, TextPart)]
+    question = "\n".join(t for t in texts if t).strip()
+    if not question:
+        raise InvalidQuestionError("the last user message has no text", field="messages")
+    return url, question
+
+
+def answer_body(request: ChatRequest, default_max_tokens: int) -> AnswerRequestBody:
+    """The ``/answer`` body a chat request stands for (typed errors, or pydantic's, for bad fields)."""
+    image, question = _image_and_question(request.messages)
+    options = request.arr_coc or ArrCocOptions()
+    variant = options.variant
+    if request.model and request.model not in VARIANTS:
+        raise UnknownVariantError(f"unknown model {request.model!r}; GET /v1/models lists them", field="model")
+    variant = variant or request.model
+    stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
+    return AnswerRequestBody.model_validate({
+        "image": image, "question": question, "variant": variant, "method": options.method,
+        "budget": options.budget, "stage": options.stage,
+        "max_new_tokens": request.max_completion_tokens or request.max_tokens or default_max_tokens,
+        "temperature": request.temperature, "top_p": request.top_p, "stop": stop, "seed": request.seed or 0,
+    })  # fmt: skip
+
+
+def usage(output: AnswerOutput) -> dict[str, int]:
+    """Token counts, with the visual tokens the LLM saw (``visual_tokens_kept``) out of the image's."""
+    completion = len(output.token_ids)
+    return {"prompt_tokens": output.prompt_tokens, "completion_tokens": completion,
+            "total_tokens": output.prompt_tokens + completion, "visual_tokens_kept": len(output.kept),
+            "visual_tokens_total": output.total_tokens}  # fmt: skip
+
+
+def completion(output: AnswerOutput, model: str) -> dict[str, Any]:
+    """A ``chat.completion`` object."""
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()), "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": output.answer},
+                     "finish_reason": FINISH_REASONS.get(output.finish_reason, "stop")}],
+        "usage": usage(output),
+    }  # fmt: skip
+
+
+def chunk(completion_id: str, model: str, delta: dict[str, str], finish_reason: str | None = None,
+          output: AnswerOutput | None = None) -> dict[str, Any]:  # fmt: skip
+    """A ``chat.completion.chunk`` object; the last one carries ``finish_reason`` and ``usage``."""
+    body = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}  # fmt: skip
+    if output is not None:
+        body["usage"] = usage(output)
+    return body
+
+
+def model_list() -> dict[str, Any]:
+    """``/v1/models``: every registered variant, as a model."""
+    return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "arr-coc"}
+                                       for name in VARIANTS]}  # fmt: skip
+
+
+def error_body(error: Exception, status: int) -> dict[str, Any]:
+    """OpenAI's error body for an input error or a failure."""
+    if isinstance(error, ValidationError):
+        first = error.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        return {"error": {"message": first["msg"], "type": "invalid_request_error", "param": param,
+                          "code": "validation_error"}}  # fmt: skip
+    if isinstance(error, ArrCocInputError):
+        return {"error": {"message": error.detail, "type": "invalid_request_error", "param": error.field,
+                          "code": error.kind}}  # fmt: skip
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return {"error": {"message": str(error), "type": kind, "param": None, "code": None}}

@@ -1,0 +1,110 @@
+"""The OpenAI-compatible routes on the real server, called with the official `openai` client."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from arr_coc.tasks.shapes_vqa import ShapesVQA
+from arr_coc.variants import VARIANTS
+from drawing import scene
+from serving import Server, b64_png
+
+pytestmark = pytest.mark.timeout(900)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = Server(tmp_path_factory.mktemp("serve-openai"))
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return ShapesVQA(1, "heldout", seed=3)[0]
+
+
+def messages(image_b64: str, question: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image_b64}"}},
+                                         {"type": "text", "text": question}]}]  # fmt: skip
+
+
+def test_models_are_the_variants(client):
+    listed = [model.id for model in client.models.list()]
+    assert listed == list(VARIANTS) and "arr-coc-pre-25" in listed
+
+
+def test_chat_completion_answers_like_answer(client, server, sample):
+    image = b64_png(sample.image)
+    done = client.chat.completions.create(model="arr-coc-25", messages=messages(image, sample.question), max_tokens=4)
+    native = httpx.post(f"{server.url}/answer", json={"image": image, "question": sample.question,
+                                                      "variant": "arr-coc-25", "max_new_tokens": 4}, timeout=120).json()
+    assert done.object == "chat.completion" and done.model == "arr-coc-25" and len(done.choices) == 1
+    assert done.choices[0].message.role == "assistant" and done.choices[0].message.content == native["answer"]
+    assert done.choices[0].finish_reason in ("stop", "length")
+    usage = done.usage.model_dump()
+    assert usage["visual_tokens_kept"] == native["kept_tokens"] and usage["visual_tokens_total"] == native["total_tokens"]
+    assert usage["completion_tokens"] >= 1 and usage["prompt_tokens"] > usage["visual_tokens_kept"]
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+def test_streaming_chunks_concatenate_to_the_answer(client, sample):
+    image = b64_png(sample.image)
+    whole = client.chat.completions.create(model="full", messages=messages(image, sample.question), max_tokens=6)
+    stream = client.chat.completions.create(model="full", messages=messages(image, sample.question), max_tokens=6,
+                                            stream=True)  # fmt: skip
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text == whole.choices[0].message.content
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
+
+
+def test_the_arr_coc_extension_picks_method_budget_and_stage(client, sample):
+    image = b64_png(sample.image)
+    done = client.chat.completions.create(
+        model="arr-coc-25", messages=messages(image, sample.question), max_tokens=3,
+        extra_body={"arr_coc": {"method": "uniform", "budget": 10, "stage": "pre"}},
+    )  # fmt: skip
+    assert done.model == "uniform@10@pre" and done.usage.model_dump()["visual_tokens_kept"] == 10
+
+
+BAD = [
+    ("unknown model", {"model": "gpt-4o"}, 422, "model", "unknown_variant"),
+    ("remote image", {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+        {"type": "text", "text": "What?"}]}]}, 400, "messages", "invalid_image"),
+    ("no image", {"messages": [{"role": "user", "content": "What colour is the star?"}]}, 400, "messages",
+     "invalid_image"),
+    ("corrupt image", {"messages": messages("aGVsbG8gd29ybGQ=", "What?")}, 400, "image", "invalid_image"),
+    ("no question", {"messages": messages(b64_png(scene(64, 64)), "   ")}, 422, "messages", "invalid_question"),
+    ("two choices", {"n": 2}, 422, "n", "validation_error"),
+    ("temperature", {"temperature": 5}, 422, "temperature", "validation_error"),
+    ("too many tokens", {"max_tokens": 10**6}, 422, "max_new_tokens", "validation_error"),
+    ("bad budget", {"arr_coc": {"method": "arr-coc", "budget": 1.5}}, 422, "budget", "invalid_budget"),
+    ("pre with divprune", {"arr_coc": {"method": "divprune", "budget": 0.2, "stage": "pre"}}, 422, "stage",
+     "invalid_stage"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name, change, status, param, code", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_gets_openai_errors(client, server, sample, name, change, status, param, code):
+    body = {"model": "arr-coc-25", "messages": messages(b64_png(sample.image), "What?"), "max_tokens": 2, **change}
+    extension = {"arr_coc": body.pop("arr_coc")} if "arr_coc" in body else None
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(**body, extra_body=extension)
+    assert caught.value.status_code == status
+    error = caught.value.body if "message" in (caught.value.body or {}) else caught.value.body["error"]
+    assert error["param"] == param and error["code"] == code and error["message"]
+    assert httpx.get(f"{server.url}/livez").status_code == 200
