@@ -184,9 +184,10 @@ class ARRCOC:
         metrics.observe_stages(timings)
         kept_ratio = len(output.kept) / output.total_tokens
         metrics.KEPT_RATIO.labels(variant=variant.name).observe(kept_ratio)
-        if variant.stage == "post":
-            metrics.VISION_CACHE.labels(result="hit" if output.vision_cached else "miss").inc()
-        self.tracking.record(variant, (time.perf_counter() - started) * 1000.0, stages_ms=timings,
+        cached = output.vision_cached if variant.stage == "post" else None
+        if cached is not None:
+            metrics.VISION_CACHE.labels(result="hit" if cached else "miss").inc()
+        self.tracking.record(variant, (time.perf_counter() - started) * 1000.0, stages_ms=timings, vision_cached=cached,
                              kept_ratio=kept_ratio, batch_sizes={"relevance": scored.batch_size, "vlm": output.batch_size},
                              example=(image, scored, output, question))  # fmt: skip
         return AnswerResponse(

@@ -43,6 +43,12 @@ def test_window_row_and_run_summary() -> None:
     assert row["serve/kept_ratio/mean"] == 0.25
     assert row["serve/batch_size/vlm/mean"] == 2.5 and row["serve/batch_size/vlm/max"] == 4
     assert (row["serve/dropped"], row["serve/dropped_total"], row["serve/window_s"]) == (2, 5, 2.0)
+    assert "serve/vision_cache/hit_rate" not in row  # no request reported a tower pass
+
+    cached = WindowStats(started=0.0)
+    for hit in (False, True, True, None):
+        cached.add(RequestEvent(5.0, kept_ratio=0.25, vision_cached=hit))
+    assert cached.metrics(ended=1.0, dropped=0, dropped_total=0)["serve/vision_cache/hit_rate"] == pytest.approx(2 / 3)
 
     totals = RunTotals(random.Random(0))
     totals.add_window(window, ended=12.0)

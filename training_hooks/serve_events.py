@@ -46,6 +46,8 @@ class RequestEvent:
     error_kind: ``None`` for an answered request, else a short name
         (e.g. ``ArrCocError.kind``); failed requests count in errors, not latency.
     batch_sizes: runner name -> size of the batch this request ran in.
+    vision_cached: whether the VLM runner took the tower's outputs from its feature
+        cache (``None`` when the request had no tower pass to cache, e.g. ``pre``).
     """
 
     latency_ms: float
@@ -54,6 +56,7 @@ class RequestEvent:
     error_kind: str | None = None
     batch_sizes: Mapping[str, int] = field(default_factory=dict)
     example: Example | None = None
+    vision_cached: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,7 @@ class WindowStats:
         self.stages: dict[str, list[float]] = defaultdict(list)
         self.kept: list[float] = []
         self.batches: dict[str, list[int]] = defaultdict(list)
+        self.cache_lookups: list[bool] = []
 
     def add(self, event: RequestEvent) -> None:
         self.requests += 1
@@ -100,11 +104,14 @@ class WindowStats:
             self.kept.append(event.kept_ratio)
         for runner, size in event.batch_sizes.items():
             self.batches[runner].append(size)
+        if event.vision_cached is not None:
+            self.cache_lookups.append(event.vision_cached)
 
     def metrics(self, ended: float, dropped: int, dropped_total: int) -> dict[str, float]:
         """The window's row: counts, ``throughput_rps`` (answered requests / s), latency
         percentiles in ms (``latency_ms/p50``, ``latency_ms/<stage>/p95``...), mean
-        kept ratio, batch size mean/max per runner (as seen by requests), drops."""
+        kept ratio, batch size mean/max per runner (as seen by requests), the share of
+        tower passes served by the feature cache (``vision_cache/hit_rate``), drops."""
         seconds = max(ended - self.started, 1e-9)
         row: dict[str, float] = {
             "requests": self.requests,
@@ -124,6 +131,8 @@ class WindowStats:
         for runner, sizes in self.batches.items():
             row[f"batch_size/{runner}/mean"] = sum(sizes) / len(sizes)
             row[f"batch_size/{runner}/max"] = max(sizes)
+        if self.cache_lookups:
+            row["vision_cache/hit_rate"] = sum(self.cache_lookups) / len(self.cache_lookups)
         return {PREFIX + key: value for key, value in row.items()}
 
 

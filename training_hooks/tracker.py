@@ -247,6 +247,7 @@ class InferenceTracker:
         error_kind: str | None = None,
         batch_sizes: Mapping[str, int] | None = None,
         example: Example | None = None,
+        vision_cached: bool | None = None,
     ) -> bool:
         """Queue one request's event without blocking; ``False`` if dropped or closed.
 
@@ -257,7 +258,8 @@ class InferenceTracker:
                 return False
             if self._pid != os.getpid():
                 self.start()
-            event = RequestEvent(latency_ms, stages_ms or {}, kept_ratio, error_kind, batch_sizes or {}, example)
+            event = RequestEvent(latency_ms, stages_ms or {}, kept_ratio, error_kind, batch_sizes or {}, example,
+                                 vision_cached)  # fmt: skip
             self._queue.put_nowait(event)
             return True
         except queue.Full:
