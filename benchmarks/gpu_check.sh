@@ -59,7 +59,7 @@ print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA d
 for dtype in $DTYPES; do
     step "greedy ids = stock generate, three families, $DEVICE $dtype" 60 \
         env ARR_COC_TEST_DEVICE=$DEVICE ARR_COC_TEST_DTYPE=$dtype "$PY" -m pytest -q -p no:cacheprovider \
-        tests/test_vlm_equivalence.py
+        tests/test_vlm_equivalence.py tests/test_pre_encoder.py -k greedy_ids
 done
 
 step "scorer images/s" 30 "$PY" benchmarks/bench_scorer.py --device $DEVICE --repeats 5 --batches $SCORER_BATCHES

@@ -23,10 +23,10 @@ QUESTION = "What is in the image?"
 
 
 def stock_inputs(vlm, image, question=QUESTION):
-    """The processor's own inputs, built here without any arr_coc helper."""
+    """The processor's own inputs, built here without any arr_coc helper, on the model's device."""
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     text = vlm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return vlm.processor(text=[text], images=[image], return_tensors="pt")
+    return vlm.processor(text=[text], images=[image], return_tensors="pt").to(vlm.device)
 
 
 def stock_positions(vlm, inputs) -> torch.Tensor:
