@@ -119,16 +119,21 @@ class StepBuffers:
         self.positions[:, :rows, 0] = next_positions.view(1, -1)
 
     def capture(self, model, pool) -> None:
-        """Record the step as a CUDA graph (after two warm-up steps on a side stream); buffers reset after."""
+        """Record the step as a CUDA graph (after two warm-up steps on a side stream); buffers reset after.
+
+        The graph writes its logits into a buffer of this bucket's own, outside the
+        graph pool the buckets share, so replaying another bucket cannot overwrite them.
+        """
         side = torch.cuda.Stream(device=self.ids.device)
         side.wait_stream(torch.cuda.current_stream(self.ids.device))
         with torch.cuda.stream(side):
             for _ in range(2):
-                self.step(model)
+                warm = self.step(model)
         torch.cuda.current_stream(self.ids.device).wait_stream(side)
+        logits = torch.empty_like(warm)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=pool):
-            logits = self.step(model)
+            logits.copy_(self.step(model))
         self.graph, self.graph_logits = graph, logits
         for layer in self.cache.layers:
             layer.cumulative_length.zero_()
