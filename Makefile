@@ -19,7 +19,7 @@ setup: $(BIN)/.installed
 
 # The main job: the ARR-COC service on the embedded testbed model (http://localhost:3000).
 run: setup
-	$(BIN)/bentoml serve service:ARRCOC
+	$(BIN)/bentoml serve service:ARRCOC --host 127.0.0.1
 
 relevance: setup
 	$(BIN)/arr-coc relevance

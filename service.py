@@ -41,7 +41,7 @@ from arr_coc.heatmap import overlay
 from arr_coc.query import check_question
 from arr_coc.settings import get_settings
 from arr_coc.variants import Variant, ad_hoc, get_variant
-from front import openai_chat
+from front import auth, openai_chat
 from runners import http_errors, metrics
 from runners.multipart import MultipartToJson
 from runners.payload import decode_image_field
@@ -319,6 +319,8 @@ class ARRCOC:
         )  # fmt: skip
 
 
-# Outermost first: uploads become JSON, then every 4xx body is made uniform.
+# Outermost first: API keys (when configured), uploads become JSON, then every 4xx body is made uniform.
+if keys := auth.parse_keys(settings.api_key.get_secret_value()):
+    ARRCOC.add_asgi_middleware(auth.BearerAuth, keys=keys)
 ARRCOC.add_asgi_middleware(MultipartToJson, api_paths=API_ROUTES, max_bytes=settings.max_image_bytes)
 ARRCOC.add_asgi_middleware(http_errors.ErrorBodyMiddleware, api_paths=API_ROUTES)

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 TESTBED_FAMILIES = ("qwen2.5-vl-vqa", "qwen2-vl", "qwen2.5-vl", "qwen3-vl")
@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     )
 
     # Serving
+    api_key: SecretStr = Field(
+        SecretStr(""),
+        description="API key(s), comma-separated: when set, every route but /livez, /readyz and /metrics needs "
+        "'Authorization: Bearer <key>'; empty = no access control",
+    )
     default_variant: str = Field("arr-coc-25", description="variant served when a request names none")
     max_image_bytes: int = Field(20 * 1024 * 1024, gt=0, description="largest accepted image, in bytes")
     max_image_pixels: int = Field(40_000_000, gt=0, description="largest accepted image, in pixels (w*h)")

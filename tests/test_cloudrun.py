@@ -82,3 +82,12 @@ def test_deploy_script_is_valid_bash_and_complete():
     for step in ("bentoml\" build", "bentoml\" containerize", "docker push", "gcloud run services replace"):
         assert step in text, step
     assert "image: IMAGE" in (DEPLOY / "service.yaml").read_text()
+
+
+def test_the_deploy_is_private_by_default():
+    manifest = yaml.safe_load((DEPLOY.parents[1] / "deploy" / "cloudrun" / "service.yaml").read_text())
+    assert manifest["metadata"]["annotations"]["run.googleapis.com/ingress"] in (
+        "all", "internal", "internal-and-cloud-load-balancing")  # fmt: skip
+    script = (DEPLOY.parents[1] / "deploy" / "cloudrun" / "deploy.sh").read_text()
+    commands = [line for line in script.splitlines() if not line.lstrip().startswith("#")]
+    assert not any("allUsers" in line or "--allow-unauthenticated" in line for line in commands)

@@ -30,4 +30,6 @@ docker push "$image"
 manifest=$(mktemp)
 sed "s|image: IMAGE|image: $image|" deploy/cloudrun/service.yaml > "$manifest"
 gcloud run services replace "$manifest" --project "$PROJECT" --region "$REGION"
+# Private: no allUsers invoker binding. Grant callers explicitly, e.g.
+#   gcloud run services add-iam-policy-binding "$SERVICE" --member user:me@example.com --role roles/run.invoker
 gcloud run services describe "$SERVICE" --project "$PROJECT" --region "$REGION" --format 'value(status.url)'
