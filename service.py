@@ -49,7 +49,7 @@ from runners.relevance import RelevanceRunner
 from runners.schemas import (AnswerItem, AnswerOutput, AnswerRequestBody, AnswerResponse, GenerationFields, RunnerError,
                              RelevanceRequestBody, RelevanceResponse, ScoreItem, ScoreOutput)  # fmt: skip
 from runners.vlm import VLMRunner
-from training_hooks.service_tracking import Tracking
+from training_hooks.service_tracking import Tracking, tracking_name
 
 settings = get_settings()
 API_ROUTES = ("/answer", "/answer_stream", "/relevance")
@@ -183,7 +183,7 @@ class ARRCOC:
         timings = stage_timings(scored, output)
         metrics.observe_stages(timings)
         kept_ratio = len(output.kept) / output.total_tokens
-        metrics.KEPT_RATIO.labels(variant=variant.name).observe(kept_ratio)
+        metrics.KEPT_RATIO.labels(variant=tracking_name(variant)).observe(kept_ratio)
         cached = output.vision_cached if variant.stage == "post" else None
         if cached is not None:
             metrics.VISION_CACHE.labels(result="hit" if cached else "miss").inc()

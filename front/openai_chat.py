@@ -51,8 +51,8 @@ class ArrCocOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    variant: str | None = None
-    method: str | None = None
+    variant: str | None = Field(None, max_length=64)
+    method: str | None = Field(None, max_length=64)
     budget: Budget | None = None
     stage: Literal["post", "pre"] | None = None
 
@@ -62,7 +62,7 @@ class ChatRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore", protected_namespaces=())
 
-    model: str | None = Field(None, description="a variant from /v1/models; default: the deployment's")
+    model: str | None = Field(None, max_length=128, description="a variant from /v1/models; default: the deployment's")
     messages: list[ChatMessage] = Field(..., min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)

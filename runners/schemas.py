@@ -48,8 +48,8 @@ class ImageQuestion(_Strict):
         f"and {_settings.max_image_pixels} pixels once decoded",
     )
     question: str = Field(..., min_length=1, max_length=_settings.max_question_chars)
-    variant: str | None = Field(None, description="a registered variant; default: the deployment's")
-    method: str | None = Field(None, description="overrides the variant's method (with budget)")
+    variant: str | None = Field(None, max_length=64, description="a registered variant; default: the deployment's")
+    method: str | None = Field(None, max_length=64, description="overrides the variant's method (with budget)")
     budget: Budget | None = None
     stage: Literal["post", "pre"] | None = Field(
         None,

@@ -38,16 +38,17 @@ def test_serve_run_records_windows_and_variant_config(tmp_path):
     runs = [read_run(path) for path in find_run_files(tmp_path / "wandb")]
     assert runs, (tmp_path / "serve.log").read_text()[-3000:]
     by_group = {run.group: run for run in runs}
-    ad_hoc = by_group["uniform@0.25"]
+    assert "uniform@0.25" not in by_group and "uniform@0.5" not in by_group, "ad-hoc budgets share one run"
+    ad_hoc = by_group["uniform@custom"]
     assert ad_hoc.job_type == "serve"
-    assert ad_hoc.config["method"] == "uniform" and ad_hoc.config["budget"] == 0.25
+    assert ad_hoc.config["method"] == "uniform" and ad_hoc.config["budget"] == "custom"
     assert ad_hoc.config["vlm"] == "testbed:qwen2.5-vl-vqa" and "git_commit" in ad_hoc.config
     assert ad_hoc.config["scorer"] == str(scorer)
     assert ad_hoc.config["scorer_artifact"] == "arr-coc/relevance-scorer:v3"
     requests = sum(row.get("serve/requests", 0) for row in ad_hoc.history)
-    assert requests == 2
-    assert ad_hoc.summary["requests"] == 2 and ad_hoc.summary["latency_p50_ms"] > 0
-    assert any("serve/kept_ratio/mean" in row for row in ad_hoc.history)
+    assert requests == 3
+    assert ad_hoc.summary["requests"] == 3 and ad_hoc.summary["latency_p50_ms"] > 0
+    assert any("serve/kept_ratio/mean" in row for row in ad_hoc.history)  # the budgets it got, as values
     failed = by_group["arr-coc-25"]
     assert failed.summary["errors"] == 1
 

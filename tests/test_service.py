@@ -197,6 +197,7 @@ BAD_INPUTS = [
     ("budget-negative", body(budget=-3), 422, "invalid_budget", "budget"),
     ("unknown-variant", body(variant="best-ever"), 422, "unknown_variant", "variant"),
     ("unknown-method", body(method="magic"), 422, "unknown_method", "method"),
+    ("huge-variant-name", body(variant="v" * 100_000), 422, "validation_error", "variant"),
     ("unknown-stage", body(stage="middle"), 422, "validation_error", "stage"),
     ("pre-needs-no-features", body(method="divprune", stage="pre"), 422, "invalid_stage", "stage"),
     ("max-new-tokens", body(max_new_tokens=100000), 422, "validation_error", "max_new_tokens"),

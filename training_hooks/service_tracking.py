@@ -3,12 +3,19 @@
 Runs are created lazily, on a variant's first request, inside the worker process
 (never at import, never before BentoML forks its workers). With tracking off
 (no ``WANDB_API_KEY`` and no ``ARR_COC_WANDB=1``) every call is a no-op.
+
+State is bounded by the registry, not by clients: a registered variant has its own
+tracker; an ad-hoc ``method``+``budget`` request shares ``<method>@custom`` (or
+``<method>@custom@pre``) with the other ad-hoc requests of its method (the kept
+ratio it got is logged per request); a name that matches no variant (a rejected
+request) counts under ``unknown``. The serving commit is read once per process.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +27,16 @@ from training_hooks.serve_events import Example
 from training_hooks.tracker import TrackerSettings, create_tracker
 
 
+def tracking_name(variant: Variant | str) -> str:
+    """The bounded name ``variant`` is tracked (and labelled in ``/metrics``) under."""
+    if isinstance(variant, Variant):
+        if variant.name in VARIANTS:
+            return variant.name
+        return f"{variant.method}@custom" + ("" if variant.stage == "post" else f"@{variant.stage}")
+    return variant if variant in VARIANTS else "unknown"
+
+
+@lru_cache(maxsize=1)
 def git_commit() -> str:
     """The commit of the serving code, or '' outside a git checkout (e.g. in a bento)."""
     try:
@@ -46,9 +63,13 @@ class Tracking:
         self.env = env
 
     def run_config(self, variant: Variant | str) -> dict:
-        if isinstance(variant, str):
-            variant = VARIANTS.get(variant, variant)
-        config = variant.as_config() if isinstance(variant, Variant) else {"variant": variant}
+        name = tracking_name(variant)
+        if name in VARIANTS:
+            config = VARIANTS[name].as_config()
+        elif isinstance(variant, Variant):  # every ad-hoc budget of one method: the budget varies per request
+            config = {**variant.as_config(), "variant": name, "budget": "custom"}
+        else:
+            config = {"variant": name}
         return {
             **config,
             "vlm": self.settings.model or f"testbed:{self.settings.testbed_family}",
@@ -59,7 +80,7 @@ class Tracking:
         }
 
     def tracker(self, variant: Variant | str):
-        name = variant.name if isinstance(variant, Variant) else variant
+        name = tracking_name(variant)
         if name not in self.trackers:
             self.trackers[name] = create_tracker(
                 name, self.run_config(variant), self.tracker_settings, worker_id=os.getpid(), env=self.env

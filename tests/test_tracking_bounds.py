@@ -1,0 +1,43 @@
+"""Tracking state is bounded by the variant registry, not by what clients send."""
+
+from __future__ import annotations
+
+import subprocess
+
+import training_hooks.service_tracking as service_tracking
+from arr_coc.settings import Settings
+from arr_coc.variants import ad_hoc, get_variant
+from training_hooks.service_tracking import Tracking, tracking_name
+
+
+def test_names_are_bounded_by_the_registry():
+    assert tracking_name(get_variant("arr-coc-25")) == tracking_name("arr-coc-25") == "arr-coc-25"
+    assert tracking_name(ad_hoc("uniform", 7)) == tracking_name(ad_hoc("uniform", 0.33)) == "uniform@custom"
+    assert tracking_name(ad_hoc("arr-coc", 0.3, "pre")) == "arr-coc@custom@pre"
+    assert tracking_name("x" * 10**6) == tracking_name("best-ever") == "unknown"
+
+
+def test_many_distinct_requests_make_a_few_trackers(monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("ARR_COC_WANDB", raising=False)
+    tracking = Tracking(Settings())
+    for budget in range(1, 201):
+        tracking.record(ad_hoc("random", budget), 5.0, kept_ratio=0.1)
+        tracking.record(f"rejected-{budget}", 5.0, error_kind="unknown_variant")
+    tracking.record(get_variant("full"), 5.0, kept_ratio=1.0)
+    assert sorted(tracking.trackers) == ["full", "random@custom", "unknown"]
+    config = tracking.run_config(ad_hoc("random", 17))
+    assert (config["variant"], config["method"], config["budget"]) == ("random@custom", "random", "custom")
+    assert tracking.run_config("nope")["variant"] == "unknown"
+
+
+def test_the_commit_is_read_once_per_process(monkeypatch):
+    calls = []
+    real = subprocess.run
+    monkeypatch.setattr(service_tracking.subprocess, "run", lambda *a, **k: calls.append(a) or real(*a, **k))
+    service_tracking.git_commit.cache_clear()
+    tracking = Tracking(Settings())
+    for name in ("full", "arr-coc-10", "uniform-25"):
+        tracking.run_config(name)
+    assert len(calls) == 1
+    service_tracking.git_commit.cache_clear()
