@@ -139,3 +139,20 @@ def test_compare_keeps_pre_encoder_variants_apart() -> None:
     nested = SimpleNamespace(config={"variant": {"name": "arr-coc-25", "method": "arr-coc", "stage": "post"}}, group="g")
     assert _variant_of(flat) == ("arr-coc-pre-25", "arr-coc-pre")
     assert _variant_of(nested) == ("arr-coc-25", "arr-coc")
+
+
+def test_finishing_marks_a_failed_job_run_with_exit_code_1() -> None:
+    from training_hooks.jobrun import finishing
+
+    class Run:
+        codes: list = []
+
+        def finish(self, exit_code=0):
+            self.codes.append(exit_code)
+
+    run = Run()
+    with finishing(run):
+        pass
+    with pytest.raises(KeyError), finishing(run):
+        raise KeyError("boom")
+    assert run.codes == [0, 1]

@@ -25,7 +25,7 @@ from arr_coc.errors import EmptyDatasetError, InvalidConfigError
 from arr_coc.tasks import check_dataset
 from arr_coc.training.config import validate
 from arr_coc.variants import Variant, ad_hoc, get_variant
-from training_hooks.jobrun import declare_launch_inputs, launch_overrides, resolve_mode, start_run
+from training_hooks.jobrun import declare_launch_inputs, finishing, launch_overrides, resolve_mode, start_run
 
 EXAMPLES = 16  # samples with heatmaps in the examples table
 
@@ -92,13 +92,9 @@ def run_eval_job(values: dict[str, Any], *, wandb_mode: str = "auto", device: st
         raise EmptyDatasetError(f"limit must be >= 1, got {params.limit}: nothing to evaluate", field="limit")
     run = start_run(job_type="eval", config=run_config(variant, params), mode=resolve_mode(wandb_mode),
                     group=variant.name, name=f"eval-{variant.name}", tags=(variant.method,))  # fmt: skip
-    try:
+    with finishing(run):
         declare_launch_inputs(["variant", "method", "budget", "stage", "limit", "size", "model", "batch_size"])
         summary = _evaluate_and_log(run, variant, params, device)
-    except BaseException:
-        run.finish(exit_code=1)
-        raise
-    run.finish()
     shown = ("samples", "accuracy", "recall", "kept_ratio", "latency_p50_ms", "latency_p95_ms", "throughput_rps")
     print(f"{variant.name}: " + ", ".join(f"{key} {summary[key]:.4g}" for key in shown), file=sys.stdout)
     return 0

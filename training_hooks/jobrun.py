@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from arr_coc.errors import InvalidConfigError
@@ -93,6 +94,17 @@ def start_run(*, job_type: str, config: Mapping[str, Any], mode: str, group: str
     except Exception as error:  # W&B down, bad credentials, ...: the job itself must go on
         log.warning("W&B run could not start (%s); continuing with tracking off", error)
         return wandb.init(mode="disabled", **kwargs)
+
+
+@contextmanager
+def finishing(run) -> Iterator[None]:
+    """Finish ``run`` when the block ends: exit code 0, or 1 when it raised (the error goes on)."""
+    try:
+        yield
+    except BaseException:
+        run.finish(exit_code=1)
+        raise
+    run.finish()
 
 
 def declare_launch_inputs(keys: list[str]) -> None:

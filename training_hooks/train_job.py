@@ -20,7 +20,8 @@ from PIL import Image
 
 from arr_coc.training.config import TrainConfig, load_config_file, train_config
 from arr_coc.training.recall import RecallTable, flat_recall, format_table
-from training_hooks.jobrun import declare_launch_inputs, launch_overrides, resolve_mode, run_config, start_run
+from training_hooks.jobrun import (declare_launch_inputs, finishing, launch_overrides, resolve_mode, run_config,
+                                   start_run)  # fmt: skip
 
 ARTIFACT_NAME = "relevance-scorer"
 
@@ -72,14 +73,10 @@ def run_train_job(config_file: str | None, cli_values: dict[str, Any], *, wandb_
     config = resolve_config(config_file, cli_values)
     mode = resolve_mode(wandb_mode)
     run = start_run(job_type="train", config=config.model_dump(), mode=mode, group="scorer-training")
-    try:
+    with finishing(run):
         declare_launch_inputs(list(TrainConfig.model_fields))
         config = train_config(config.model_dump(), run_config(run, TrainConfig.model_fields))
         result_dir = _train_and_log(run, config, device, progress)
-    except BaseException:
-        run.finish(exit_code=1)
-        raise
-    run.finish()
     print(f"checkpoint: {result_dir}")
     return 0
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from arr_coc.training.config import load_config_file
 from arr_coc.training.testbed_training import TrainTestbedConfig, train_testbed_config
-from training_hooks.jobrun import declare_launch_inputs, launch_overrides, resolve_mode, run_config, start_run
+from training_hooks.jobrun import (declare_launch_inputs, finishing, launch_overrides, resolve_mode, run_config,
+                                   start_run)  # fmt: skip
 from training_hooks.train_job import WandbTrainLogger
 
 ARTIFACT_NAME = "vqa-testbed"
@@ -32,7 +33,7 @@ def run_train_testbed_job(config_file: str | None, cli_values: dict[str, Any], *
     config = train_testbed_config(file_values, cli_values, launch_overrides())
     run = start_run(job_type="train", config=config.model_dump(), mode=resolve_mode(wandb_mode),
                     group="testbed-training", name=f"train-testbed-seed{config.seed}")
-    try:
+    with finishing(run):
         declare_launch_inputs(list(TrainTestbedConfig.model_fields))
         config = train_testbed_config(config.model_dump(), run_config(run, TrainTestbedConfig.model_fields))
         result = train_testbed(config, WandbTrainLogger(run), progress)
@@ -42,9 +43,5 @@ def run_train_testbed_job(config_file: str | None, cli_values: dict[str, Any], *
                                   description="tiny Qwen2.5-VL trained on the synthetic VQA task")
         artifact.add_dir(config.out)
         run.log_artifact(artifact, aliases=["latest", f"seed-{config.seed}"])
-    except BaseException:
-        run.finish(exit_code=1)
-        raise
-    run.finish()
     print(f"checkpoint: {config.out} (held-out accuracy with all tokens {result.heldout_accuracy:.3f})")
     return 0
