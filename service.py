@@ -223,28 +223,33 @@ class ARRCOC:
         """``data: <chat.completion.chunk>`` per text delta, a last chunk with the finish reason, ``data: [DONE]``."""
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         yield f"data: {json.dumps(openai_chat.chunk(completion_id, variant.name, {'role': 'assistant', 'content': ''}))}\n\n"
-        buffer = ""
         try:
-            async for piece in self.vlm_runner.to_async.stream(item):
-                buffer += piece
-                *lines, buffer = buffer.split("\n")
-                for event in map(json.loads, filter(None, lines)):
-                    if "delta" in event:
-                        delta = openai_chat.chunk(completion_id, variant.name, {"content": event["delta"]})
-                        yield f"data: {json.dumps(delta)}\n\n"
-                    elif "done" in event:
-                        output = AnswerOutput.model_validate(event["done"])
-                        reason = openai_chat.FINISH_REASONS.get(output.finish_reason, "stop")
-                        yield f"data: {json.dumps(openai_chat.chunk(completion_id, variant.name, {}, reason, output))}\n\n"
-                        self.tracking.record(variant, (time.perf_counter() - started) * 1000.0,
-                                             stages_ms=stage_timings(scored, output),
-                                             kept_ratio=len(output.kept) / output.total_tokens)  # fmt: skip
-                    else:
-                        raise RunnerInputError(RunnerError.model_validate(event["error"]))
+            async for event in self._runner_events(item):
+                if "delta" in event:
+                    delta = openai_chat.chunk(completion_id, variant.name, {"content": event["delta"]})
+                    yield f"data: {json.dumps(delta)}\n\n"
+                elif "done" in event:
+                    output = AnswerOutput.model_validate(event["done"])
+                    reason = openai_chat.FINISH_REASONS.get(output.finish_reason, "stop")
+                    yield f"data: {json.dumps(openai_chat.chunk(completion_id, variant.name, {}, reason, output))}\n\n"
+                    self.tracking.record(variant, (time.perf_counter() - started) * 1000.0,
+                                         stages_ms=stage_timings(scored, output),
+                                         kept_ratio=len(output.kept) / output.total_tokens)  # fmt: skip
+                else:
+                    raise RunnerInputError(RunnerError.model_validate(event["error"]))
         except Exception as error:  # the stream has begun: the error travels as one more event
             failed = self._openai_failed(error, variant, started)
             yield f"data: {failed.body.decode()}\n\n"
         yield "data: [DONE]\n\n"
+
+    async def _runner_events(self, item: AnswerItem):
+        """The VLM runner's stream as events: ``{"delta": str}``, then ``{"done": ...}`` or ``{"error": ...}``."""
+        buffer = ""
+        async for piece in self.vlm_runner.to_async.stream(item):
+            buffer += piece
+            *lines, buffer = buffer.split("\n")
+            for line in filter(None, lines):
+                yield json.loads(line)
 
     def _openai_failed(self, error: Exception, variant: Variant | str, started: float) -> JSONResponse:
         """OpenAI's error body, with the status, metrics and tracking of ``/answer``'s errors."""
@@ -268,23 +273,19 @@ class ARRCOC:
             return self._failed(error, variant, started)
 
         async def events():
-            buffer = ""
             try:
-                async for chunk in self.vlm_runner.to_async.stream(item):
-                    buffer += chunk
-                    *lines, buffer = buffer.split("\n")
-                    for event in map(json.loads, filter(None, lines)):
-                        if "delta" in event:
-                            yield f"data: {json.dumps({'delta': event['delta']})}\n\n"
-                        elif "done" in event:
-                            done = {**event["done"], "variant": variant.name}
-                            done["timings_ms"] = stage_timings(scored, AnswerOutput.model_validate(event["done"]))
-                            self.tracking.record(variant, (time.perf_counter() - started) * 1000.0,
-                                                 stages_ms=done["timings_ms"],
-                                                 kept_ratio=len(done["kept"]) / done["total_tokens"])  # fmt: skip
-                            yield f"event: done\ndata: {json.dumps(done)}\n\n"
-                        else:
-                            yield f"event: error\ndata: {json.dumps(event['error'])}\n\n"
+                async for event in self._runner_events(item):
+                    if "delta" in event:
+                        yield f"data: {json.dumps({'delta': event['delta']})}\n\n"
+                    elif "done" in event:
+                        done = {**event["done"], "variant": variant.name}
+                        done["timings_ms"] = stage_timings(scored, AnswerOutput.model_validate(event["done"]))
+                        self.tracking.record(variant, (time.perf_counter() - started) * 1000.0,
+                                             stages_ms=done["timings_ms"],
+                                             kept_ratio=len(done["kept"]) / done["total_tokens"])  # fmt: skip
+                        yield f"event: done\ndata: {json.dumps(done)}\n\n"
+                    else:
+                        yield f"event: error\ndata: {json.dumps(event['error'])}\n\n"
             except Exception as error:  # the runner failed mid-stream: end the stream with an error event
                 body = json.loads(self._failed(error, variant, started).body)
                 yield f"event: error\ndata: {json.dumps(body)}\n\n"
