@@ -251,10 +251,10 @@ class VLMPipeline:
         timings["scoring"] = scoring_ms + (clock() - start) * 1000.0
 
         prepared = []
-        for r, p, e, v, g, rel, k in zip(requests, params, encoded, vision, grids, relevance, kept):
+        for r, p, e, v, g, rel, k, c in zip(requests, params, encoded, vision, grids, relevance, kept, cached):
             positions = full_positions(vlm, e.input_ids, e.mm_token_type_ids, e.image_grid_thw)
             row = prune_row(e.input_ids, positions, e.mm_token_type_ids, v, k, vision_is_kept=r.stage == "pre")
-            hit = r.stage != "pre" and cached[len(prepared)].features is not None
+            hit = r.stage != "pre" and c.features is not None
             prepared.append(PreparedRequest(r, p, e, g, rel, k, positions, row, vision_cached=hit))
         return prepared
 
