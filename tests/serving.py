@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -27,6 +29,17 @@ def b64_png(image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+@contextmanager
+def running_server(workdir: Path, **env: str) -> Iterator[Server]:
+    """A ready :class:`Server` for the block (stopped after it, whatever happens)."""
+    server = Server(workdir, **env)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
 
 
 class Server:

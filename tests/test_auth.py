@@ -12,7 +12,7 @@ from pydantic import SecretStr
 from arr_coc.settings import Settings
 from drawing import scene
 from front.auth import BearerAuth, authorized, parse_keys
-from serving import Server, b64_png
+from serving import b64_png, running_server
 
 pytestmark = pytest.mark.timeout(900)
 KEYS = parse_keys(" alpha-key , beta-key ,, ")
@@ -67,9 +67,7 @@ def test_the_key_is_a_secret_setting(monkeypatch):
 
 
 def test_the_served_api_with_keys(tmp_path):
-    server = Server(tmp_path, ARR_COC_API_KEY="first-key,second-key")
-    try:
-        server.wait_ready()
+    with running_server(tmp_path, ARR_COC_API_KEY="first-key,second-key") as server:
         body = {"image": b64_png(scene(160, 120)), "question": "Where?", "max_new_tokens": 2}
         assert httpx.get(f"{server.url}/livez").status_code == 200
         refused = httpx.post(f"{server.url}/answer", json=body, timeout=120)
@@ -81,5 +79,3 @@ def test_the_served_api_with_keys(tmp_path):
             openai.OpenAI(base_url=f"{server.url}/v1", api_key="nope", max_retries=0).models.list()
         models = openai.OpenAI(base_url=f"{server.url}/v1", api_key="first-key", max_retries=0).models.list()
         assert "arr-coc-25" in [m.id for m in models]
-    finally:
-        server.stop()

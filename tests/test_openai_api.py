@@ -9,19 +9,15 @@ import pytest
 from arr_coc.tasks.shapes_vqa import ShapesVQA
 from arr_coc.variants import VARIANTS
 from drawing import scene
-from serving import Server, b64_png
+from serving import b64_png, running_server
 
 pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    server = Server(tmp_path_factory.mktemp("serve-openai"))
-    try:
-        server.wait_ready()
+    with running_server(tmp_path_factory.mktemp("serve-openai")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from arr_coc.vlm.pre_encoder import _kept_windows, encode_kept, kept_patches
 from arr_coc.vlm.pruning import encode_images
 from arr_coc.vlm.types import AnswerRequest, GenerationParams
 from drawing import scene, shapes
-from test_vlm_equivalence import QUESTION, stock_inputs, trim_at_eos
+from test_vlm_equivalence import QUESTION, stock_greedy_ids
 
 FAMILIES = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl"]
 
@@ -103,10 +103,7 @@ def test_pre_with_everything_kept_gives_stock_greedy_ids(testbed_pipeline, famil
     pipeline = testbed_pipeline(family)
     vlm = pipeline.vlm
     image = scene(200, 150)
-    inputs = stock_inputs(vlm, image)
-    with torch.no_grad():
-        generated = vlm.model.generate(**inputs, max_new_tokens=16, do_sample=False)
-    stock = trim_at_eos(generated[0, inputs["input_ids"].shape[1] :].tolist(), vlm.eos_token_ids)
+    stock = stock_greedy_ids(vlm, image)
     for method, budget in [("none", 0.2), ("arr-coc", 1.0), ("uniform", 1.0)]:
         request = AnswerRequest(image, QUESTION, method, budget, GenerationParams(max_new_tokens=16), stage="pre")
         assert pipeline.answer(request).token_ids == stock, method

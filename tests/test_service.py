@@ -18,19 +18,15 @@ import pytest
 from PIL import Image
 
 from drawing import gradient, noise, scene, shapes
-from serving import Server, b64_png
+from serving import Server, b64_png, running_server
 
 pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    server = Server(tmp_path_factory.mktemp("serve"))
-    try:
-        server.wait_ready()
+    with running_server(tmp_path_factory.mktemp("serve")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,14 @@ def stock_inputs(vlm, image, question=QUESTION):
     return vlm.processor(text=[text], images=[image], return_tensors="pt").to(vlm.device)
 
 
+def stock_greedy_ids(vlm, image, max_new_tokens: int = 16) -> list[int]:
+    """Stock ``generate``'s greedy answer ids for ``image`` and ``QUESTION``, end token excluded."""
+    inputs = stock_inputs(vlm, image)
+    with torch.no_grad():
+        generated = vlm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return trim_at_eos(generated[0, inputs["input_ids"].shape[1] :].tolist(), vlm.eos_token_ids)
+
+
 def stock_positions(vlm, inputs) -> torch.Tensor:
     """``[3, L]`` M-RoPE ids of the full stock prompt."""
     positions, _ = vlm.model.model.get_rope_index(
@@ -65,9 +73,7 @@ def test_full_budget_greedy_ids_equal_stock_generate(testbed_pipeline, family):
     vlm = pipeline.vlm
     image = scene(200, 150)
     inputs = stock_inputs(vlm, image)
-    with torch.no_grad():
-        generated = vlm.model.generate(**inputs, max_new_tokens=16, do_sample=False)
-    stock = trim_at_eos(generated[0, inputs["input_ids"].shape[1] :].tolist(), vlm.eos_token_ids)
+    stock = stock_greedy_ids(vlm, image)
     assert len(stock) >= 4  # a meaningful comparison, not an immediate end of sequence
 
     params = GenerationParams(max_new_tokens=16)
