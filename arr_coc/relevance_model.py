@@ -4,7 +4,8 @@ The relevance runner needs the token grid of each image (the processor), the que
 embedding of each question (the mean of the VLM's input embeddings of the question
 tokens) and the :class:`RelevanceScorer`; it does not need the LLM or the vision
 tower. :class:`RelevanceModel` loads exactly those pieces: the processor through
-``AutoProcessor``, and only the ``embed_tokens`` matrix ``[V, D]`` out of the
+``AutoProcessor`` (of whose image processor it runs only the resize: the VLM runner
+runs the whole processor once), and only the ``embed_tokens`` matrix ``[V, D]`` out of the
 checkpoint's safetensors (one shard read, not the whole model). Its scores equal
 those :class:`arr_coc.vlm.pipeline.VLMPipeline` computes inside its own pass.
 """
@@ -25,7 +26,7 @@ from transformers.utils import cached_file
 from arr_coc.errors import CheckpointFormatError, ModelNotFoundError
 from arr_coc.query import check_question
 from arr_coc.scorer import RelevanceScorer
-from arr_coc.vlm.grid import token_grid
+from arr_coc.vlm.grid import resized_token_grid
 from arr_coc.vlm.loading import _resolve_source, default_device, parse_dtype, read_family
 
 SINGLE_FILE = "model.safetensors"
@@ -120,7 +121,7 @@ class RelevanceModel:
         """Relevance of every visual token of each image for its question; one scorer call per image size."""
         if len(images) == 0 and len(questions) == 0:
             return []
-        bridges = [token_grid(self.processor, image) for image in images]
+        bridges = [resized_token_grid(self.processor.image_processor, image) for image in images]
         queries = torch.stack([self.question_embedding(question) for question in questions])  # [B, D]
         if len(bridges) != len(queries):
             raise ValueError(f"{len(bridges)} images but {len(queries)} questions")

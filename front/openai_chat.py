@@ -11,14 +11,14 @@ OpenAI's body, ``{"error": {"message", "type", "param", "code"}}``.
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from arr_coc.errors import ArrCocInputError, InvalidImageError, InvalidQuestionError, UnknownVariantError
+from arr_coc.errors import InvalidImageError, InvalidQuestionError, UnknownVariantError
 from arr_coc.variants import VARIANTS
-from runners.schemas import AnswerOutput, AnswerRequestBody, Budget
+from front.schemas import AnswerRequestBody, Budget
+from runners.vlm import AnswerOutput
 
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", None: "stop"}
 
@@ -118,10 +118,10 @@ def usage(output: AnswerOutput) -> dict[str, int]:
             "visual_tokens_total": output.total_tokens}  # fmt: skip
 
 
-def completion(output: AnswerOutput, model: str) -> dict[str, Any]:
+def completion(output: AnswerOutput, model: str, request_id: str) -> dict[str, Any]:
     """A ``chat.completion`` object."""
     return {
-        "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()), "model": model,
+        "id": f"chatcmpl-{request_id}", "object": "chat.completion", "created": int(time.time()), "model": model,
         "choices": [{"index": 0, "message": {"role": "assistant", "content": output.answer},
                      "finish_reason": FINISH_REASONS.get(output.finish_reason, "stop")}],
         "usage": usage(output),
@@ -142,17 +142,3 @@ def model_list() -> dict[str, Any]:
     """``/v1/models``: every registered variant, as a model."""
     return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "arr-coc"}
                                        for name in VARIANTS]}  # fmt: skip
-
-
-def error_body(error: Exception, status: int) -> dict[str, Any]:
-    """OpenAI's error body for an input error or a failure."""
-    if isinstance(error, ValidationError):
-        first = error.errors()[0]
-        param = ".".join(str(p) for p in first["loc"]) or None
-        return {"error": {"message": first["msg"], "type": "invalid_request_error", "param": param,
-                          "code": "validation_error"}}  # fmt: skip
-    if isinstance(error, ArrCocInputError):
-        return {"error": {"message": error.detail, "type": "invalid_request_error", "param": error.field,
-                          "code": error.kind}}  # fmt: skip
-    kind = "server_error" if status >= 500 else "invalid_request_error"
-    return {"error": {"message": str(error), "type": kind, "param": None, "code": None}}

@@ -1,5 +1,6 @@
 """RelevanceRunner: the VLM's processor and input embeddings plus the relevance scorer.
 
+Images arrive decoded (:class:`Pixels`, from the front), so nothing is decoded twice.
 ``score(items)`` is batchable: the batch is scored in one scorer call per image
 size, and each item gets the relevance map of its image for its question (equal
 to its lone score within float noise). An input error in one
@@ -8,22 +9,63 @@ item is returned in that item's ``error`` and leaves the rest of the batch alone
 
 from __future__ import annotations
 
-import base64
 import time
 
 import bentoml
+from PIL import Image
+from pydantic import BaseModel, Field
 
-from arr_coc.errors import ArrCocInputError
-from arr_coc.images import load_image
+from arr_coc.errors import ArrCocInputError, InvalidImageError
 from arr_coc.query import check_question
 from arr_coc.settings import get_settings
 from runners import models
-from runners.schemas import RunnerError, ScoreItem, ScoreOutput
 
 settings = get_settings()
 
 
-def _resources(gpu_share: float) -> dict:
+class RunnerError(BaseModel):
+    """An input error a runner found in one item; the rest of its batch is unaffected."""
+
+    kind: str
+    field: str | None
+    detail: str
+
+
+class Pixels(BaseModel):
+    """A decoded image as it crosses between processes: raw RGB bytes, never encoded again.
+
+    data: ``[H, W, 3]`` uint8 in row-major order; size: ``(W, H)`` in pixels.
+    """
+
+    data: bytes
+    size: tuple[int, int]
+
+    @classmethod
+    def of(cls, image: Image.Image) -> Pixels:
+        rgb = image.convert("RGB")
+        return cls(data=rgb.tobytes(), size=rgb.size)
+
+    def image(self) -> Image.Image:
+        width, height = self.size
+        if width < 1 or height < 1 or len(self.data) != width * height * 3:
+            raise InvalidImageError(f"{len(self.data)} bytes are not {width}x{height} RGB pixels", field="image")
+        return Image.frombytes("RGB", self.size, self.data)
+
+
+class ScoreItem(BaseModel):
+    pixels: Pixels
+    question: str
+
+
+class ScoreOutput(BaseModel):
+    grid: tuple[int, int] = (0, 0)
+    relevance: list[float] = Field(default_factory=list, description="H' x W' scores, raster order")
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+    batch_size: int = 1
+    error: RunnerError | None = None
+
+
+def resources(gpu_share: float) -> dict:
     return {"gpu": gpu_share} if gpu_share > 0 else {"cpu": "1"}
 
 
@@ -39,7 +81,7 @@ def batching(max_batch_size: int, max_latency_ms: int) -> dict:
 
 @bentoml.service(
     name="relevance-runner",
-    resources=_resources(settings.relevance_gpu),
+    resources=resources(settings.relevance_gpu),
     workers=settings.relevance_workers,
     traffic={"timeout": settings.runner_timeout_s},
 )
@@ -60,8 +102,7 @@ class RelevanceRunner:
     def _decode(self, item: ScoreItem):
         """The item's image, with its question checked; a typed error instead when either is bad."""
         try:
-            image = load_image(base64.b64decode(item.image_b64), max_bytes=settings.max_image_bytes,
-                               max_pixels=settings.max_image_pixels)  # fmt: skip
+            image = item.pixels.image()
             check_question(item.question)
         except ArrCocInputError as error:
             return error

@@ -10,7 +10,6 @@ item has bad input, the batch is answered one by one so only that item fails.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from collections.abc import Generator
@@ -18,22 +17,50 @@ from collections.abc import Generator
 import bentoml
 import torch
 
+from pydantic import BaseModel, Field
+
 from arr_coc.errors import ArrCocInputError
-from arr_coc.images import load_image
 from arr_coc.settings import get_settings
 from arr_coc.vlm.types import AnswerRequest, AnswerResult, GenerationParams
 from runners import models
-from runners.relevance import _resources, batching
-from runners.schemas import AnswerItem, AnswerOutput, RunnerError
+from runners.relevance import Pixels, RunnerError, resources, batching
 
 settings = get_settings()
 logger = logging.getLogger(__name__)
 
 
+class AnswerItem(BaseModel):
+    pixels: Pixels
+    question: str
+    method: str
+    budget: int | float
+    stage: str = "post"
+    relevance: list[float] | None = None
+    grid: tuple[int, int] | None = None
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    stop: list[str]
+    seed: int
+
+
+class AnswerOutput(BaseModel):
+    answer: str = ""
+    token_ids: list[int] = Field(default_factory=list)
+    kept: list[int] = Field(default_factory=list)
+    total_tokens: int = 0
+    grid: tuple[int, int] = (0, 0)
+    timings_ms: dict[str, float] = Field(default_factory=dict)
+    prompt_tokens: int = 0
+    finish_reason: str | None = None
+    vision_cached: bool = False
+    batch_size: int = 1
+    error: RunnerError | None = None
+
+
 def to_request(item: AnswerItem) -> AnswerRequest:
-    """Decode one item into the library's request (typed errors on bad input)."""
-    image = load_image(base64.b64decode(item.image_b64), max_bytes=settings.max_image_bytes,
-                       max_pixels=settings.max_image_pixels)  # fmt: skip
+    """One item as the library's request (typed errors on bad input)."""
+    image = item.pixels.image()
     relevance = None
     if item.relevance is not None and item.grid is not None:
         relevance = torch.tensor(item.relevance, dtype=torch.float32).reshape(item.grid)
@@ -58,7 +85,6 @@ def to_output(result: AnswerResult, batch_size: int) -> AnswerOutput:
         kept=result.kept.tolist(),
         total_tokens=result.total_tokens,
         grid=result.grid,
-        relevance=result.relevance.flatten().tolist(),
         timings_ms=result.timings_ms,
         batch_size=batch_size,
         vision_cached=result.vision_cached,
@@ -73,7 +99,7 @@ def error_output(error: ArrCocInputError) -> AnswerOutput:
 
 @bentoml.service(
     name="vlm-runner",
-    resources=_resources(settings.vlm_gpu),
+    resources=resources(settings.vlm_gpu),
     workers=settings.vlm_workers,
     traffic={"timeout": settings.runner_timeout_s},
 )
@@ -139,4 +165,4 @@ class VLMRunner:
         for delta in answer:
             yield json.dumps({"delta": delta}) + "\n"
         final = to_output(answer.result, 1)
-        yield json.dumps({"done": final.model_dump(exclude={"relevance", "token_ids"})}) + "\n"
+        yield json.dumps({"done": final.model_dump(exclude={"token_ids"})}) + "\n"

@@ -8,7 +8,8 @@ from pydantic import ValidationError
 from arr_coc.errors import InvalidBudgetError, UnknownMethodError, UnknownVariantError
 from arr_coc.settings import Settings
 from arr_coc.variants import VARIANTS, ad_hoc, get_variant
-from runners.http_errors import from_exception, rewrite_bentoml_error, status_for_kind
+from front.errors import error_response, status_for_kind
+from front.schemas import AnswerRequestBody
 
 
 def test_defaults_serve_the_testbed_on_cpu(monkeypatch):
@@ -63,16 +64,21 @@ def test_status_codes_by_kind():
     assert status_for_kind("invalid_budget") == 422
 
 
-def test_unexpected_failure_is_503():
-    response = from_exception(RuntimeError("CUDA error"))
+def test_unexpected_failure_is_503_in_both_shapes():
+    response = error_response("/answer", RuntimeError("CUDA error at 0x7f00"))
     assert response.status_code == 503
     assert json.loads(response.body) == {"error": "runner_unavailable", "field": None,
                                          "detail": "a model runner failed: RuntimeError"}  # fmt: skip
+    openai = json.loads(error_response("/v1/chat/completions", RuntimeError("x")).body)
+    assert openai["error"]["type"] == "server_error" and openai["error"]["code"] == "runner_unavailable"
 
 
-def test_bentoml_validation_body_is_rewritten():
-    body = {"error": "1 validation error", "detail": [{"type": "string_too_long", "loc": ["question"], "msg": "too long"}]}
-    status, rewritten = rewrite_bentoml_error(400, json.dumps(body).encode())
-    assert status == 422 and rewritten["field"] == "question" and rewritten["error"] == "validation_error"
-    assert rewrite_bentoml_error(400, b"not json") is None
-    assert rewrite_bentoml_error(422, json.dumps({"error": "x", "field": "f", "detail": "d"}).encode()) is None
+def test_validation_errors_name_the_top_level_field():
+    with pytest.raises(ValidationError) as caught:
+        AnswerRequestBody.model_validate({"image": "abc", "question": "q", "budget": True})
+    response = error_response("/answer", caught.value)
+    body = json.loads(response.body)
+    assert response.status_code == 422 and body["error"] == "validation_error" and body["field"] == "budget"
+    with pytest.raises(ValidationError) as caught:
+        AnswerRequestBody.model_validate_json(b'{"image": "abc"')
+    assert error_response("/answer", caught.value).status_code == 400

@@ -11,7 +11,7 @@ from PIL import Image
 
 from arr_coc.cli import main
 from arr_coc.errors import InvalidQuestionError
-from arr_coc.heatmap import colorize, overlay
+from arr_coc.heatmap import colorize, legend_height, overlay
 from arr_coc.query import hash_embedding
 from arr_coc.scorer import RelevanceScorer
 from drawing import shapes
@@ -35,7 +35,7 @@ def test_json_output_with_grid_budget_and_heatmap(tmp_path, capsys):
     assert result["grid"] == [6, 8] and result["total_tokens"] == 48 and result["kept_tokens"] == 10
     assert len(result["relevance"]) == 6 and all(len(row) == 8 for row in result["relevance"])
     assert result["kept"] == sorted(result["kept"]) and len(set(result["kept"])) == 10
-    assert Image.open(heatmap).size == (224, 168)
+    assert Image.open(heatmap).size == (224, 168 + legend_height(224))  # legend strip below
 
 
 def test_trained_scorer_checkpoint_is_used(tmp_path, capsys):
@@ -100,7 +100,7 @@ def test_hash_embedding_is_deterministic_and_unit_norm():
 def test_heatmap_overlay_dims_dropped_tokens():
     image = Image.new("RGB", (40, 20), (200, 200, 200))
     relevance = torch.full((2, 4), 0.5)
-    picture = np.asarray(overlay(image, relevance, kept=torch.tensor([0])), dtype=float)
+    picture = np.asarray(overlay(image, relevance, kept=torch.tensor([0]), legend=False), dtype=float)
     assert picture.shape == (20, 40, 3)
     assert picture[:10, :10].mean() > 2 * picture[10:, 30:].mean()
     assert colorize(np.array([[0.0, 1.0]])).tolist() == [[[0, 0, 4], [252, 255, 164]]]

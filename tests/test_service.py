@@ -12,20 +12,23 @@ import signal
 import struct
 import zlib
 
-import bentoml
 import httpx
 import pytest
 from PIL import Image
 
+from arr_coc.heatmap import legend_height
 from drawing import gradient, noise, scene, shapes
 from serving import Server, b64_png, running_server
 
 pytestmark = pytest.mark.timeout(900)
 
 
+IMAGE_LIMIT = 1_000_000
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("serve")) as server:
+    with running_server(tmp_path_factory.mktemp("serve"), ARR_COC_MAX_IMAGE_BYTES=str(IMAGE_LIMIT)) as server:
         yield server
 
 
@@ -51,7 +54,8 @@ def test_answer(http):
     response = http.post("/answer", json=body())
     assert response.status_code == 200, response.text
     result = response.json()
-    assert set(result) == {"answer", "variant", "kept_tokens", "total_tokens", "kept_ratio", "timings_ms", "request_id"}
+    assert set(result) == {"answer", "variant", "kept_tokens", "total_tokens", "kept_ratio", "timings_ms", "finish_reason",
+                           "request_id"}
     assert result["variant"] == "arr-coc-25" and result["total_tokens"] == 192 and result["kept_tokens"] == 48
     assert result["kept_ratio"] == pytest.approx(0.25)
     assert {"relevance", "vision", "selection", "prefill", "decode"} <= set(result["timings_ms"])
@@ -98,15 +102,92 @@ def test_multipart_upload_equals_json(http):
     assert bad.status_code == 400 and bad.json()["field"] == "image"
 
 
-def test_sync_http_client(server, http):
-    with bentoml.SyncHTTPClient(server.url, timeout=120) as client:
-        result = client.answer(image=SAMPLE, question="Where is the red house?", max_new_tokens=6)
-        relevance = client.relevance(image=SAMPLE, question="Where is the red house?", budget=0.5)
-        events = client.answer_stream(image=SAMPLE, question="Where is the red house?", max_new_tokens=6)
-    assert result["answer"] == http.post("/answer", json=body()).json()["answer"]
-    assert relevance["kept_tokens"] == 96
-    deltas = [json.loads(line.removeprefix("data: "))["delta"] for line in events.split("\n") if '"delta"' in line]
-    assert "".join(deltas) == result["answer"] and "event: done" in events
+def sse_events(text: str) -> list[tuple[str, dict]]:
+    """``(event name, data)`` of each server-sent event; the name is ``message`` when none is given."""
+    events = []
+    for block in filter(str.strip, text.split("\n\n")):
+        fields = dict(line.split(": ", 1) for line in block.split("\n"))
+        events.append((fields.get("event", "message"), json.loads(fields["data"])))
+    return events
+
+
+def test_uploaded_form_streams_and_ends_with_the_public_answer_body(http):
+    image = base64.b64decode(SAMPLE)
+    form = {"question": "Where is the red house?", "max_new_tokens": "6"}
+    plain = http.post("/answer", json=body())
+    with http.stream("POST", "/answer_stream", files={"image": ("scene.png", image, "image/png")}, data=form) as response:
+        assert response.status_code == 200
+        events = sse_events("".join(response.iter_text()))
+    deltas = [data["delta"] for name, data in events if name == "message"]
+    (done,) = [data for name, data in events if name == "done"]
+    assert "".join(deltas) == done["answer"] == plain.json()["answer"]
+    assert set(done) == set(plain.json()) == {"answer", "variant", "kept_tokens", "total_tokens", "kept_ratio",
+                                              "timings_ms", "finish_reason", "request_id"}  # fmt: skip
+    assert done["kept_tokens"] == 48 and done["kept_ratio"] == 0.25 and done["request_id"] != plain.json()["request_id"]
+
+
+def test_openapi_document_is_complete(http):
+    schema = http.get("/docs.json").json()
+    from importlib.metadata import version
+
+    assert schema["info"]["version"] == version("arr-coc")
+    answer = schema["paths"]["/answer"]["post"]
+    assert {"200", "400", "413", "415", "422", "503"} <= set(answer["responses"])
+    assert answer["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    content = answer["requestBody"]["content"]
+    assert content["multipart/form-data"]["schema"]["properties"]["image"]["format"] == "binary"
+    properties = content["application/json"]["schema"]["properties"]
+    assert "arr-coc-25" in properties["variant"]["enum"] and "cdpruner" in properties["method"]["enum"]
+    assert set(properties["stage"]["anyOf"][0]["enum"]) == {"post", "pre"}
+    for path in ("/answer_stream", "/relevance", "/v1/chat/completions", "/v1/models", "/livez", "/readyz", "/metrics"):
+        assert path in schema["paths"], path
+    assert "text/event-stream" in schema["paths"]["/answer_stream"]["post"]["responses"]["200"]["content"]
+
+
+def test_every_route_feeds_the_metrics(http):
+    def count(route: str, status: str) -> float:
+        found = re.search(rf'arr_coc_requests_total{{route="{route}",status="{status}"}} (\S+)', http.get("/metrics").text)
+        return float(found[1]) if found else 0.0
+
+    before = {route: count(route, "200") for route in ("/relevance", "/answer_stream", "/v1/models")}
+    bad_before = count("/relevance", "422")
+    assert http.post("/relevance", json={"image": SAMPLE, "question": "Where?"}).status_code == 200
+    assert http.post("/answer_stream", json=body()).status_code == 200
+    assert http.get("/v1/models").status_code == 200
+    assert http.post("/relevance", json={"image": SAMPLE, "question": "Where?", "budget": 0}).status_code == 422
+    assert all(count(route, "200") == before[route] + 1 for route in before)
+    assert count("/relevance", "422") == bad_before + 1
+
+
+def test_protocol_errors_are_json_too(http):
+    wrong_method = http.get("/answer")
+    assert wrong_method.status_code == 405 and wrong_method.json()["error"] == "method_not_allowed"
+    assert "POST" in wrong_method.headers["allow"]
+    missing = http.post("/no-such-route", json={})
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
+    assert http.get("/").status_code == 200 and "text/html" in http.get("/").headers["content-type"]
+
+
+@pytest.mark.parametrize("budget", [True, "0.5", [10], None])
+def test_budgets_are_json_numbers_only(http, budget):
+    response = http.post("/answer", json=body(budget=budget))
+    if budget is None:  # null means the variant's own budget
+        assert response.status_code == 200
+        return
+    assert response.status_code == 422 and response.json()["field"] == "budget", response.text
+
+
+def test_bodies_over_the_limit_get_413_and_the_server_keeps_answering(http):
+    raw = os.urandom(IMAGE_LIMIT + 1000)  # the module's server takes images of up to IMAGE_LIMIT bytes
+    in_json = http.post("/answer", json=body(image=base64.b64encode(raw * 2).decode()))
+    assert in_json.status_code == 413 and in_json.json()["error"] == "request_too_large", in_json.text
+    chunked = http.post("/answer", content=iter([b'{"image": "', b"A" * IMAGE_LIMIT, b"A" * IMAGE_LIMIT, b'"}']),
+                        headers={"content-type": "application/json"})  # fmt: skip
+    assert chunked.status_code == 413 and chunked.json()["error"] == "request_too_large"
+    upload = http.post("/answer", files={"image": ("big.png", raw, "image/png")}, data={"question": "q"})
+    assert upload.status_code == 413 and upload.json() == {"error": "image_too_large", "field": "image",
+                                                           "detail": upload.json()["detail"]}  # fmt: skip
+    assert http.post("/answer", json=body()).status_code == 200
 
 
 def test_relevance(http):
@@ -117,7 +198,7 @@ def test_relevance(http):
     flat = [v for row in result["relevance"] for v in row]
     assert min(flat[i] for i in result["kept"]) >= max(v for i, v in enumerate(flat) if i not in result["kept"])
     heatmap = Image.open(io.BytesIO(base64.b64decode(result["heatmap_png"])))
-    assert heatmap.size == (448, 336)
+    assert heatmap.size == (448, 336 + legend_height(448))  # the overlay with its legend strip below
 
 
 @pytest.mark.parametrize("method", ["divprune", "cdpruner", "uniform", "random"])

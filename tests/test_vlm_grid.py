@@ -7,7 +7,7 @@ import torch
 
 from arr_coc.images import to_tensor
 from arr_coc.texture import texture_array
-from arr_coc.vlm.grid import merged_grid, token_grid
+from arr_coc.vlm.grid import merged_grid, resized_token_grid, token_grid
 from arr_coc.vlm.inputs import resized_size
 from drawing import noise, scene
 
@@ -59,3 +59,13 @@ def test_query_embedding_is_the_mean_input_embedding_of_the_question(testbed_pip
     assert got.shape == (vlm.hidden_size,) == (pipeline.scorer.query_dim,)
     assert torch.allclose(got, expected, atol=1e-6)
     assert not torch.allclose(got, pipeline.question_embedding("What colour is the car?"))
+
+
+@pytest.mark.parametrize("family", ["qwen2-vl", "qwen2.5-vl", "qwen3-vl"])
+def test_the_resize_alone_gives_the_processors_grid_and_image(testbed_pipeline, family):
+    image_processor = testbed_pipeline(family).vlm.processor.image_processor
+    for image in (scene(333, 210), noise(1200, 900, seed=5), noise(64, 70, seed=6).convert("L")):
+        full, resized = token_grid(testbed_pipeline(family).vlm.processor, image), resized_token_grid(image_processor, image)
+        assert resized.grid == full.grid and resized.image_grid_thw == full.image_grid_thw
+        assert resized.image.shape == full.image.shape
+        assert (resized.image - full.image).abs().max().item() < 1e-6

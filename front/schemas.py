@@ -1,24 +1,25 @@
-"""What crosses the wire: the HTTP API's request/response models and the runners' items.
+"""The HTTP API's request and response models.
 
 Limits come from :func:`arr_coc.settings.get_settings` when the module is imported,
-so they appear in the OpenAPI schema BentoML serves. Images travel between the
-front and the runners as the (already validated) encoded bytes in base64: the
-runners decode them again, which is cheap next to the model work and keeps the
-items plain JSON.
+so they appear in the OpenAPI document. Fields are strict where JSON has several
+spellings of one thing: a budget is a JSON number, never ``true`` or ``"0.5"``.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from arr_coc.attending import SELECTORS
+from arr_coc.variants import VARIANTS
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
 from arr_coc.settings import get_settings
 
 _settings = get_settings()
 
 Budget = Annotated[
-    int | float,
+    StrictInt | StrictFloat,
     Field(description="kept visual tokens: a count (int >= 1) or a ratio (float in (0, 1])"),
 ]
 
@@ -43,13 +44,14 @@ class ImageQuestion(_Strict):
     image: str = Field(
         ...,
         min_length=1,
-        max_length=(_settings.max_image_bytes * 4) // 3 + 256,
-        description=f"the image as base64 or a data URI; at most {_settings.max_image_bytes} bytes "
-        f"and {_settings.max_image_pixels} pixels once decoded",
+        description=f"the image as base64 or a data URI (a file in a multipart form); at most "
+        f"{_settings.max_image_bytes} bytes and {_settings.max_image_pixels} pixels once decoded (else 413)",
     )
     question: str = Field(..., min_length=1, max_length=_settings.max_question_chars)
-    variant: str | None = Field(None, max_length=64, description="a registered variant; default: the deployment's")
-    method: str | None = Field(None, max_length=64, description="overrides the variant's method (with budget)")
+    variant: str | None = Field(None, max_length=64, description="a registered variant; default: the deployment's",
+                                json_schema_extra={"enum": sorted(VARIANTS)})  # fmt: skip
+    method: str | None = Field(None, max_length=64, description="overrides the variant's method (with budget)",
+                               json_schema_extra={"enum": sorted(SELECTORS)})  # fmt: skip
     budget: Budget | None = None
     stage: Literal["post", "pre"] | None = Field(
         None,
@@ -69,12 +71,17 @@ class RelevanceRequestBody(ImageQuestion):
 
 
 class AnswerResponse(BaseModel):
+    """Body of ``POST /answer``, and the ``done`` event of ``POST /answer_stream``."""
+
     answer: str
     variant: str
     kept_tokens: int
     total_tokens: int
     kept_ratio: float
-    timings_ms: dict[str, float]
+    timings_ms: dict[str, float] = Field(..., description="milliseconds per stage: relevance, preprocess, vision, "
+                                          "selection, prefill, decode, total")
+    finish_reason: Literal["eos", "stop", "length"] | None = Field(
+        None, description="why decoding ended: the end token, a stop string, or max_new_tokens")
     request_id: str
 
 
@@ -95,57 +102,3 @@ class ErrorBody(BaseModel):
     error: str = Field(..., description="kind of error, e.g. invalid_budget, image_too_large, runner_unavailable")
     field: str | None = Field(None, description="request field at fault, if any")
     detail: str = Field(..., description="what was wrong and the limit that applies")
-
-
-# --- between the front and the runners ------------------------------------------------
-
-
-class RunnerError(BaseModel):
-    """An input error a runner found in one item; the rest of its batch is unaffected."""
-
-    kind: str
-    field: str | None
-    detail: str
-
-
-class ScoreItem(BaseModel):
-    image_b64: str
-    question: str
-
-
-class ScoreOutput(BaseModel):
-    grid: tuple[int, int] = (0, 0)
-    relevance: list[float] = Field(default_factory=list, description="H' x W' scores, raster order")
-    timings_ms: dict[str, float] = Field(default_factory=dict)
-    batch_size: int = 1
-    error: RunnerError | None = None
-
-
-class AnswerItem(BaseModel):
-    image_b64: str
-    question: str
-    method: str
-    budget: int | float
-    stage: str = "post"
-    relevance: list[float] | None = None
-    grid: tuple[int, int] | None = None
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    stop: list[str]
-    seed: int
-
-
-class AnswerOutput(BaseModel):
-    answer: str = ""
-    token_ids: list[int] = Field(default_factory=list)
-    kept: list[int] = Field(default_factory=list)
-    total_tokens: int = 0
-    grid: tuple[int, int] = (0, 0)
-    relevance: list[float] = Field(default_factory=list)
-    timings_ms: dict[str, float] = Field(default_factory=dict)
-    prompt_tokens: int = 0
-    finish_reason: str | None = None
-    vision_cached: bool = False
-    batch_size: int = 1
-    error: RunnerError | None = None

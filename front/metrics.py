@@ -1,12 +1,16 @@
 """Prometheus metrics of the front service, served on BentoML's ``/metrics``.
 
 Created through ``bentoml.metrics`` (a thin layer over ``prometheus_client`` that
-BentoML wires for its multi-process server).
+BentoML wires for its multi-process server). :func:`count_requests` feeds the
+per-route request metrics from every route of the front app, errors included.
 """
 
 from __future__ import annotations
 
+import time
+
 import bentoml
+from fastapi import FastAPI, Request
 
 KEPT_RATIO = bentoml.metrics.Histogram(
     name="arr_coc_kept_ratio",
@@ -31,6 +35,17 @@ VISION_CACHE = bentoml.metrics.Counter(
     documentation="Answered post-stage requests whose vision-tower outputs came from the feature cache (hit) or not",
     labelnames=["result"],
 )
+REQUESTS = bentoml.metrics.Counter(
+    name="arr_coc_requests",
+    documentation="Requests by route (the route's template; 'other' for no route) and status code",
+    labelnames=["route", "status"],
+)
+RESPONSE_START = bentoml.metrics.Histogram(
+    name="arr_coc_response_start_seconds",
+    documentation="Seconds until the response starts, by route (for a stream: until its headers, after scoring)",
+    labelnames=["route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
 ERRORS = bentoml.metrics.Counter(
     name="arr_coc_errors",
     documentation="Failed requests by error kind",
@@ -41,3 +56,16 @@ ERRORS = bentoml.metrics.Counter(
 def observe_stages(timings_ms: dict[str, float]) -> None:
     for stage, ms in timings_ms.items():
         STAGE_LATENCY.labels(stage=stage).observe(ms / 1000.0)
+
+
+def count_requests(app: FastAPI) -> None:
+    """Count every request of ``app`` by route and status, and time it until its response starts."""
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "") or "other"
+        REQUESTS.labels(route=route, status=str(response.status_code)).inc()
+        RESPONSE_START.labels(route=route).observe(time.perf_counter() - started)
+        return response

@@ -1,0 +1,181 @@
+"""One request across the two runners: validate once, score, then answer or select; record the outcome.
+
+The front decodes and checks the image and the question once; the runners get the
+decoded pixels (:class:`runners.relevance.Pixels`), never an encoded image. The
+relevance runner scores (adaptive batches), the VLM runner prunes and answers with
+that relevance. Every outcome, success or failure, feeds ``/metrics`` and W&B.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import aiohttp
+import torch
+from PIL import Image
+
+from arr_coc.attending import FEATURE_METHODS, allocate
+from arr_coc.errors import ArrCocInputError
+from arr_coc.query import check_question
+from arr_coc.settings import Settings
+from arr_coc.variants import Variant, ad_hoc, get_variant
+from front import metrics
+from front.errors import describe
+from front.schemas import AnswerResponse, GenerationFields, ImageQuestion
+from front.uploads import decode_image_field
+from runners.relevance import Pixels, RunnerError, ScoreItem, ScoreOutput
+from runners.vlm import AnswerItem, AnswerOutput
+from training_hooks.service_tracking import Tracking, tracking_name
+
+
+class RunnerInputError(ArrCocInputError):
+    """An input error a runner found; carries the runner's kind."""
+
+    def __init__(self, error: RunnerError) -> None:
+        super().__init__(error.detail, field=error.field)
+        self._kind = error.kind
+
+    @property
+    def kind(self) -> str:
+        return self._kind
+
+
+def checked(output: ScoreOutput | AnswerOutput):
+    """``output``, or its runner's input error raised."""
+    if output.error is not None:
+        raise RunnerInputError(output.error)
+    return output
+
+
+def stage_timings(scored: ScoreOutput, output: AnswerOutput) -> dict[str, float]:
+    """Milliseconds by stage: ``relevance`` (relevance runner) then the VLM runner's
+    ``preprocess``, ``vision``, ``selection`` (allocation on the given relevance),
+    ``prefill``, ``decode``, ``total``."""
+    vlm = {("selection" if stage == "scoring" else stage): ms for stage, ms in output.timings_ms.items()}
+    return {**scored.timings_ms, **vlm}
+
+
+@dataclass
+class Job:
+    """A validated request on its way: its variant, decoded image and question, and when it began."""
+
+    variant: Variant | str
+    started: float = field(default_factory=time.perf_counter)
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    image: Image.Image | None = None
+    question: str = ""
+    scored: ScoreOutput | None = None
+
+    @property
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000.0
+
+
+class Pipeline:
+    """The front's side of the request path; holds the runner handles and the W&B tracking."""
+
+    def __init__(self, relevance_runner, vlm_runner, tracking: Tracking, settings: Settings) -> None:
+        self.relevance_runner = relevance_runner
+        self.vlm_runner = vlm_runner
+        self.tracking = tracking
+        self.settings = settings
+
+    def pick_variant(self, body: ImageQuestion) -> Variant:
+        """The request's variant: its method + budget (+ stage), else its named variant, else the default."""
+        base = get_variant(body.variant or self.settings.default_variant)
+        if body.method is None and body.budget is None and body.stage is None:
+            return base
+        budget = body.budget if body.budget is not None else base.budget
+        return ad_hoc(body.method or base.method, budget, body.stage or base.stage)
+
+    async def start(self, job: Job, body: ImageQuestion) -> Job:
+        """Check the variant and question, decode the image (in a thread: CPU work), and score it."""
+        job.variant = self.pick_variant(body)
+        job.question = check_question(body.question, self.settings.max_question_chars)
+        _, job.image = await asyncio.to_thread(decode_image_field, body.image, self.settings)
+        item = ScoreItem(pixels=Pixels.of(job.image), question=job.question)
+        job.scored = checked((await call_runner(self.relevance_runner.to_async.score, [item]))[0])
+        metrics.RUNNER_BATCH_SIZE.labels(runner="relevance").observe(job.scored.batch_size)
+        return job
+
+    def answer_item(self, job: Job, generation: GenerationFields) -> AnswerItem:
+        variant, scored = job.variant, job.scored
+        return AnswerItem(
+            pixels=Pixels.of(job.image), question=job.question, method=variant.method, budget=variant.budget,
+            stage=variant.stage, relevance=scored.relevance, grid=scored.grid,
+            **{name: getattr(generation, name) for name in GenerationFields.model_fields},
+        )  # fmt: skip
+
+    async def answer(self, job: Job, generation: GenerationFields) -> AnswerOutput:
+        item = self.answer_item(job, generation)
+        return checked((await call_runner(self.vlm_runner.to_async.answer, [item]))[0])
+
+    async def events(self, job: Job, generation: GenerationFields) -> AsyncIterator[dict]:
+        """The VLM runner's stream as events: ``{"delta": str}``, then ``{"done": AnswerOutput}``.
+
+        A runner's input error is raised as :class:`RunnerInputError`.
+        """
+        buffer = ""
+        async for piece in self.vlm_runner.to_async.stream(self.answer_item(job, generation)):
+            buffer += piece
+            *lines, buffer = buffer.split("\n")
+            for line in filter(None, lines):
+                event = json.loads(line)
+                if "error" in event:
+                    raise RunnerInputError(RunnerError.model_validate(event["error"]))
+                if "done" in event:
+                    event = {"done": AnswerOutput.model_validate(event["done"])}
+                yield event
+
+    async def kept(self, job: Job, seed: int) -> tuple[torch.Tensor, list[int]]:
+        """``relevance [H', W']`` and the kept indices; feature-based methods ask the VLM runner."""
+        scored, variant = job.scored, job.variant
+        relevance = torch.tensor(scored.relevance).reshape(scored.grid)
+        if variant.method not in FEATURE_METHODS:
+            return relevance, allocate(relevance[None], variant.budget, variant.method, seed)[0].tolist()
+        item = self.answer_item(job, GenerationFields())
+        return relevance, checked((await call_runner(self.vlm_runner.to_async.select, [item]))[0]).kept
+
+    def answered(self, job: Job, output: AnswerOutput) -> AnswerResponse:
+        """The response of an answered request, recorded in ``/metrics`` and W&B."""
+        variant, scored = job.variant, job.scored
+        metrics.RUNNER_BATCH_SIZE.labels(runner="vlm").observe(output.batch_size)
+        timings = stage_timings(scored, output)
+        metrics.observe_stages(timings)
+        kept_ratio = len(output.kept) / output.total_tokens
+        metrics.KEPT_RATIO.labels(variant=tracking_name(variant)).observe(kept_ratio)
+        cached = output.vision_cached if variant.stage == "post" else None
+        if cached is not None:
+            metrics.VISION_CACHE.labels(result="hit" if cached else "miss").inc()
+        self.tracking.record(variant, job.elapsed_ms, stages_ms=timings, vision_cached=cached,
+                             kept_ratio=kept_ratio, batch_sizes={"relevance": scored.batch_size, "vlm": output.batch_size},
+                             example=(job.image, scored, output, job.question))  # fmt: skip
+        return AnswerResponse(
+            answer=output.answer, variant=variant.name, kept_tokens=len(output.kept), total_tokens=output.total_tokens,
+            kept_ratio=kept_ratio, timings_ms=timings, finish_reason=output.finish_reason,
+            request_id=job.request_id,
+        )  # fmt: skip
+
+    def failed(self, job: Job, error: Exception) -> None:
+        """Count a failed request by its error kind, in ``/metrics`` and W&B."""
+        kind = describe(error)[1]
+        metrics.ERRORS.labels(kind=kind).inc()
+        self.tracking.record(job.variant, job.elapsed_ms, error_kind=kind)
+
+
+async def call_runner(method, items: list):
+    """``await runner.to_async.method(items)``, retried once when the connection breaks.
+
+    Runner servers close idle keep-alive connections after 5 s while the client may
+    still pick one from its pool (disconnected, or reset by peer). Runner calls are
+    pure functions of their items, so one retry is safe.
+    """
+    try:
+        return await method(items)
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+        return await method(items)

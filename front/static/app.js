@@ -1,0 +1,190 @@
+// ARR-COC web page: choose an image, ask a question, stream the answer from
+// /answer_stream and show the relevance heatmap from /relevance side by side.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const KEY_STORAGE = "arr-coc-api-key";
+const DEFAULT_VARIANT = "arr-coc-25";
+let image = null; // the chosen File (or pasted Blob)
+
+// An HTTP failure as {status, error, field, detail}, whatever the body is.
+class ApiError extends Error {
+  constructor(status, body) {
+    super(body.detail || body.error || `HTTP ${status}`);
+    Object.assign(this, { status, kind: body.error || "error", field: body.field || null, detail: body.detail || "" });
+  }
+}
+
+async function failure(response) {
+  const text = await response.text();
+  let body;
+  try { body = JSON.parse(text); } catch { body = { error: response.statusText || "error", detail: text.slice(0, 300) }; }
+  if (typeof body.error === "object" && body.error) body = { error: body.error.code || body.error.type, detail: body.error.message };
+  return new ApiError(response.status, body);
+}
+
+function headers() {
+  const key = $("api-key").value.trim();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+// --- errors ---------------------------------------------------------------
+function clearError() { $("error").hidden = true; $("error").replaceChildren(); }
+
+function showError(error, where) {
+  const line = document.createElement("p");
+  const key = error instanceof ApiError ? `${error.status} ${error.kind}` : String(error.message);
+  if ([...$("error").children].some((p) => p.dataset.key === key)) return; // both routes refused alike
+  line.dataset.key = key;
+  if (error instanceof ApiError) {
+    const field = error.field ? ` (field: ${error.field})` : "";
+    line.textContent = `${where}: ${error.status} ${error.kind}${field}: ${error.detail}`;
+  } else {
+    line.textContent = `${where}: ${error.message || error}`;
+  }
+  $("error").append(line);
+  $("error").hidden = false;
+}
+
+// --- the image: file input, drop, paste ---------------------------------------
+function setImage(file) {
+  if (!file || !file.type.startsWith("image/")) { clearError(); showError(new Error("that is not an image file"), "image"); return; }
+  image = file;
+  const preview = $("preview");
+  if (preview.src.startsWith("blob:")) URL.revokeObjectURL(preview.src);
+  preview.src = URL.createObjectURL(file);
+  preview.hidden = false;
+  $("preview-caption").textContent = `${file.name || "pasted image"} (${file.size < 10240 ? `${file.size} bytes` : `${Math.round(file.size / 1024)} KiB`})`;
+}
+
+$("image-input").addEventListener("change", (e) => setImage(e.target.files[0]));
+document.addEventListener("dragover", (e) => { e.preventDefault(); $("drop-zone").classList.add("over"); });
+document.addEventListener("dragleave", () => $("drop-zone").classList.remove("over"));
+document.addEventListener("drop", (e) => {
+  e.preventDefault(); // keep the browser from opening the file
+  $("drop-zone").classList.remove("over");
+  if (e.dataTransfer.files.length) setImage(e.dataTransfer.files[0]);
+});
+document.addEventListener("paste", (e) => {
+  const item = [...(e.clipboardData?.items || [])].find((i) => i.kind === "file" && i.type.startsWith("image/"));
+  if (item) { e.preventDefault(); setImage(item.getAsFile()); }
+});
+
+// --- the API key, kept for this tab only ----------------------------------------
+$("api-key").value = sessionStorage.getItem(KEY_STORAGE) || "";
+$("api-key").addEventListener("change", () => {
+  const key = $("api-key").value.trim();
+  key ? sessionStorage.setItem(KEY_STORAGE, key) : sessionStorage.removeItem(KEY_STORAGE);
+  loadVariants();
+});
+
+// --- variants from /v1/models ------------------------------------------------
+async function loadVariants() {
+  try {
+    const response = await fetch("/v1/models", { headers: headers() });
+    if (!response.ok) throw await failure(response);
+    const ids = (await response.json()).data.map((model) => model.id);
+    const current = $("variant").value;
+    $("variant").replaceChildren(...ids.map((id) => new Option(id, id)));
+    $("variant").value = ids.includes(current) ? current : ids.includes(DEFAULT_VARIANT) ? DEFAULT_VARIANT : ids[0];
+  } catch (error) {
+    showError(error, "loading the variants");
+  }
+}
+
+// --- asking -----------------------------------------------------------------
+function form(extra = {}) {
+  const data = new FormData();
+  data.append("image", image, image.name || "pasted.png");
+  data.append("question", $("question").value.trim());
+  if ($("variant").value) data.append("variant", $("variant").value);
+  if ($("budget").value.trim()) data.append("budget", $("budget").value.trim());
+  for (const [name, value] of Object.entries(extra)) data.append(name, value);
+  return data;
+}
+
+// One server-sent event block -> {event, data}.
+function parseEvent(block) {
+  let event = "message";
+  const data = [];
+  for (const line of block.split(/\r?\n/)) {
+    if (line.startsWith("event:")) event = line.slice(6).trim();
+    else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+  }
+  return { event, data: data.length ? JSON.parse(data.join("\n")) : null };
+}
+
+async function streamAnswer() {
+  const response = await fetch("/answer_stream", { method: "POST", body: form({ max_new_tokens: 32 }), headers: headers() });
+  if (!response.ok) throw await failure(response);
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    buffer += decoder.decode(value, { stream: !done });
+    const blocks = buffer.split(/\r?\n\r?\n/);
+    buffer = blocks.pop(); // an incomplete event waits for the next chunk
+    for (const block of blocks) {
+      if (!block.trim()) continue;
+      const { event, data } = parseEvent(block);
+      if (event === "error") throw new ApiError(`${response.status} (in stream)`, data);
+      if (event === "done") return showDone(data);
+      if (data && typeof data.delta === "string") $("answer").textContent += data.delta;
+    }
+    if (done) throw new Error("the stream ended before the answer was done");
+  }
+}
+
+function showDone(result) {
+  const ratio = (100 * result.kept_ratio).toFixed(1);
+  $("kept").textContent = `${result.variant}: kept ${result.kept_tokens} / ${result.total_tokens} visual tokens (${ratio}%)` +
+    (result.finish_reason ? `, stopped by ${result.finish_reason}` : "");
+  const rows = Object.entries(result.timings_ms).map(([stage, ms]) => {
+    const row = document.createElement("tr");
+    row.innerHTML = "<td></td><td class=ms></td>";
+    row.cells[0].textContent = stage;
+    row.cells[1].textContent = ms.toFixed(1);
+    return row;
+  });
+  $("timings").tBodies[0].replaceChildren(...rows);
+  $("timings").hidden = false;
+}
+
+async function loadRelevance() {
+  const response = await fetch("/relevance", { method: "POST", body: form(), headers: headers() });
+  if (!response.ok) throw await failure(response);
+  const result = await response.json();
+  $("heatmap").src = `data:image/png;base64,${result.heatmap_png}`;
+  $("heatmap").hidden = false;
+  $("heatmap-caption").textContent =
+    `${result.variant}: ${result.kept_tokens} of ${result.total_tokens} tokens kept (grid ${result.grid.join(" × ")}), outlined in cyan`;
+}
+
+function reset() {
+  clearError();
+  $("answer").textContent = "";
+  $("kept").textContent = "";
+  $("timings").hidden = true;
+  $("heatmap").hidden = true;
+  $("heatmap").removeAttribute("src");
+  $("heatmap-caption").textContent = "Scoring…";
+}
+
+$("ask-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  reset();
+  if (!image) return showError(new Error("choose an image first (drop, paste or pick a file)"), "image");
+  if (!$("question").value.trim()) return showError(new Error("type a question first"), "question");
+  $("ask").disabled = true;
+  $("answer").classList.add("streaming");
+  const caught = (where) => (error) => showError(error, where);
+  await Promise.all([
+    streamAnswer().catch(caught("answer")),
+    loadRelevance().catch((error) => { $("heatmap-caption").textContent = "No heatmap."; showError(error, "heatmap"); }),
+  ]);
+  $("answer").classList.remove("streaming");
+  $("ask").disabled = false;
+});
+
+loadVariants();

@@ -1,0 +1,131 @@
+"""Request bodies in: JSON or a multipart form, capped in size, into the route's request model.
+
+``curl -F image=@photo.jpg -F question=...`` and a JSON body with the image in base64
+(or a ``data:image/...;base64,`` URI) give the same model, the same validation and the
+same error body. The body is read with a cap (413 past it, before anything is parsed);
+the image is decoded and validated once, here, and nothing is ever fetched from a URL.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from typing import TypeVar
+
+from PIL import Image
+from pydantic import BaseModel
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from arr_coc.errors import ImageTooLargeError, InvalidImageError
+from arr_coc.images import load_image
+from arr_coc.settings import Settings
+from front.errors import RequestError
+
+Model = TypeVar("Model", bound=BaseModel)
+TEXT_FIELDS = {"image", "question", "variant", "method", "stage"}
+LIST_FIELDS = {"stop"}
+
+_DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w-]+=[\w.-]+)*;base64,", re.IGNORECASE)
+
+
+def decode_image_field(text: str, settings: Settings) -> tuple[bytes, Image.Image]:
+    """Decode and fully validate the ``image`` field; typed errors name the field and limit."""
+    text = text.strip()
+    match = _DATA_URI.match(text)
+    if match:
+        mime = (match.group("mime") or "").lower()
+        if mime and not mime.startswith("image/"):
+            raise InvalidImageError(f"data URI of type {mime} is not an image", field="image")
+        text = text[match.end() :]
+    elif text.startswith("data:"):
+        raise InvalidImageError("only base64 data URIs are accepted (data:image/...;base64,...)", field="image")
+    if len(text) * 3 // 4 > settings.max_image_bytes + 3:
+        raise ImageTooLargeError(f"more than the limit of {settings.max_image_bytes} bytes", field="image")
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise InvalidImageError(f"not valid base64 ({error})", field="image") from error
+    image = load_image(data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    return data, image
+
+
+def body_limit(settings: Settings) -> int:
+    """Largest accepted request body in bytes: the largest image in base64 plus room for the other fields."""
+    return (settings.max_image_bytes * 4) // 3 + 4 * settings.max_question_chars + 64 * 1024
+
+
+async def read_limited(request: Request, max_bytes: int) -> bytes:
+    """The whole body, refused with 413 once it passes ``max_bytes`` (by its header, or as it streams in)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise RequestError("request_too_large", f"the body of {declared} bytes is over the limit of {max_bytes}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise RequestError("request_too_large", f"the body is over the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _form_value(name: str, raw: str):
+    """A form field as its JSON value: numbers and booleans parsed, text fields kept as text."""
+    if name in TEXT_FIELDS:
+        return raw
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+async def _form_fields(request: Request, body: bytes) -> dict:
+    async def replay():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    try:
+        form = await Request(request.scope, replay).form(max_part_size=len(body) + 1)
+    except Exception as error:  # python-multipart's own errors: a form that does not parse
+        raise RequestError("malformed_form", f"cannot read the multipart form: {error}") from error
+    fields: dict = {}
+    for name, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            value = base64.b64encode(await value.read()).decode()
+        else:
+            value = _form_value(name, value)
+        if name in LIST_FIELDS:
+            fields.setdefault(name, []).append(value)
+        else:
+            fields[name] = value
+    return fields
+
+
+async def read_request(request: Request, model: type[Model], max_bytes: int, forms: bool = True) -> Model:
+    """The body of ``request`` (JSON, or ``multipart/form-data`` when ``forms``) validated as ``model``.
+
+    Raises :class:`RequestError` (413 too large, 415 another media type, 400 a broken
+    form) or pydantic's ``ValidationError`` (400 malformed JSON, 422 a bad field).
+    """
+    media_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    accepted = ("application/json", "multipart/form-data") if forms else ("application/json",)
+    if media_type not in accepted:
+        raise RequestError("unsupported_media_type", f"send {' or '.join(accepted)}, not {media_type}")
+    body = await read_limited(request, max_bytes)
+    if media_type == "multipart/form-data":
+        return model.model_validate(await _form_fields(request, body))
+    return model.model_validate_json(body)
+
+
+def request_body_openapi(model: type[BaseModel], forms: bool = True) -> dict:
+    """``openapi_extra`` documenting a body of ``model`` as JSON (and as a form with the image as a file)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    if not forms:
+        return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+    form = {**schema, "properties": {**schema["properties"], "image": {"type": "string", "format": "binary",
+                                                                         "description": "the image file"}}}  # fmt: skip
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": schema},
+        "multipart/form-data": {"schema": form},
+    }}}  # fmt: skip
