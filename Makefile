@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: setup run relevance test bench clean
+.PHONY: setup browser run relevance test bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
+# Debian's Chromium and ChromeDriver, for the web page's browser test (tests/test_web_page.py).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null)
+
 # The main job: the ARR-COC service on the embedded testbed model (http://localhost:3000).
 run: setup
 	$(BIN)/bentoml serve service:ARRCOC --host 127.0.0.1
@@ -24,7 +29,7 @@ run: setup
 relevance: setup
 	$(BIN)/arr-coc relevance
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup

@@ -27,7 +27,7 @@ from starlette.responses import FileResponse, JSONResponse, StreamingResponse
 from arr_coc.heatmap import heatmap_png
 from arr_coc.settings import get_settings
 from arr_coc.variants import get_variant
-from front import auth, errors, metrics, openai_chat, openapi, pages, streams
+from front import admission, auth, errors, metrics, openai_chat, openapi, pages, streams
 from front.pipeline import Job, Pipeline
 from front.schemas import AnswerRequestBody, AnswerResponse, RelevanceRequestBody, RelevanceResponse
 from front.uploads import body_limit, read_request, request_body_openapi
@@ -41,7 +41,8 @@ LIMIT = body_limit(settings)
 app = FastAPI(title="ARR-COC", version=version("arr-coc"), description=__doc__, openapi_url="/docs.json",
               docs_url=None, redoc_url=None, responses=openapi.ERROR_RESPONSES)  # fmt: skip
 errors.install(app)
-metrics.count_requests(app)
+admission.admit(app, settings.max_concurrency)
+metrics.count_requests(app)  # outermost: counts the 429s too
 app.openapi = openapi.document(app)
 
 

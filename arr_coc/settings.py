@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     max_question_chars: int = Field(2000, gt=0, description="longest accepted question, in characters")
     max_new_tokens_limit: int = Field(512, gt=0, description="largest max_new_tokens a request may ask for")
     default_max_new_tokens: int = Field(32, gt=0, description="max_new_tokens when a request names none")
+    max_concurrency: int = Field(32, ge=1, description="model requests in flight per front worker; more get 429")
+    stream_idle_timeout_s: float = Field(60.0, gt=0, description="longest wait for a stream's next event, in seconds")
 
     # Runners: adaptive batching, workers, resources
     # BentoML rejects (503) a request it expects to exceed max_latency_ms, so these are

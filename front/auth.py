@@ -1,4 +1,7 @@
-"""API keys: ``Authorization: Bearer <key>`` on every route but the probes and ``/metrics``.
+"""API keys: ``Authorization: Bearer <key>`` on every route but the probes, ``/metrics`` and the web page.
+
+The page (``/`` and its ``/static/`` files) holds no data and is open, so a browser
+can load it; the page then sends the key a person types with every API call.
 
 ``ARR_COC_API_KEY`` holds one key or several, comma-separated; empty means no
 access control (the default, for local development). A request without a valid
@@ -13,7 +16,8 @@ from __future__ import annotations
 import hmac
 import json
 
-OPEN_PATHS = ("/livez", "/readyz", "/metrics")
+OPEN_PATHS = ("/livez", "/readyz", "/metrics", "/")
+OPEN_PREFIXES = ("/static/",)
 
 
 def parse_keys(value: str) -> tuple[bytes, ...]:
@@ -47,7 +51,7 @@ class BearerAuth:
         self.open_paths = open_paths
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open_paths:
+        if scope["type"] != "http" or scope["path"] in self.open_paths or scope["path"].startswith(OPEN_PREFIXES):
             await self.app(scope, receive, send)
             return
         header = dict(scope.get("headers") or []).get(b"authorization")

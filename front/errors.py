@@ -15,6 +15,7 @@ logged as one line; only failures of the service itself get a traceback.
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,7 +29,9 @@ from arr_coc import errors
 logger = logging.getLogger("arr_coc.service")
 
 _STATUS_BY_KIND = {"image_too_large": 413, "invalid_image": 400, "request_too_large": 413,
-                   "malformed_json": 400, "malformed_form": 400, "unsupported_media_type": 415}  # fmt: skip
+                   "malformed_json": 400, "malformed_form": 400, "unsupported_media_type": 415, "overloaded": 429,
+                   "draining": 503}  # fmt: skip
+_OBJECT_REPR = re.compile(r"\s*<[^<>]*\bat 0x[0-9a-fA-F]+>")
 _KIND_BY_STATUS = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 415: "unsupported_media_type"}
 
 
@@ -68,7 +71,12 @@ def body_for(path: str, status: int, kind: str, detail: str, field: str | None) 
 
 
 def describe(error: Exception) -> tuple[int, str, str, str | None]:
-    """``(status, kind, detail, field)`` of any exception raised while serving a request."""
+    """``(status, kind, detail, field)`` of any exception raised while serving a request (no object reprs)."""
+    status, kind, detail, field = _describe(error)
+    return status, kind, _OBJECT_REPR.sub("", detail), field
+
+
+def _describe(error: Exception) -> tuple[int, str, str, str | None]:
     if isinstance(error, errors.ArrCocInputError):
         return status_for_kind(error.kind), error.kind, error.detail, error.field
     if isinstance(error, (ValidationError, RequestValidationError)):

@@ -15,6 +15,7 @@ ERROR_RESPONSES = {
     413: {"model": ErrorBody, "description": "the body, or the image once decoded, is over its limit"},
     415: {"model": ErrorBody, "description": "a media type other than JSON (or a multipart form)"},
     422: {"model": ErrorBody, "description": "a field out of range: budget, variant, method, stage, question, ..."},
+    429: {"model": ErrorBody, "description": "overloaded: too many requests in flight; retry after Retry-After s"},
     503: {"model": ErrorBody, "description": "a model runner failed or is unreachable; the server keeps serving"},
 }
 EVENT_STREAM = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from arr_coc.attending import FEATURE_METHODS, allocate
-from arr_coc.errors import ArrCocInputError
+from arr_coc.errors import ArrCocInputError, InvalidBudgetError
 from arr_coc.query import check_question
 from arr_coc.settings import Settings
 from arr_coc.variants import Variant, ad_hoc, get_variant
@@ -90,8 +90,11 @@ class Pipeline:
         base = get_variant(body.variant or self.settings.default_variant)
         if body.method is None and body.budget is None and body.stage is None:
             return base
-        budget = body.budget if body.budget is not None else base.budget
-        return ad_hoc(body.method or base.method, budget, body.stage or base.stage)
+        method = body.method or base.method
+        if method == "none" and body.budget is not None:
+            raise InvalidBudgetError("the method 'none' keeps every token; name another method to use a budget",
+                                     field="budget")  # fmt: skip
+        return ad_hoc(method, body.budget if body.budget is not None else base.budget, body.stage or base.stage)
 
     async def start(self, job: Job, body: ImageQuestion) -> Job:
         """Check the variant and question, decode the image (in a thread: CPU work), and score it."""
@@ -118,19 +121,23 @@ class Pipeline:
     async def events(self, job: Job, generation: GenerationFields) -> AsyncIterator[dict]:
         """The VLM runner's stream as events: ``{"delta": str}``, then ``{"done": AnswerOutput}``.
 
-        A runner's input error is raised as :class:`RunnerInputError`.
+        A stream whose connection breaks before its first event is opened again; once
+        an event has been passed on, the break ends it (no text is sent twice). Each
+        event must come within ``stream_idle_timeout_s`` (else ``TimeoutError``). A
+        runner's input error is raised as :class:`RunnerInputError`.
         """
-        buffer = ""
-        async for piece in self.vlm_runner.to_async.stream(self.answer_item(job, generation)):
-            buffer += piece
-            *lines, buffer = buffer.split("\n")
-            for line in filter(None, lines):
-                event = json.loads(line)
-                if "error" in event:
-                    raise RunnerInputError(RunnerError.model_validate(event["error"]))
-                if "done" in event:
-                    event = {"done": AnswerOutput.model_validate(event["done"])}
-                yield event
+        item = self.answer_item(job, generation)
+        for attempt in range(RETRIES + 1):
+            passed_on = False
+            try:
+                async for event in _stream_events(self.vlm_runner.to_async.stream(item),
+                                                  self.settings.stream_idle_timeout_s):  # fmt: skip
+                    passed_on = True
+                    yield event
+                return
+            except Exception as error:
+                if passed_on or attempt == RETRIES or not is_connection_failure(error):
+                    raise
 
     async def kept(self, job: Job, seed: int) -> tuple[torch.Tensor, list[int]]:
         """``relevance [H', W']`` and the kept indices; feature-based methods ask the VLM runner."""
@@ -168,14 +175,52 @@ class Pipeline:
         self.tracking.record(job.variant, job.elapsed_ms, error_kind=kind)
 
 
-async def call_runner(method, items: list):
-    """``await runner.to_async.method(items)``, retried once when the connection breaks.
+RETRIES = 2
 
-    Runner servers close idle keep-alive connections after 5 s while the client may
-    still pick one from its pool (disconnected, or reset by peer). Runner calls are
-    pure functions of their items, so one retry is safe.
+
+def is_connection_failure(error: BaseException) -> bool:
+    """Whether ``error`` is the connection to a runner breaking, not the runner answering.
+
+    BentoML replaces its client session every 100 requests or 300 s and closes the
+    old one under requests still in flight; runner servers also close idle
+    keep-alive connections that the client may still pick from its pool.
     """
+    if isinstance(error, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
+        return True
+    return isinstance(error, RuntimeError) and "closed" in str(error).lower()
+
+
+async def call_runner(method, items: list):
+    """``await method(items)``, tried again (up to :data:`RETRIES` times) when the connection breaks.
+
+    Runner calls are pure functions of their items, so a retry is safe.
+    """
+    for attempt in range(RETRIES + 1):
+        try:
+            return await method(items)
+        except Exception as error:
+            if attempt == RETRIES or not is_connection_failure(error):
+                raise
+
+
+async def _stream_events(stream, idle_timeout_s: float) -> AsyncIterator[dict]:
+    """JSON-lines pieces of a runner stream -> events, each within ``idle_timeout_s`` of the last."""
+    pieces, buffer = stream.__aiter__(), ""
     try:
-        return await method(items)
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-        return await method(items)
+        while True:
+            try:
+                piece = await asyncio.wait_for(pieces.__anext__(), idle_timeout_s)
+            except StopAsyncIteration:
+                return
+            buffer += piece
+            *lines, buffer = buffer.split("\n")
+            for line in filter(None, lines):
+                event = json.loads(line)
+                if "error" in event:
+                    raise RunnerInputError(RunnerError.model_validate(event["error"]))
+                if "done" in event:
+                    event = {"done": AnswerOutput.model_validate(event["done"])}
+                yield event
+    finally:
+        if hasattr(pieces, "aclose"):
+            await pieces.aclose()

@@ -57,16 +57,21 @@ def body_limit(settings: Settings) -> int:
     return (settings.max_image_bytes * 4) // 3 + 4 * settings.max_question_chars + 64 * 1024
 
 
+def _too_large(size: str, max_bytes: int) -> RequestError:
+    return RequestError("request_too_large", f"the body{size} is over the limit of {max_bytes} bytes: the largest "
+                        "accepted image, base64-encoded, plus the other fields")  # fmt: skip
+
+
 async def read_limited(request: Request, max_bytes: int) -> bytes:
     """The whole body, refused with 413 once it passes ``max_bytes`` (by its header, or as it streams in)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
-        raise RequestError("request_too_large", f"the body of {declared} bytes is over the limit of {max_bytes}")
+        raise _too_large(f" of {declared} bytes", max_bytes)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > max_bytes:
-            raise RequestError("request_too_large", f"the body is over the limit of {max_bytes} bytes")
+            raise _too_large("", max_bytes)
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -41,8 +41,8 @@ def test_keys_and_headers():
     assert not authorized(b"Bearer anything", ())
 
 
-@pytest.mark.parametrize("path", ["/answer", "/relevance", "/docs.json", "/", "/v1/chat/completions"])
-def test_every_route_but_the_probes_needs_a_key(path):
+@pytest.mark.parametrize("path", ["/answer", "/relevance", "/docs.json", "/v1/chat/completions", "/static"])
+def test_every_route_but_the_probes_metrics_and_page_needs_a_key(path):
     refused = call(path)
     assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
     body = refused.json()
@@ -54,8 +54,8 @@ def test_every_route_but_the_probes_needs_a_key(path):
     assert call(path, "Bearer beta-key").text == "ok"
 
 
-@pytest.mark.parametrize("path", ["/livez", "/readyz", "/metrics"])
-def test_probes_and_metrics_stay_open(path):
+@pytest.mark.parametrize("path", ["/livez", "/readyz", "/metrics", "/", "/static/app.js"])
+def test_probes_metrics_and_the_page_stay_open(path):
     assert call(path).text == "ok"
 
 

@@ -82,3 +82,13 @@ def test_validation_errors_name_the_top_level_field():
     with pytest.raises(ValidationError) as caught:
         AnswerRequestBody.model_validate_json(b'{"image": "abc"')
     assert error_response("/answer", caught.value).status_code == 400
+
+
+def test_error_details_carry_no_object_addresses():
+    from PIL import UnidentifiedImageError
+
+    from arr_coc.errors import InvalidImageError
+
+    error = InvalidImageError(f"not a decodable image ({UnidentifiedImageError('cannot identify image file <_io.BytesIO object at 0x7f3a2c1b9e40>')})", field="image")
+    body = json.loads(error_response("/answer", error).body)
+    assert "0x" not in body["detail"] and body["detail"].startswith("not a decodable image (cannot identify image file")

@@ -272,6 +272,7 @@ BAD_INPUTS = [
     ("budget-zero", body(budget=0), 422, "invalid_budget", "budget"),
     ("budget-ratio-above-one", body(budget=1.5), 422, "invalid_budget", "budget"),
     ("budget-negative", body(budget=-3), 422, "invalid_budget", "budget"),
+    ("budget-on-full", body(variant="full", budget=10), 422, "invalid_budget", "budget"),
     ("unknown-variant", body(variant="best-ever"), 422, "unknown_variant", "variant"),
     ("unknown-method", body(method="magic"), 422, "unknown_method", "method"),
     ("huge-variant-name", body(variant="v" * 100_000), 422, "validation_error", "variant"),

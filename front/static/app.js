@@ -7,7 +7,7 @@ const KEY_STORAGE = "arr-coc-api-key";
 const DEFAULT_VARIANT = "arr-coc-25";
 let image = null; // the chosen File (or pasted Blob)
 
-// An HTTP failure as {status, error, field, detail}, whatever the body is.
+// A refused request: {status, kind, field, detail} from the service's error body.
 class ApiError extends Error {
   constructor(status, body) {
     super(body.detail || body.error || `HTTP ${status}`);
@@ -18,8 +18,14 @@ class ApiError extends Error {
 async function failure(response) {
   const text = await response.text();
   let body;
-  try { body = JSON.parse(text); } catch { body = { error: response.statusText || "error", detail: text.slice(0, 300) }; }
-  if (typeof body.error === "object" && body.error) body = { error: body.error.code || body.error.type, detail: body.error.message };
+  try {
+    body = JSON.parse(text);
+  } catch {
+    body = { error: response.statusText || "error", detail: text.slice(0, 300) };
+  }
+  if (body.error && typeof body.error === "object") { // OpenAI's shape, from /v1/...
+    body = { error: body.error.code || body.error.type, detail: body.error.message };
+  }
   return new ApiError(response.status, body);
 }
 
@@ -48,13 +54,17 @@ function showError(error, where) {
 
 // --- the image: file input, drop, paste ---------------------------------------
 function setImage(file) {
-  if (!file || !file.type.startsWith("image/")) { clearError(); showError(new Error("that is not an image file"), "image"); return; }
+  if (!file || !file.type.startsWith("image/")) {
+    clearError();
+    return showError(new Error("that is not an image file"), "image");
+  }
   image = file;
   const preview = $("preview");
   if (preview.src.startsWith("blob:")) URL.revokeObjectURL(preview.src);
   preview.src = URL.createObjectURL(file);
   preview.hidden = false;
-  $("preview-caption").textContent = `${file.name || "pasted image"} (${file.size < 10240 ? `${file.size} bytes` : `${Math.round(file.size / 1024)} KiB`})`;
+  const size = file.size < 10240 ? `${file.size} bytes` : `${Math.round(file.size / 1024)} KiB`;
+  $("preview-caption").textContent = `${file.name || "pasted image"} (${size})`;
 }
 
 $("image-input").addEventListener("change", (e) => setImage(e.target.files[0]));
@@ -80,6 +90,7 @@ $("api-key").addEventListener("change", () => {
 
 // --- variants from /v1/models ------------------------------------------------
 async function loadVariants() {
+  clearError();
   try {
     const response = await fetch("/v1/models", { headers: headers() });
     if (!response.ok) throw await failure(response);
@@ -115,7 +126,8 @@ function parseEvent(block) {
 }
 
 async function streamAnswer() {
-  const response = await fetch("/answer_stream", { method: "POST", body: form({ max_new_tokens: 32 }), headers: headers() });
+  const body = form({ max_new_tokens: 32 });
+  const response = await fetch("/answer_stream", { method: "POST", body, headers: headers() });
   if (!response.ok) throw await failure(response);
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
@@ -128,7 +140,7 @@ async function streamAnswer() {
     for (const block of blocks) {
       if (!block.trim()) continue;
       const { event, data } = parseEvent(block);
-      if (event === "error") throw new ApiError(`${response.status} (in stream)`, data);
+      if (event === "error") throw new ApiError("mid-stream", data); // the status was 200 already
       if (event === "done") return showDone(data);
       if (data && typeof data.delta === "string") $("answer").textContent += data.delta;
     }
@@ -138,8 +150,9 @@ async function streamAnswer() {
 
 function showDone(result) {
   const ratio = (100 * result.kept_ratio).toFixed(1);
-  $("kept").textContent = `${result.variant}: kept ${result.kept_tokens} / ${result.total_tokens} visual tokens (${ratio}%)` +
-    (result.finish_reason ? `, stopped by ${result.finish_reason}` : "");
+  const kept = `kept ${result.kept_tokens} / ${result.total_tokens} visual tokens (${ratio}%)`;
+  const reason = result.finish_reason ? `, stopped by ${result.finish_reason}` : "";
+  $("kept").textContent = `${result.variant}: ${kept}${reason}`;
   const rows = Object.entries(result.timings_ms).map(([stage, ms]) => {
     const row = document.createElement("tr");
     row.innerHTML = "<td></td><td class=ms></td>";
@@ -157,8 +170,9 @@ async function loadRelevance() {
   const result = await response.json();
   $("heatmap").src = `data:image/png;base64,${result.heatmap_png}`;
   $("heatmap").hidden = false;
+  const grid = result.grid.join(" × ");
   $("heatmap-caption").textContent =
-    `${result.variant}: ${result.kept_tokens} of ${result.total_tokens} tokens kept (grid ${result.grid.join(" × ")}), outlined in cyan`;
+    `${result.variant}: ${result.kept_tokens} of ${result.total_tokens} tokens kept (grid ${grid}), outlined in cyan`;
 }
 
 function reset() {
@@ -178,10 +192,12 @@ $("ask-form").addEventListener("submit", async (e) => {
   if (!$("question").value.trim()) return showError(new Error("type a question first"), "question");
   $("ask").disabled = true;
   $("answer").classList.add("streaming");
-  const caught = (where) => (error) => showError(error, where);
   await Promise.all([
-    streamAnswer().catch(caught("answer")),
-    loadRelevance().catch((error) => { $("heatmap-caption").textContent = "No heatmap."; showError(error, "heatmap"); }),
+    streamAnswer().catch((error) => showError(error, "answer")),
+    loadRelevance().catch((error) => {
+      $("heatmap-caption").textContent = "No heatmap.";
+      showError(error, "heatmap");
+    }),
   ]);
   $("answer").classList.remove("streaming");
   $("ask").disabled = false;

@@ -1,0 +1,124 @@
+"""The front's request path with stand-in runners: retries, stream recovery, idle timeouts, validation first."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from types import SimpleNamespace
+
+import aiohttp
+import pytest
+
+from arr_coc.errors import InvalidImageError
+from arr_coc.settings import Settings
+from front.pipeline import RETRIES, Job, Pipeline, call_runner
+from front.schemas import AnswerRequestBody
+from runners.relevance import ScoreOutput
+from serving import b64_png
+from drawing import scene
+
+DONE = {"answer": "red", "kept": [0, 1], "total_tokens": 4, "grid": [2, 2], "finish_reason": "eos"}
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+class Flaky:
+    """A runner method that fails with ``errors`` in turn, then answers ``result``."""
+
+    def __init__(self, *errors: BaseException, result=("ok",)) -> None:
+        self.errors, self.result, self.calls = list(errors), result, 0
+
+    async def __call__(self, items):
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return list(self.result)
+
+
+def test_unary_calls_retry_connection_failures_only():
+    broken = Flaky(aiohttp.ServerDisconnectedError(), aiohttp.ClientConnectionError("Connector is closed."))
+    assert run(call_runner(broken, [1])) == ["ok"] and broken.calls == 3
+    hopeless = Flaky(*[aiohttp.ClientOSError()] * (RETRIES + 1))
+    with pytest.raises(aiohttp.ClientOSError):
+        run(call_runner(hopeless, [1]))
+    assert hopeless.calls == RETRIES + 1
+    wrong = Flaky(ValueError("a bug, not a connection"))
+    with pytest.raises(ValueError):
+        run(call_runner(wrong, [1]))
+    assert wrong.calls == 1
+
+
+def streaming_runner(*scripts):
+    """A VLM runner whose n-th ``stream`` call plays ``scripts[n]``: strings are sent, exceptions raised, floats slept."""
+    calls = []
+
+    async def stream(item):
+        script = scripts[len(calls)]
+        calls.append(item)
+        for step in script:
+            if isinstance(step, BaseException):
+                raise step
+            if isinstance(step, float):
+                await asyncio.sleep(step)
+                continue
+            yield step
+
+    return SimpleNamespace(to_async=SimpleNamespace(stream=stream)), calls
+
+
+def delta(text: str) -> str:
+    return json.dumps({"delta": text}) + "\n"
+
+
+def pipeline_with(vlm_runner, idle_timeout_s: float = 5.0) -> tuple[Pipeline, Job]:
+    pipeline = Pipeline(None, vlm_runner, tracking=None, settings=Settings(stream_idle_timeout_s=idle_timeout_s))
+    job = Job(pipeline.pick_variant(AnswerRequestBody(image="x", question="q")))
+    job.image, job.question = scene(64, 64), "q"
+    job.scored = ScoreOutput(grid=(2, 2), relevance=[0.1, 0.2, 0.3, 0.4])
+    return pipeline, job
+
+
+async def collect(pipeline: Pipeline, job: Job) -> list[dict]:
+    return [event async for event in pipeline.events(job, AnswerRequestBody(image="x", question="q"))]
+
+
+def test_a_stream_that_broke_before_its_first_event_is_reopened_once_whole():
+    done = json.dumps({"done": DONE}) + "\n"
+    runner, calls = streaming_runner([aiohttp.ServerDisconnectedError()], [delta("re"), delta("d"), done])
+    pipeline, job = pipeline_with(runner)
+    events = run(collect(pipeline, job))
+    assert [e.get("delta") for e in events[:2]] == ["re", "d"] and events[2]["done"].answer == "red"
+    assert len(calls) == 2
+
+
+def test_a_stream_that_broke_after_sending_text_ends_with_the_error_and_no_repeat():
+    runner, calls = streaming_runner([delta("re"), aiohttp.ClientPayloadError("cut")], [delta("red")])
+    pipeline, job = pipeline_with(runner)
+    seen = []
+
+    async def consume():
+        async for event in pipeline.events(job, AnswerRequestBody(image="x", question="q")):
+            seen.append(event)
+
+    with pytest.raises(aiohttp.ClientPayloadError):
+        run(consume())
+    assert seen == [{"delta": "re"}] and len(calls) == 1
+
+
+def test_a_silent_stream_times_out_instead_of_stalling():
+    runner, _ = streaming_runner([delta("re"), 30.0, delta("d")])
+    pipeline, job = pipeline_with(runner, idle_timeout_s=0.05)
+    with pytest.raises(TimeoutError):
+        run(collect(pipeline, job))
+
+
+def test_bad_input_is_refused_before_any_runner_is_called():
+    score = Flaky()
+    relevance_runner = SimpleNamespace(to_async=SimpleNamespace(score=score))
+    pipeline = Pipeline(relevance_runner, None, tracking=None, settings=Settings())
+    body = AnswerRequestBody(image=b64_png(scene(64, 64))[:-40], question="What colour is the circle?")
+    with pytest.raises(InvalidImageError):
+        run(pipeline.start(Job("arr-coc-25"), body))
+    assert score.calls == 0
