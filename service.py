@@ -30,7 +30,7 @@ from arr_coc.variants import get_variant
 from front import admission, auth, errors, metrics, openai_chat, openapi, pages, streams
 from front.pipeline import Job, Pipeline
 from front.schemas import AnswerRequestBody, AnswerResponse, RelevanceRequestBody, RelevanceResponse
-from front.uploads import body_limit, read_request, request_body_openapi
+from front.uploads import body_limit, fetch_image, is_remote, read_request, request_body_openapi, url_hosts
 from runners.relevance import RelevanceRunner
 from runners.vlm import VLMRunner
 from training_hooks.service_tracking import Tracking
@@ -119,7 +119,9 @@ class ARRCOC:
         try:
             chat = await read_request(http, openai_chat.ChatRequest, LIMIT, forms=False)
             job.variant = chat.model or settings.default_variant
-            body = openai_chat.answer_body(chat, settings.default_max_new_tokens)
+            body = openai_chat.answer_body(chat, settings.default_max_new_tokens, url_hosts(settings))
+            if is_remote(body.image):
+                body.image = await fetch_image(body.image, settings)
             await self.pipeline.start(job, body)
             if chat.stream:
                 return StreamingResponse(streams.chat_chunks(self.pipeline, job, body), media_type="text/event-stream")

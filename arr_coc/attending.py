@@ -19,9 +19,10 @@ from numbers import Integral, Real
 
 import torch
 
+from arr_coc.adaptive import AUTO, IDENTITY, AutoBudget, auto_count
 from arr_coc.errors import InvalidBudgetError, InvalidGridError, InvalidStageError, UnknownMethodError
 
-Budget = int | float
+Budget = int | float | AutoBudget
 Grid = tuple[int, int]
 
 
@@ -68,13 +69,25 @@ def register(name: str, *, needs_features: bool = False) -> Callable[[Selector],
     return wrap
 
 
-def resolve_budget(budget: Budget, num_tokens: int) -> int:
+def as_budget(budget: Budget | str) -> Budget:
+    """``budget`` with the string ``"auto"`` read as the default :class:`AutoBudget`."""
+    return AutoBudget() if budget == AUTO else budget
+
+
+def resolve_budget(budget: Budget | str, num_tokens: int, relevance: torch.Tensor | None = None,
+                   calibration: tuple[float, float] = IDENTITY) -> int:  # fmt: skip
     """Number of tokens to keep out of ``num_tokens``.
 
-    ``budget`` is a count (int >= 1, capped at ``num_tokens``) or a ratio (float in
-    ``(0, 1]``, rounded, at least one token). Anything else raises
-    :class:`InvalidBudgetError`.
+    ``budget`` is a count (int >= 1, capped at ``num_tokens``), a ratio (float in
+    ``(0, 1]``, rounded, at least one token) or ``auto`` (:class:`AutoBudget`: as many
+    as ``relevance [N]`` needs; without ``relevance`` only checked, giving its lower
+    bound). Anything else raises :class:`InvalidBudgetError`.
     """
+    budget = as_budget(budget)
+    if isinstance(budget, AutoBudget):
+        if relevance is None:
+            return min(budget.min_tokens, num_tokens)
+        return auto_count(relevance, budget, calibration)
     if isinstance(budget, bool):
         raise InvalidBudgetError(f"expected an int >= 1 or a float in (0, 1], got {budget!r}", field="budget")
     if isinstance(budget, Integral):
@@ -86,7 +99,8 @@ def resolve_budget(budget: Budget, num_tokens: int) -> int:
         if not math.isfinite(ratio) or not 0.0 < ratio <= 1.0:
             raise InvalidBudgetError(f"a ratio must be a finite float in (0, 1], got {budget!r}", field="budget")
         return max(1, min(num_tokens, round(ratio * num_tokens)))
-    raise InvalidBudgetError(f"expected an int >= 1 or a float in (0, 1], got {type(budget).__name__}", field="budget")
+    raise InvalidBudgetError(f"expected an int >= 1, a float in (0, 1] or 'auto', got {type(budget).__name__}",
+                             field="budget")  # fmt: skip
 
 
 STAGES = ("post", "pre")
@@ -190,13 +204,15 @@ def allocate(
     features: Sequence[torch.Tensor] | None = None,
     query: Sequence[torch.Tensor] | None = None,
     question_tokens: Sequence[torch.Tensor] | None = None,
+    calibration: tuple[float, float] = IDENTITY,
 ) -> list[torch.Tensor]:
     """Kept visual-token indices for each image of a batch.
 
     Args:
         relevance: ``[B, H', W']``, ``[B, N]`` or a list of ``[N_b]`` / ``[H'_b, W'_b]``
             scores (a list lets images of different sizes share one call).
-        budget: a count (int >= 1) or a ratio (float in ``(0, 1]``), or one per image.
+        budget: a count (int >= 1), a ratio (float in ``(0, 1]``) or ``auto`` (an
+            :class:`AutoBudget`: as many as the image's relevance needs), or one per image.
         method: a registered method name, or one per image.
         seed: seed of the ``random`` method, or one per image.
         grid: ``(H', W')`` of each image when ``relevance`` is flat; without it a
@@ -205,6 +221,8 @@ def allocate(
         query: per image ``[C]`` question embedding, for question-aware methods.
         question_tokens: per image ``[Q_b, C]`` embeddings of the question's tokens,
             for ``cdpruner`` (which raises without them).
+        calibration: the scorer's ``(scale, shift)`` that turns relevance into target
+            probabilities, for ``auto`` budgets.
 
     Returns:
         One ``LongTensor [min(K_b, N_b)]`` per image: unique indices in ascending
@@ -229,7 +247,7 @@ def allocate(
             raise ValueError(f"method {m!r} needs the visual features")
         if scores.is_floating_point() and torch.isnan(scores).any():
             raise ValueError("relevance contains NaN")
-        k = resolve_budget(b, scores.numel())
+        k = resolve_budget(b, scores.numel(), scores.flatten(), calibration)
         item = SelectionInput(relevance=scores, grid=g, features=f, query=q, question_tokens=t)
         indices = SELECTORS[m](item, k, int(s))
         kept.append(torch.sort(indices.long().cpu()).values)

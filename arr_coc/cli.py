@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "arr_coc.commands.testbed",
     "arr_coc.commands.answer",
     "arr_coc.commands.models",
+    "arr_coc.commands.calibrate",
     "training_hooks.commands.train_scorer",
     "training_hooks.commands.train_testbed",
     "training_hooks.commands.evaluate",

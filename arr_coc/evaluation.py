@@ -84,7 +84,7 @@ def summarize(records: Sequence[EvalRecord], wall_s: float) -> dict[str, float]:
 
     ``accuracy`` and ``recall`` are means in [0, 1]; ``kept_tokens_mean`` and
     ``total_tokens_mean`` in visual tokens; ``kept_ratio`` their per-sample ratio's
-    mean; ``latency_p50_ms``/``latency_p95_ms`` and ``<stage>_p50_ms`` in ms;
+    mean (``kept_ratio_p95`` its 95th percentile); ``latency_p50_ms``/``latency_p95_ms`` and ``<stage>_p50_ms`` in ms;
     ``throughput_rps`` answered samples per second of wall time.
     """
     if not records:
@@ -99,6 +99,7 @@ def summarize(records: Sequence[EvalRecord], wall_s: float) -> dict[str, float]:
         "kept_tokens_mean": sum(r.result.kept_tokens for r in records) / n,
         "total_tokens_mean": sum(r.result.total_tokens for r in records) / n,
         "kept_ratio": sum(r.result.kept_ratio for r in records) / n,
+        "kept_ratio_p95": percentile([r.result.kept_ratio for r in records], 95),
         "latency_p50_ms": percentile(latencies, 50),
         "latency_p95_ms": percentile(latencies, 95),
         "throughput_rps": n / wall_s if wall_s > 0 else float("nan"),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -43,6 +43,8 @@ class ScorerConfig:
     embed_dim: int = 32
     pixels_per_cell: int = DEFAULT_PIXELS_PER_CELL
     seed: int = 0
+    calibration_scale: float = 1.0  # Platt scaling of the relevance into target probabilities (arr_coc.adaptive)
+    calibration_shift: float = 0.0
 
 
 @dataclass
@@ -72,6 +74,15 @@ class RelevanceScorer(nn.Module):
     @property
     def query_dim(self) -> int:
         return self.config.query_dim
+
+    @property
+    def calibration(self) -> tuple[float, float]:
+        """``(scale, shift)``: ``sigmoid(scale * logit(relevance) + shift)`` is the chance a token is a target."""
+        return self.config.calibration_scale, self.config.calibration_shift
+
+    def calibrate(self, scale: float, shift: float) -> None:
+        """Set the calibration (fitted by :func:`arr_coc.adaptive.fit_calibration`); saved with the checkpoint."""
+        self.config = replace(self.config, calibration_scale=float(scale), calibration_shift=float(shift))
 
     def score(
         self,

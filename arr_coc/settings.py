@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     feature_cache_mb: float = Field(
         256, ge=0, description="MB of vision-tower outputs kept by image content for further questions (0 = off)"
     )
+    torch_threads: int = Field(
+        0, ge=0, description="CPU threads of each model runner's torch ops; 0 = the cores shared by the two runners"
+    )
     warm_up: bool = Field(True, description="run warm-up batches (and capture decode graphs) before /readyz is ready")
     warm_cache_tokens: int = Field(
         2048, ge=1, description="with graph decode, warm-up captures every batch bucket up to this cache length"
@@ -63,6 +66,9 @@ class Settings(BaseSettings):
     max_question_chars: int = Field(2000, gt=0, description="longest accepted question, in characters")
     max_new_tokens_limit: int = Field(512, gt=0, description="largest max_new_tokens a request may ask for")
     default_max_new_tokens: int = Field(32, gt=0, description="max_new_tokens when a request names none")
+    image_url_hosts: str = Field(
+        "", description="comma-separated hosts whose http(s) image URLs /v1/chat/completions may fetch; empty = none"
+    )
     max_concurrency: int = Field(32, ge=1, description="model requests in flight per front worker; more get 429")
     stream_idle_timeout_s: float = Field(60.0, gt=0, description="longest wait for a stream's next event, in seconds")
 

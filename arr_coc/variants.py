@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from arr_coc.attending import check_method, check_stage, resolve_budget
+from arr_coc.adaptive import AUTO, AutoBudget
+from arr_coc.attending import as_budget, check_method, check_stage, resolve_budget
 from arr_coc.errors import UnknownVariantError
 
 
@@ -23,7 +24,7 @@ class Variant(BaseModel):
 
     name: str
     method: str
-    budget: int | float
+    budget: int | float | AutoBudget
     stage: str = "post"
     vlm: str = ""
     scorer: str = ""
@@ -33,9 +34,10 @@ class Variant(BaseModel):
     def _known_method(cls, method: str) -> str:
         return check_method(method)
 
-    @field_validator("budget")
+    @field_validator("budget", mode="before")
     @classmethod
-    def _valid_budget(cls, budget: int | float) -> int | float:
+    def _valid_budget(cls, budget):
+        budget = as_budget(budget)
         resolve_budget(budget, 1)
         return budget
 
@@ -46,8 +48,10 @@ class Variant(BaseModel):
 
     def as_config(self, **extra) -> dict:
         """Flat dict for a W&B run config."""
-        return {"variant": self.name, "method": self.method, "budget": self.budget, "stage": self.stage,
-                "vlm": self.vlm, "scorer": self.scorer, **extra}  # fmt: skip
+        budget = AUTO if isinstance(self.budget, AutoBudget) else self.budget
+        adaptive = self.budget.model_dump() if isinstance(self.budget, AutoBudget) else {}
+        return {"variant": self.name, "method": self.method, "budget": budget, "stage": self.stage,
+                "vlm": self.vlm, "scorer": self.scorer, **adaptive, **extra}  # fmt: skip
 
 
 def _builtin() -> dict[str, Variant]:
@@ -58,6 +62,8 @@ def _builtin() -> dict[str, Variant]:
     for method in ("arr-coc", "uniform", "random"):  # chosen before the vision tower, which runs on the kept only
         for percent in (10, 25, 50):
             variants.append(Variant(name=f"{method}-pre-{percent}", method=method, budget=percent / 100, stage="pre"))
+    variants.append(Variant(name="arr-coc-auto", method="arr-coc", budget=AutoBudget()))  # as many as each question needs
+    variants.append(Variant(name="arr-coc-pre-auto", method="arr-coc", budget=AutoBudget(), stage="pre"))
     return {v.name: v for v in variants}
 
 
@@ -72,9 +78,10 @@ def get_variant(name: str) -> Variant:
         raise UnknownVariantError(f"unknown variant {name!r}; known: {', '.join(VARIANTS)}", field="variant") from None
 
 
-def ad_hoc(method: str, budget: int | float, stage: str = "post") -> Variant:
+def ad_hoc(method: str, budget: int | float | AutoBudget | str, stage: str = "post") -> Variant:
     """A variant for a request that names its method, budget (and stage) itself (typed errors if bad)."""
     check_method(method)
+    budget = as_budget(budget)
     resolve_budget(budget, 1)
     check_stage(stage, method)
     suffix = "" if stage == "post" else f"@{stage}"

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from arr_coc.adaptive import AutoBudget, auto_budget
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from arr_coc.vlm.families import family_by_name  # noqa: E402
@@ -107,6 +109,14 @@ def measure(pipeline: VLMPipeline, requests: list[AnswerRequest], repeats: int) 
     return rows
 
 
+def parse_budget(text: str) -> float | str:
+    return text if text == "auto" else float(text)
+
+
+def budget_label(budget) -> str:
+    return str(budget) if isinstance(budget, AutoBudget) else f"{budget:.0%}"
+
+
 def bench(name: str, args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     dtype = parse_dtype(args.dtype, device)
@@ -129,7 +139,7 @@ def bench(name: str, args: argparse.Namespace) -> None:
           f" {'total/100%':>10} {'vision':>8} {'scoring':>8} {'prefill':>8} {'decode':>8} {'scoring/TTFT':>12}")  # fmt: skip
     for request, row in zip(requests, rows):
         print(
-            f"{request.stage:>5} {request.budget:>6.0%} {row['kept']:>4}/{row['n']:<4} {row['new']:>4} "
+            f"{request.stage:>5} {budget_label(request.budget):>6} {row['kept']:>4}/{row['n']:<4} {row['new']:>4} "
             f"{row['ttft']:>9.1f} {row['total']:>9.1f} {row['ttft'] / base['ttft']:>9.2f} "
             f"{row['total'] / base['total']:>10.2f} {row['vision']:>8.1f} {row['scoring']:>8.1f} "
             f"{row['prefill']:>8.1f} {row['decode']:>8.1f} {row['scoring'] / row['ttft']:>12.1%}"
@@ -147,13 +157,16 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="rounds over the budgets (fastest run reported)")
     parser.add_argument("--method", default="arr-coc")
     parser.add_argument("--stage", nargs="+", choices=["post", "pre"], default=["post", "pre"])
-    parser.add_argument("--budgets", type=float, nargs="+", default=BUDGETS)
+    parser.add_argument("--budgets", type=parse_budget, nargs="+", default=BUDGETS,
+                        help="kept ratios, or auto (as many as the question needs, at --coverage)")  # fmt: skip
+    parser.add_argument("--coverage", type=float, default=None, help="coverage of the auto budget")
     parser.add_argument("--decode", default="auto", help="decode loop: auto, eager, static, graph")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
+    args.budgets = [auto_budget(args.coverage) if b == "auto" else b for b in args.budgets]
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, image {args.image}x{args.image}, method {args.method}, "
-          f"{args.new_tokens} new tokens, budgets {', '.join(f'{b:.0%}' for b in args.budgets)}")  # fmt: skip
+          f"{args.new_tokens} new tokens, budgets {', '.join(budget_label(b) for b in args.budgets)}")  # fmt: skip
     with torch.inference_mode():
         for name in args.models.split(","):
             bench(name.strip(), args)

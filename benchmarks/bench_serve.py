@@ -118,6 +118,10 @@ def main() -> None:
     print(f"{'configuration':<42} {'conc':>4} {'req/s':>7} {'x base':>7} {'p50 ms':>8} {'p95 ms':>8} {'failed':>6}")
     for name, concurrency, rate, p50, p95, failed in rows:
         print(f"{name:<42} {concurrency:>4} {rate:>7.1f} {rate / base:>7.2f} {p50:>8.1f} {p95:>8.1f} {failed:>6}")
+    served = [rate for name, concurrency, rate, *_ in rows if name.startswith("served, batching on") and concurrency == 16]
+    batched = [rate for name, _, rate, *_ in rows if name == "in-process, batches of 8"]
+    if served and batched:
+        print(f"served at concurrency 16 / in-process in batches of 8: {served[0] / batched[0]:.2f}x (target >= 0.8x)")
     for failure in sorted(FAILURES):
         print("failure:", failure)
 

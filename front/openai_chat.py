@@ -4,13 +4,15 @@ A chat request carries one image (an ``image_url`` content part holding a base64
 data URI) and the question (the text parts of the last user message). ``model``
 names a variant (``/v1/models`` lists them); the extension field ``arr_coc`` may
 instead give ``variant`` or ``method`` + ``budget`` (+ ``stage``). Remote
-``http(s)`` image URLs are refused: the server fetches nothing. Errors use
-OpenAI's body, ``{"error": {"message", "type", "param", "code"}}``.
+``http(s)`` image URLs are refused unless ``ARR_COC_IMAGE_URL_HOSTS`` names their host
+(off by default: the server then fetches nothing). Errors use OpenAI's body,
+``{"error": {"message", "type", "param", "code"}}`` (:mod:`front.errors`).
 """
 
 from __future__ import annotations
 
 import time
+from urllib.parse import urlsplit
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -54,6 +56,9 @@ class ArrCocOptions(BaseModel):
     variant: str | None = Field(None, max_length=64)
     method: str | None = Field(None, max_length=64)
     budget: Budget | None = None
+    coverage: float | None = None
+    min_tokens: int | None = None
+    max_tokens: int | None = None
     stage: Literal["post", "pre"] | None = None
 
 
@@ -75,14 +80,14 @@ class ChatRequest(BaseModel):
     arr_coc: ArrCocOptions | None = None
 
 
-def _image_and_question(messages: list[ChatMessage]) -> tuple[str, str]:
+def _image_and_question(messages: list[ChatMessage], url_hosts: frozenset[str]) -> tuple[str, str]:
     images = [part.image_url.url for m in messages if m.role == "user" and isinstance(m.content, list)
               for part in m.content if isinstance(part, ImagePart)]  # fmt: skip
     if len(images) != 1:
         raise InvalidImageError(f"send exactly one image_url part, got {len(images)}", field="messages")
     url = images[0]
-    if url.startswith(("http://", "https://")):
-        raise InvalidImageError("remote image URLs are not fetched; send the image as a base64 data URI",
+    if url.startswith(("http://", "https://")) and urlsplit(url).hostname not in url_hosts:
+        raise InvalidImageError("remote image URLs of this host are not fetched; send the image as a base64 data URI",
                                 field="messages")  # fmt: skip
     last = next((m for m in reversed(messages) if m.role == "user"), None)
     content = last.content if last is not None else None
@@ -93,9 +98,12 @@ def _image_and_question(messages: list[ChatMessage]) -> tuple[str, str]:
     return url, question
 
 
-def answer_body(request: ChatRequest, default_max_tokens: int) -> AnswerRequestBody:
-    """The ``/answer`` body a chat request stands for (typed errors, or pydantic's, for bad fields)."""
-    image, question = _image_and_question(request.messages)
+def answer_body(request: ChatRequest, default_max_tokens: int, url_hosts: frozenset[str] = frozenset()) -> AnswerRequestBody:
+    """The ``/answer`` body a chat request stands for (typed errors, or pydantic's, for bad fields).
+
+    Its ``image`` is the data URI, or an http(s) URL of one of ``url_hosts`` for :func:`front.uploads.fetch_image`.
+    """
+    image, question = _image_and_question(request.messages, url_hosts)
     options = request.arr_coc or ArrCocOptions()
     variant = options.variant
     if request.model and request.model not in VARIANTS:
@@ -104,7 +112,8 @@ def answer_body(request: ChatRequest, default_max_tokens: int) -> AnswerRequestB
     stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
     return AnswerRequestBody.model_validate({
         "image": image, "question": question, "variant": variant, "method": options.method,
-        "budget": options.budget, "stage": options.stage,
+        "budget": options.budget, "stage": options.stage, "coverage": options.coverage,
+        "min_tokens": options.min_tokens, "max_tokens": options.max_tokens,
         "max_new_tokens": request.max_completion_tokens or request.max_tokens or default_max_tokens,
         "temperature": request.temperature, "top_p": request.top_p, "stop": stop, "seed": request.seed or 0,
     })  # fmt: skip

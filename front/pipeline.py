@@ -19,7 +19,8 @@ import aiohttp
 import torch
 from PIL import Image
 
-from arr_coc.attending import FEATURE_METHODS, allocate
+from arr_coc.adaptive import AutoBudget, auto_budget
+from arr_coc.attending import FEATURE_METHODS, allocate, as_budget
 from arr_coc.errors import ArrCocInputError, InvalidBudgetError
 from arr_coc.query import check_question
 from arr_coc.settings import Settings
@@ -86,15 +87,22 @@ class Pipeline:
         self.settings = settings
 
     def pick_variant(self, body: ImageQuestion) -> Variant:
-        """The request's variant: its method + budget (+ stage), else its named variant, else the default."""
+        """The request's variant: its method + budget (+ stage, + auto bounds), else its named variant, else the default."""
         base = get_variant(body.variant or self.settings.default_variant)
-        if body.method is None and body.budget is None and body.stage is None:
+        bounds = {"coverage": body.coverage, "min_tokens": body.min_tokens, "max_tokens": body.max_tokens}
+        if body.method is None and body.budget is None and body.stage is None and not any(bounds.values()):
             return base
         method = body.method or base.method
         if method == "none" and body.budget is not None:
             raise InvalidBudgetError("the method 'none' keeps every token; name another method to use a budget",
                                      field="budget")  # fmt: skip
-        return ad_hoc(method, body.budget if body.budget is not None else base.budget, body.stage or base.stage)
+        budget = as_budget(body.budget if body.budget is not None else base.budget)
+        if any(value is not None for value in bounds.values()):
+            if not isinstance(budget, AutoBudget):
+                field = next(name for name, value in bounds.items() if value is not None)
+                raise InvalidBudgetError(f"{field} applies to budget 'auto' only", field=field)
+            budget = auto_budget(**{**budget.model_dump(), **{k: v for k, v in bounds.items() if v is not None}})
+        return ad_hoc(method, budget, body.stage or base.stage)
 
     async def start(self, job: Job, body: ImageQuestion) -> Job:
         """Check the variant and question, decode the image (in a thread: CPU work), and score it."""
@@ -144,7 +152,8 @@ class Pipeline:
         scored, variant = job.scored, job.variant
         relevance = torch.tensor(scored.relevance).reshape(scored.grid)
         if variant.method not in FEATURE_METHODS:
-            return relevance, allocate(relevance[None], variant.budget, variant.method, seed)[0].tolist()
+            kept = allocate(relevance[None], variant.budget, variant.method, seed, calibration=scored.calibration)
+            return relevance, kept[0].tolist()
         item = self.answer_item(job, GenerationFields())
         return relevance, checked((await call_runner(self.vlm_runner.to_async.select, [item]))[0]).kept
 

@@ -19,8 +19,9 @@ from arr_coc.settings import get_settings
 _settings = get_settings()
 
 Budget = Annotated[
-    StrictInt | StrictFloat,
-    Field(description="kept visual tokens: a count (int >= 1) or a ratio (float in (0, 1])"),
+    StrictInt | StrictFloat | Literal["auto"],
+    Field(description="kept visual tokens: a count (int >= 1), a ratio (float in (0, 1]) or 'auto' (as many as the "
+                      "question needs: see coverage)"),
 ]
 
 
@@ -53,6 +54,10 @@ class ImageQuestion(_Strict):
     method: str | None = Field(None, max_length=64, description="overrides the variant's method (with budget)",
                                json_schema_extra={"enum": sorted(SELECTORS)})  # fmt: skip
     budget: Budget | None = None
+    coverage: StrictFloat | StrictInt | None = Field(
+        None, description="with budget 'auto': the share of the image's relevance mass to keep, in (0, 1]")
+    min_tokens: StrictInt | None = Field(None, description="with budget 'auto': keep at least this many tokens")
+    max_tokens: StrictInt | None = Field(None, description="with budget 'auto': keep at most this many tokens")
     stage: Literal["post", "pre"] | None = Field(
         None,
         description="overrides the variant's stage: 'post' selects from the vision tower's outputs, 'pre' before "

@@ -134,3 +134,38 @@ def request_body_openapi(model: type[BaseModel], forms: bool = True) -> dict:
         "application/json": {"schema": schema},
         "multipart/form-data": {"schema": form},
     }}}  # fmt: skip
+
+
+def url_hosts(settings: Settings) -> frozenset[str]:
+    """The hosts whose image URLs may be fetched (``ARR_COC_IMAGE_URL_HOSTS``)."""
+    return frozenset(host.strip().lower() for host in settings.image_url_hosts.split(",") if host.strip())
+
+
+def is_remote(image: str) -> bool:
+    return image.startswith(("http://", "https://"))
+
+
+async def fetch_image(url: str, settings: Settings, timeout_s: float = 10.0) -> str:
+    """The image at ``url`` (an allowed host's http(s) URL) as base64; typed errors when it cannot be had.
+
+    Redirects are not followed (they could lead to any host), the body is capped at
+    ``max_image_bytes`` while it streams in, and only ``image/*`` answers are taken.
+    """
+    import httpx
+
+    try:
+        async with httpx.AsyncClient(timeout=timeout_s, follow_redirects=False) as client:
+            async with client.stream("GET", url) as response:
+                kind = response.headers.get("content-type", "")
+                if response.status_code != 200 or not kind.startswith("image/"):
+                    raise InvalidImageError(f"fetching the image URL gave {response.status_code} {kind or 'no type'}",
+                                            field="messages")  # fmt: skip
+                data = bytearray()
+                async for chunk in response.aiter_bytes():
+                    data += chunk
+                    if len(data) > settings.max_image_bytes:
+                        raise ImageTooLargeError(f"the image URL sent more than {settings.max_image_bytes} bytes",
+                                                 field="messages")  # fmt: skip
+    except httpx.HTTPError as error:
+        raise InvalidImageError(f"cannot fetch the image URL ({type(error).__name__})", field="messages") from error
+    return base64.b64encode(bytes(data)).decode()

@@ -60,6 +60,7 @@ class ScoreItem(BaseModel):
 class ScoreOutput(BaseModel):
     grid: tuple[int, int] = (0, 0)
     relevance: list[float] = Field(default_factory=list, description="H' x W' scores, raster order")
+    calibration: tuple[float, float] = Field((1.0, 0.0), description="the scorer's (scale, shift) for auto budgets")
     timings_ms: dict[str, float] = Field(default_factory=dict)
     batch_size: int = 1
     error: RunnerError | None = None
@@ -67,6 +68,29 @@ class ScoreOutput(BaseModel):
 
 def resources(gpu_share: float) -> dict:
     return {"gpu": gpu_share} if gpu_share > 0 else {"cpu": "1"}
+
+
+def runner_threads(threads: int) -> None:
+    """Set this runner's torch CPU threads: ``threads``, or with 0 the cores split between the two runners.
+
+    Two model processes that each start a thread per core fight over every core; on a
+    CPU host that cost the served pipeline about 15 % of its throughput.
+    """
+    import os
+
+    import torch
+
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) // 2))
+
+
+def json_media_type(service) -> None:
+    """Declare the JSON media type of ``service``'s outputs up front.
+
+    BentoML otherwise derives a list output's media type from its JSON schema, built
+    anew for every response (a fifth of the relevance runner's CPU time here).
+    """
+    for api in service.apis.values():
+        api.output_spec.media_type = api.output_spec.media_type or "application/json"
 
 
 def batching(max_batch_size: int, max_latency_ms: int) -> dict:
@@ -90,6 +114,7 @@ class RelevanceRunner:
         # Model code is imported here, in the runner's own process: the front imports this module too.
         from arr_coc.relevance_model import RelevanceModel
 
+        runner_threads(settings.torch_threads)
         self.model = RelevanceModel.from_pretrained(
             models.vlm_source(settings),
             scorer=models.scorer_source(settings),
@@ -130,5 +155,9 @@ class RelevanceRunner:
                 outputs.append(ScoreOutput(error=RunnerError(kind=result.kind, field=result.field, detail=result.detail)))
                 continue
             outputs.append(ScoreOutput(grid=maps[i].grid, relevance=maps[i].relevance.flatten().tolist(),
-                                       timings_ms={"relevance": elapsed_ms}, batch_size=len(items)))  # fmt: skip
+                                       calibration=self.model.scorer.calibration, timings_ms={"relevance": elapsed_ms},
+                                       batch_size=len(items)))  # fmt: skip
         return outputs
+
+
+json_media_type(RelevanceRunner)

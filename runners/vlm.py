@@ -19,11 +19,12 @@ import torch
 
 from pydantic import BaseModel, Field
 
+from arr_coc.adaptive import AutoBudget
 from arr_coc.errors import ArrCocInputError
 from arr_coc.settings import get_settings
 from arr_coc.vlm.types import AnswerRequest, AnswerResult, GenerationParams
 from runners import models
-from runners.relevance import Pixels, RunnerError, resources, batching
+from runners.relevance import Pixels, RunnerError, batching, json_media_type, resources, runner_threads
 
 settings = get_settings()
 logger = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class AnswerItem(BaseModel):
     pixels: Pixels
     question: str
     method: str
-    budget: int | float
+    budget: int | float | AutoBudget
     stage: str = "post"
     relevance: list[float] | None = None
     grid: tuple[int, int] | None = None
@@ -109,6 +110,7 @@ class VLMRunner:
         from arr_coc.vlm.pipeline import VLMPipeline
         from arr_coc.vlm.static_decoding import BATCH_BUCKETS
 
+        runner_threads(settings.torch_threads)
         self.pipeline = VLMPipeline.from_pretrained(
             models.vlm_source(settings),
             scorer=models.scorer_source(settings),
@@ -166,3 +168,6 @@ class VLMRunner:
             yield json.dumps({"delta": delta}) + "\n"
         final = to_output(answer.result, 1)
         yield json.dumps({"done": final.model_dump(exclude={"token_ids"})}) + "\n"
+
+
+json_media_type(VLMRunner)

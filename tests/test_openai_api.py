@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
+import threading
+
 import httpx
 import openai
 import pytest
@@ -16,8 +20,21 @@ pytestmark = pytest.mark.timeout(900)
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("serve-openai")) as server:
+    with running_server(tmp_path_factory.mktemp("serve-openai"), ARR_COC_IMAGE_URL_HOSTS="127.0.0.1") as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def image_host(tmp_path_factory, sample):
+    """A loopback web server with ``sample.png``, ``notes.txt`` and nothing else."""
+    root = tmp_path_factory.mktemp("images")
+    sample.image.save(root / "sample.png")
+    (root / "notes.txt").write_text("not an image")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{web.server_address[1]}"
+    web.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +121,20 @@ def test_bad_input_gets_openai_errors(client, server, sample, name, change, stat
     error = caught.value.body if "message" in (caught.value.body or {}) else caught.value.body["error"]
     assert error["param"] == param and error["code"] == code and error["message"]
     assert httpx.get(f"{server.url}/livez").status_code == 200
+
+
+def test_image_urls_of_allowed_hosts_are_fetched(client, image_host, sample):
+    def url_message(url: str) -> list[dict]:
+        return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                             {"type": "text", "text": sample.question}]}]  # fmt: skip
+
+    fetched = client.chat.completions.create(model="arr-coc-25", messages=url_message(f"{image_host}/sample.png"),
+                                             max_tokens=4)  # fmt: skip
+    inline = client.chat.completions.create(model="arr-coc-25", messages=messages(b64_png(sample.image), sample.question),
+                                            max_tokens=4)  # fmt: skip
+    assert fetched.choices[0].message.content == inline.choices[0].message.content
+    other_host = image_host.replace("127.0.0.1", "localhost")  # same server, a host name not on the list
+    for url in (f"{image_host}/missing.png", f"{image_host}/notes.txt", f"{other_host}/sample.png"):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model="arr-coc-25", messages=url_message(url), max_tokens=4)
+        assert caught.value.body["code"] == "invalid_image" and caught.value.body["param"] == "messages", url

@@ -56,15 +56,21 @@ def test_a_small_table_is_written_and_logged(tmp_path) -> None:
 
 def test_markdown_rows_carry_per_kind_accuracy() -> None:
     row = {"variant": "v", "method": "arr-coc", "budget": 0.1, "accuracy": 0.5, "accuracy/colour": 1.0,
-           "accuracy/count": 0.25, "recall": 0.75, "kept_tokens_mean": 12.0, "kept_ratio": 0.1, "latency_p50_ms": 9.0}
+           "accuracy/count": 0.25, "recall": 0.75, "kept_tokens_mean": 12.0, "kept_ratio": 0.1, "latency_p50_ms": 9.0,
+           "kept_ratio_p95": 0.125, "kept_ratio/colour": 0.05, "kept_ratio/count": 0.2}  # fmt: skip
     line = format_markdown([row]).splitlines()[2]
-    assert line == "| v | arr-coc | post | 0.1 | 0.500 | 1.000 | nan | 0.250 | 0.750 | 12.0 | 0.100 | 9 |"
+    assert line == ("| v | arr-coc | post | 0.1 | 0.500 | 1.000 | nan | 0.250 | 0.750 | 12.0 | 0.100 | 0.125 | 0.050 | nan "
+                    "| 0.200 | 9 |")
+    auto = format_markdown([{**row, "budget": "auto@0.6"}]).splitlines()[2]
+    assert "| auto@0.6 |" in auto
 
 
 @pytest.mark.parametrize("values, error", [({"size": 0}, InvalidConfigError), ({"methods": []}, InvalidConfigError),
                                            ({"dataset": "coco"}, UnknownDatasetError),
                                            ({"methods": ["blur"]}, InvalidConfigError),
                                            ({"budgets": [1.5]}, InvalidConfigError),
+                                           ({"budgets": ["auto"], "coverages": [1.5]}, InvalidConfigError),
+                                           ({"budgets": ["most"]}, InvalidConfigError),
                                            ({"stages": ["middle"]}, InvalidConfigError)])
 def test_bad_parameters_fail_before_any_model_work(values, error, tmp_path) -> None:
     with pytest.raises(error):
@@ -76,3 +82,11 @@ def test_cli_reports_bad_flags_with_exit_code_2(tmp_path) -> None:
     result = subprocess.run([sys.executable, "-m", "arr_coc", "quality", "--size", "0", "--wandb", "off",
                              "--out", str(tmp_path / "q")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "size" in result.stderr
+
+
+def test_auto_budgets_give_one_variant_per_coverage() -> None:
+    variants = quality_variants(QualityParams(methods=["arr-coc"], budgets=["auto", 0.1], coverages=[0.6, 0.7],
+                                              stages=["post", "pre"]))  # fmt: skip
+    names = [v.name for v in variants]
+    assert names == ["full", "arr-coc-auto", "arr-coc@auto(coverage=0.7)", "arr-coc-10",
+                     "arr-coc-pre-auto", "arr-coc@auto(coverage=0.7)@pre", "arr-coc-pre-10"]  # fmt: skip

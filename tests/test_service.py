@@ -190,6 +190,19 @@ def test_bodies_over_the_limit_get_413_and_the_server_keeps_answering(http):
     assert http.post("/answer", json=body()).status_code == 200
 
 
+def test_auto_budget_is_served_and_agrees_between_routes(http):
+    answered = http.post("/answer", json=body(variant="arr-coc-auto"))
+    assert answered.status_code == 200, answered.text
+    mapped = http.post("/relevance", json={"image": SAMPLE, "question": body()["question"], "variant": "arr-coc-auto"})
+    assert answered.json()["variant"] == mapped.json()["variant"] == "arr-coc-auto"
+    assert 1 <= answered.json()["kept_tokens"] == mapped.json()["kept_tokens"] < answered.json()["total_tokens"]
+    bounded = http.post("/answer", json=body(budget="auto", coverage=0.99, max_tokens=7)).json()
+    assert bounded["kept_tokens"] == 7 and bounded["variant"] == "arr-coc@auto(coverage=0.99,max=7)"
+    wide = http.post("/relevance", json={"image": SAMPLE, "question": "Where?", "budget": "auto", "coverage": 0.95})
+    narrow = http.post("/relevance", json={"image": SAMPLE, "question": "Where?", "budget": "auto", "coverage": 0.3})
+    assert narrow.json()["kept_tokens"] < wide.json()["kept_tokens"]
+
+
 def test_relevance(http):
     result = http.post("/relevance", json={"image": SAMPLE, "question": "Where is the sun?", "budget": 0.1}).json()
     assert result["grid"] == [12, 16] and len(result["relevance"]) == 12 and len(result["relevance"][0]) == 16
@@ -273,6 +286,11 @@ BAD_INPUTS = [
     ("budget-ratio-above-one", body(budget=1.5), 422, "invalid_budget", "budget"),
     ("budget-negative", body(budget=-3), 422, "invalid_budget", "budget"),
     ("budget-on-full", body(variant="full", budget=10), 422, "invalid_budget", "budget"),
+    ("budget-word", body(budget="half"), 422, "validation_error", "budget"),
+    ("coverage-above-one", body(budget="auto", coverage=1.5), 422, "invalid_budget", "coverage"),
+    ("coverage-zero", body(variant="arr-coc-auto", coverage=0), 422, "invalid_budget", "coverage"),
+    ("coverage-without-auto", body(budget=0.5, coverage=0.5), 422, "invalid_budget", "coverage"),
+    ("max-below-min", body(budget="auto", min_tokens=9, max_tokens=3), 422, "invalid_budget", "max_tokens"),
     ("unknown-variant", body(variant="best-ever"), 422, "unknown_variant", "variant"),
     ("unknown-method", body(method="magic"), 422, "unknown_method", "method"),
     ("huge-variant-name", body(variant="v" * 100_000), 422, "validation_error", "variant"),

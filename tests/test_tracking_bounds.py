@@ -41,3 +41,29 @@ def test_the_commit_is_read_once_per_process(monkeypatch):
         tracking.run_config(name)
     assert len(calls) == 1
     service_tracking.git_commit.cache_clear()
+
+
+class SlowTracker:
+    """Stands in for a tracker: logs its stop and close calls; ``finishes`` says whether its run ends in time."""
+
+    def __init__(self, name: str, log: list, finishes: bool = True) -> None:
+        self.name, self.log, self.finishes = name, log, finishes
+
+    def stop(self) -> None:
+        self.log.append(("stop", self.name))
+
+    def close(self, timeout_s: float | None = None) -> bool:
+        self.log.append(("close", self.name, timeout_s))
+        return self.finishes
+
+
+def test_shutdown_stops_every_run_at_once_under_one_deadline(monkeypatch):
+    log: list = []
+    tracking = Tracking(Settings())
+    tracking.trackers = {name: SlowTracker(name, log, finishes=name != "stuck") for name in ("a", "b", "stuck", "c")}
+    assert tracking.close(deadline_s=8.0) == 1  # the one still busy is counted and dropped
+    stops = [entry for entry in log if entry[0] == "stop"]
+    closes = [entry for entry in log if entry[0] == "close"]
+    assert log[: len(stops)] == stops and len(stops) == 4  # every run is told to stop before any is awaited
+    waits = [timeout for *_, timeout in closes]
+    assert waits == sorted(waits, reverse=True) and 0.0 <= waits[-1] <= waits[0] <= 8.0  # one shared deadline

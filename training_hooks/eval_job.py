@@ -17,11 +17,13 @@ override of ``variant`` alone picks that variant whole; overrides of ``method``
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from arr_coc.errors import EmptyDatasetError, InvalidConfigError
+from arr_coc.adaptive import AutoBudget, auto_budget
+from arr_coc.attending import as_budget
+from arr_coc.errors import EmptyDatasetError, InvalidBudgetError, InvalidConfigError
 from arr_coc.tasks import check_dataset
 from arr_coc.training.config import validate
 from arr_coc.variants import Variant, ad_hoc, get_variant
@@ -37,7 +39,8 @@ class EvalParams(BaseModel):
 
     variant: str = ""
     method: str = ""
-    budget: int | float | None = None
+    budget: int | float | Literal["auto"] | None = None
+    coverage: float | None = Field(None, description="coverage of an 'auto' budget (default: the library's)")
     stage: str = ""
     dataset: str = "vqa"
     size: int = Field(64, ge=1, description="samples in the held-out split")
@@ -58,6 +61,10 @@ def resolve_variant(params: EvalParams) -> Variant:
     budget = params.budget if params.budget is not None else (base.budget if base else None)
     if not method or budget is None:
         raise InvalidConfigError("name a --variant, or a --method with a --budget", field="variant")
+    if params.coverage is not None:
+        if not isinstance(as_budget(budget), AutoBudget):
+            raise InvalidBudgetError("coverage applies to budget 'auto' only", field="coverage")
+        budget = auto_budget(params.coverage)
     stage = params.stage or (base.stage if base else "post")
     if base is not None and (base.method, base.budget, base.stage) == (method, budget, stage):
         variant = base
@@ -78,7 +85,7 @@ def apply_overrides(values: dict[str, Any], overrides: dict[str, Any]) -> EvalPa
 
 def run_config(variant: Variant, params: EvalParams) -> dict[str, Any]:
     """The W&B run config: the variant, the model, and the evaluation parameters."""
-    extra = params.model_dump(exclude={"variant", "method", "budget", "stage", "scorer"})
+    extra = params.model_dump(exclude={"variant", "method", "budget", "coverage", "stage", "scorer"})
     return variant.as_config(**extra)
 
 

@@ -17,10 +17,11 @@ import json
 import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from arr_coc.adaptive import AUTO, DEFAULT_COVERAGE, AutoBudget, auto_budget
 from arr_coc.attending import FEATURE_METHODS, STAGES, check_method, check_stage, resolve_budget
 from arr_coc.tasks import check_dataset
 from arr_coc.training.config import validate
@@ -40,11 +41,13 @@ class QualityParams(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     dataset: str = "vqa"
+    split: str = Field("heldout", description="heldout for the table; train (with a seed training did not use) to tune")
     size: int = Field(300, ge=1, description="held-out samples")
     seed: int = Field(0, ge=0)
     batch_size: int = Field(8, ge=1)
     methods: list[str] = Field(list(METHODS), min_length=1)
-    budgets: list[float] = Field(list(BUDGETS), min_length=1)
+    budgets: list[float | Literal["auto"]] = Field(list(BUDGETS), min_length=1)
+    coverages: list[float] = Field([DEFAULT_COVERAGE], min_length=1, description="coverages of the 'auto' budget")
     stages: list[str] = Field(list(STAGES), min_length=1)
     model: str = ""
     scorer: str = ""
@@ -62,46 +65,67 @@ class QualityParams(BaseModel):
 
     @field_validator("budgets")
     @classmethod
-    def _valid_budgets(cls, budgets: list[float]) -> list[float]:
+    def _valid_budgets(cls, budgets: list) -> list:
         for budget in budgets:
-            resolve_budget(float(budget), 1)
+            resolve_budget(budget if budget == AUTO else float(budget), 1)
         return budgets
+
+    @field_validator("coverages")
+    @classmethod
+    def _valid_coverages(cls, coverages: list[float]) -> list[float]:
+        for coverage in coverages:
+            auto_budget(coverage)
+        return coverages
 
 
 def quality_variants(params: QualityParams) -> list[Variant]:
-    """``full`` then each method at each budget and stage it supports (registered variants where they exist)."""
+    """``full`` then each method at each budget and stage it supports (registered variants where they exist).
+
+    ``auto`` budgets give one variant per coverage.
+    """
     variants = [get_variant("full")]
     for stage in params.stages:
         for method in params.methods:
             if stage == "pre" and method in FEATURE_METHODS:
                 continue
+            infix = "-pre" if stage == "pre" else ""
             for budget in params.budgets:
-                infix = "-pre" if stage == "pre" else ""
-                variant = VARIANTS.get(f"{method}{infix}-{round(budget * 100)}")
-                if variant is None or (variant.method, variant.budget, variant.stage) != (method, budget, stage):
-                    variant = ad_hoc(method, budget, stage)
-                variants.append(variant)
+                if budget == AUTO:
+                    budgets = [auto_budget(coverage) for coverage in params.coverages]
+                    names = [f"{method}{infix}-auto"] * len(budgets)
+                else:
+                    budgets, names = [budget], [f"{method}{infix}-{round(budget * 100)}"]
+                for name, value in zip(names, budgets):
+                    variant = VARIANTS.get(name)
+                    if variant is None or (variant.method, variant.budget, variant.stage) != (method, value, stage):
+                        variant = ad_hoc(method, value, stage)
+                    variants.append(variant)
     return variants
 
 
 def per_kind_accuracy(records) -> dict[str, float]:
-    """``accuracy/<kind>`` for each question kind present in ``records``."""
+    """``accuracy/<kind>`` and ``kept_ratio/<kind>`` for each question kind present in ``records``."""
     right: dict[str, list[bool]] = defaultdict(list)
+    kept: dict[str, list[float]] = defaultdict(list)
     for record in records:
         right[record.sample.kind].append(record.correct)
-    return {f"accuracy/{kind}": sum(v) / len(v) for kind, v in sorted(right.items())}
+        kept[record.sample.kind].append(record.result.kept_ratio)
+    return {**{f"accuracy/{kind}": sum(v) / len(v) for kind, v in sorted(right.items())},
+            **{f"kept_ratio/{kind}": sum(v) / len(v) for kind, v in sorted(kept.items())}}  # fmt: skip
 
 
 def format_markdown(rows: list[dict[str, Any]]) -> str:
     """The table as GitHub markdown: one row per variant."""
     header = ["variant", "method", "stage", "budget", "accuracy", *[f"acc. {k}" for k in KINDS], "target recall",
-              "kept tokens", "kept ratio", "latency p50 ms"]
+              "kept tokens", "kept ratio", "kept ratio p95", *[f"kept {k}" for k in KINDS], "latency p50 ms"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         kinds = [f"{row.get(f'accuracy/{k}', float('nan')):.3f}" for k in KINDS]
-        cells = [row["variant"], row["method"], row.get("stage", "post"), f"{row['budget']:g}", f"{row['accuracy']:.3f}", *kinds,
+        kept = [f"{row.get(f'kept_ratio/{k}', float('nan')):.3f}" for k in KINDS]
+        budget = row["budget"] if isinstance(row["budget"], str) else f"{row['budget']:g}"
+        cells = [row["variant"], row["method"], row.get("stage", "post"), budget, f"{row['accuracy']:.3f}", *kinds,
                  f"{row['recall']:.3f}", f"{row['kept_tokens_mean']:.1f}", f"{row['kept_ratio']:.3f}",
-                 f"{row['latency_p50_ms']:.0f}"]
+                 f"{row.get('kept_ratio_p95', float('nan')):.3f}", *kept, f"{row['latency_p50_ms']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -148,7 +172,7 @@ def evaluate_all(params: QualityParams, variants: list[Variant], mode: str, devi
 
     pipeline = VLMPipeline.from_pretrained(params.model or None, scorer=params.scorer or None,
                                            device=device or "cpu", dtype="fp32")
-    dataset = load_dataset(params.dataset, "heldout", params.size, seed=params.seed,
+    dataset = load_dataset(params.dataset, params.split, params.size, seed=params.seed,
                            grid_for=processor_grid(pipeline.vlm.processor))
     rows = []
     for variant in variants:
@@ -157,12 +181,13 @@ def evaluate_all(params: QualityParams, variants: list[Variant], mode: str, devi
                                   seed=params.seed)
         records = list(tqdm(stream, total=len(dataset), desc=f"quality {variant.name}", leave=False))
         summary = {**summarize(records, clock.elapsed_s), **per_kind_accuracy(records)}
-        config = variant.as_config(dataset=params.dataset, size=params.size, seed=params.seed,
+        config = variant.as_config(dataset=params.dataset, split=params.split, size=params.size, seed=params.seed,
                                    model=params.model or "embedded", scorer=params.scorer or "embedded")
         run = start_run(job_type="eval", config=config, mode=mode, group=variant.name,
                         name=f"quality-{variant.name}", tags=(variant.method, variant.stage, "quality"))
         run.summary.update(summary)
         run.finish()
-        rows.append({"variant": variant.name, "method": variant.method, "stage": variant.stage,
-                     "budget": float(variant.budget), **summary})  # fmt: skip
+        budget = f"auto@{variant.budget.coverage:g}" if isinstance(variant.budget, AutoBudget) else float(variant.budget)
+        rows.append({"variant": variant.name, "method": variant.method, "stage": variant.stage, "budget": budget,
+                     **summary})  # fmt: skip
     return rows

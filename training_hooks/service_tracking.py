@@ -13,8 +13,10 @@ request) counts under ``unknown``. The serving commit is read once per process.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
+import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,9 @@ from arr_coc.settings import Settings
 from arr_coc.variants import VARIANTS, Variant
 from training_hooks.serve_events import Example
 from training_hooks.tracker import TrackerSettings, create_tracker
+
+CLOSE_DEADLINE_S = 8.0
+logger = logging.getLogger(__name__)
 
 
 def tracking_name(variant: Variant | str) -> str:
@@ -96,6 +101,18 @@ class Tracking:
             fields["example"] = Example(image, relevance, list(output.kept), question, output.answer)
         tracker.record(latency_ms, **fields)
 
-    def close(self) -> None:
-        for tracker in self.trackers.values():
-            tracker.close()
+    def close(self, deadline_s: float = CLOSE_DEADLINE_S) -> int:
+        """Finish every run within one deadline: all are told to stop at once, then awaited together.
+
+        Returns how many were still busy at the deadline (abandoned, and logged); the
+        server's shutdown stays inside Cloud Run's 10 s grace however many runs it has.
+        """
+        trackers = list(self.trackers.values())
+        for tracker in trackers:
+            tracker.stop()
+        end = time.monotonic() + deadline_s
+        abandoned = sum(not tracker.close(timeout_s=max(0.0, end - time.monotonic())) for tracker in trackers)
+        if abandoned:
+            logger.warning("W&B tracking: %d of %d runs not finished within %.0f s; dropped", abandoned,
+                           len(trackers), deadline_s)  # fmt: skip
+        return abandoned

@@ -51,7 +51,7 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 EXAMPLES_KEY = PREFIX + "examples"
 _WAKE = object()  # wakes the owner thread; carries no event
-DETACHED_IDLE_TIMEOUT = "60s"
+DETACHED_IDLE_TIMEOUT = "10s"
 
 
 def env_switch(name: str, env: Mapping[str, str] | None = None) -> bool | None:
@@ -270,21 +270,27 @@ class InferenceTracker:
             logger.exception("W&B tracking: record failed")
             return False
 
+    def stop(self) -> None:
+        """Ask the owner thread to flush, summarise and finish the run; returns at once."""
+        self._closed = True
+        if self._thread is None or self._pid != os.getpid():
+            return
+        self._stop.set()
+        try:
+            self._queue.put_nowait(_WAKE)
+        except queue.Full:
+            pass  # the thread is busy and sees the stop flag after each event
+
     def close(self, timeout_s: float | None = None) -> bool:
         """Flush the last window, write the summary, finish the run.
 
         Waits at most ``timeout_s`` (default ``settings.close_timeout_s``) seconds for
         the owner thread; ``True`` when it finished in time.
         """
-        self._closed = True
+        self.stop()
         thread = self._thread
         if thread is None or self._pid != os.getpid():
             return True
-        self._stop.set()
-        try:
-            self._queue.put_nowait(_WAKE)
-        except queue.Full:
-            pass  # the thread is busy and sees the stop flag after each event
         thread.join(self.settings.close_timeout_s if timeout_s is None else timeout_s)
         if thread.is_alive():
             logger.warning("W&B tracking: owner thread still busy after close; abandoning it")
@@ -365,6 +371,9 @@ class DisabledTracker:
 
     def record(self, latency_ms: float, **_: Any) -> bool:
         return False
+
+    def stop(self) -> None:
+        pass
 
     def close(self, timeout_s: float | None = None) -> bool:
         return True

@@ -14,6 +14,7 @@ import sys
 
 from transformers.utils import logging as hf_logging
 
+from arr_coc.adaptive import auto_budget
 from arr_coc.attending import STAGES
 from arr_coc.commands.relevance import parse_budget
 from arr_coc.images import load_image
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         image=load_image(args.image),
         question=args.question,
         method=args.method,
-        budget=args.budget,
+        budget=auto_budget(args.coverage) if args.budget == "auto" else args.budget,
         stage=args.stage,
         generation=GenerationParams(
             max_new_tokens=args.max_new_tokens,
@@ -82,7 +83,10 @@ def register(subparsers) -> None:
     parser.add_argument("question")
     parser.add_argument("--model", help="hub id or checkpoint directory (default: the embedded trained VQA testbed)")
     parser.add_argument("--method", default="arr-coc", help="none, uniform, random, arr-coc, divprune, cdpruner")
-    parser.add_argument("--budget", type=parse_budget, default=0.25, help="tokens kept: a count or a ratio")
+    parser.add_argument("--budget", type=parse_budget, default=0.25,
+                        help="tokens kept: a count, a ratio, or auto (as many as the question needs)")  # fmt: skip
+    parser.add_argument("--coverage", type=float, default=None,
+                        help="with --budget auto: share of the relevance mass to keep, in (0, 1]")  # fmt: skip
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=1.0)

@@ -33,15 +33,17 @@ def sample_image_path() -> Path:
     return Path(str(resources.files("arr_coc") / "assets" / "sample.png"))
 
 
-def parse_budget(text: str) -> int | float:
-    """``"64"`` -> 64 tokens; ``"0.25"`` -> a quarter of the tokens."""
+def parse_budget(text: str) -> int | float | str:
+    """``"64"`` -> 64 tokens; ``"0.25"`` -> a quarter of the tokens; ``"auto"`` -> as many as the question needs."""
+    if text == "auto":
+        return text
     try:
         return int(text)
     except ValueError:
         try:
             return float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"budget must be an int or a float, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"budget must be an int, a float or 'auto', got {text!r}") from None
 
 
 def default_grid(size: tuple[int, int]) -> tuple[int, int]:

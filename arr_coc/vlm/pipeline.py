@@ -215,6 +215,7 @@ class VLMPipeline:
                 features=features,
                 query=[queries[b] for b in members],
                 question_tokens=[questions[b] for b in members],
+                calibration=self.scorer.calibration,
             )
             for b, k in zip(members, chosen):
                 kept[b] = k

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
+from arr_coc.adaptive import AutoBudget
+
 
 @dataclass
 class GenerationParams:
@@ -36,7 +38,8 @@ class AnswerRequest:
 
     image: RGB PIL image (see ``arr_coc.images.load_image``).
     method: a name registered in ``arr_coc.attending.SELECTORS``.
-    budget: kept visual tokens, a count (int >= 1) or a ratio (float in (0, 1]).
+    budget: kept visual tokens, a count (int >= 1), a ratio (float in (0, 1]) or ``auto``
+        (:class:`arr_coc.adaptive.AutoBudget`, or the string ``"auto"``: as many as the question needs).
     relevance: ``[H', W']`` scores already computed for this image and question
         (by the relevance runner); ``None`` lets the pipeline run its own scorer.
     stage: ``post`` selects from the vision tower's outputs (every method); ``pre``
@@ -47,7 +50,7 @@ class AnswerRequest:
     image: Image.Image
     question: str
     method: str = "arr-coc"
-    budget: int | float = 0.25
+    budget: int | float | AutoBudget | str = 0.25
     generation: GenerationParams = field(default_factory=GenerationParams)
     relevance: torch.Tensor | None = None
     stage: str = "post"

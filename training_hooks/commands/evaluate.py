@@ -10,7 +10,8 @@ from arr_coc.commands.relevance import parse_budget
 def run(args: argparse.Namespace) -> int:
     from training_hooks.eval_job import run_eval_job
 
-    values = {"variant": args.variant or "", "method": args.method or "", "budget": args.budget, "stage": args.stage,
+    values = {"variant": args.variant or "", "method": args.method or "", "budget": args.budget, "coverage": args.coverage,
+              "stage": args.stage,
               "dataset": args.dataset, "size": args.size, "limit": args.limit, "seed": args.seed,
               "image_size": args.image_size, "batch_size": args.batch_size,
               "max_new_tokens": args.max_new_tokens, "model": args.model or "", "scorer": args.scorer or ""}  # fmt: skip
@@ -21,7 +22,8 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser("eval", help="evaluate a variant on a dataset (W&B job_type=eval)")
     parser.add_argument("--variant", help="a registered variant, e.g. arr-coc-25, uniform-10, full")
     parser.add_argument("--method", help="ad-hoc variant: none, uniform, random, arr-coc, divprune, cdpruner")
-    parser.add_argument("--budget", type=parse_budget, help="ad-hoc variant: tokens kept, a count or a ratio")
+    parser.add_argument("--budget", type=parse_budget, help="ad-hoc variant: tokens kept, a count, a ratio or auto")
+    parser.add_argument("--coverage", type=float, help="with an auto budget: the share of relevance mass kept")
     parser.add_argument("--stage", choices=["post", "pre"],
                         help="ad-hoc variant: select after the vision tower (post) or before it (pre)")  # fmt: skip
     parser.add_argument("--dataset", default="vqa", help="dataset name (built in: vqa, synthetic)")

@@ -10,9 +10,14 @@ def run(args: argparse.Namespace) -> int:
 
     values = {"size": args.size, "seed": args.seed, "batch_size": args.batch_size, "out": args.out,
               "model": args.model, "scorer": args.scorer, "dataset": args.dataset,
-              "methods": args.methods, "budgets": args.budgets, "stages": args.stages}
+              "methods": args.methods, "budgets": args.budgets, "stages": args.stages, "split": args.split,
+              "coverages": args.coverages}
     return run_quality_job({k: v for k, v in values.items() if v is not None}, wandb_mode=args.wandb,
                            device=args.device)
+
+
+def _budget(text: str) -> float | str:
+    return text if text == "auto" else float(text)
 
 
 def register(subparsers) -> None:
@@ -21,7 +26,10 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--batch-size", type=int, help="requests per answer_batch call (default 8)")
     parser.add_argument("--methods", nargs="+", help="methods besides full (default: all five)")
-    parser.add_argument("--budgets", nargs="+", type=float, help="kept ratios (default 0.1 0.25 0.5)")
+    parser.add_argument("--budgets", nargs="+", type=_budget, help="kept ratios or auto (default 0.1 0.25 0.5)")
+    parser.add_argument("--coverages", nargs="+", type=float, help="coverages of the auto budget (default 0.8)")
+    parser.add_argument("--split", choices=["heldout", "train"],
+                        help="heldout (default) for the table; train with an unused --seed to tune settings")  # fmt: skip
     parser.add_argument("--stages", nargs="+", choices=["post", "pre"],
                         help="pruning stages (default both; pre only for arr-coc, uniform, random)")  # fmt: skip
     parser.add_argument("--dataset", help="dataset name (default vqa)")

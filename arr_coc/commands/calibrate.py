@@ -1,0 +1,72 @@
+"""``arr-coc calibrate``: fit a scorer's calibration for ``auto`` budgets on the training split.
+
+Scores ``--size`` fresh training-split samples of the synthetic VQA task (``--seed``
+other than the one training used), fits Platt scaling of relevance to "is a target
+token" (:func:`arr_coc.adaptive.fit_calibration`), writes it into the scorer
+checkpoint, and prints, per coverage, the mean share of target tokens kept and the
+mean kept ratio on those samples: what ``coverage`` means for this scorer.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from arr_coc.adaptive import AutoBudget, auto_count, fit_calibration
+
+COVERAGES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+
+
+def coverage_table(maps: list[torch.Tensor], targets: list[torch.Tensor], calibration: tuple[float, float],
+                   coverages=COVERAGES) -> list[tuple[float, float, float]]:  # fmt: skip
+    """``(coverage, mean target recall, mean kept ratio)`` of the top-``K(auto)`` tokens of each ``[N]`` map."""
+    rows = []
+    for coverage in coverages:
+        recalls, ratios = [], []
+        for relevance, target in zip(maps, targets):
+            k = auto_count(relevance, AutoBudget(coverage=coverage), calibration)
+            kept = torch.sort(relevance, descending=True, stable=True).indices[:k]
+            if target.sum() > 0:
+                recalls.append(float(target[kept].sum() / target.sum()))
+            ratios.append(k / relevance.numel())
+        rows.append((coverage, sum(recalls) / max(1, len(recalls)), sum(ratios) / len(ratios)))
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    from arr_coc.relevance_model import RelevanceModel
+    from arr_coc.tasks.shapes_vqa import ShapesVQA
+    from arr_coc.training.data import processor_grid
+    from arr_coc.vlm.testbed import EMBEDDED_MODEL, EMBEDDED_SCORER
+
+    scorer_dir = Path(args.scorer or EMBEDDED_SCORER)
+    model = RelevanceModel.from_pretrained(args.model or EMBEDDED_MODEL, scorer=scorer_dir, device="cpu")
+    dataset = ShapesVQA(args.size, "train", seed=args.seed, grid_for=processor_grid(model.processor))
+    maps, targets = [], []
+    for start in range(0, len(dataset), 16):
+        samples = [dataset[i] for i in range(start, min(start + 16, len(dataset)))]
+        for sample, scored in zip(samples, model.score([s.image for s in samples], [s.question for s in samples])):
+            maps.append(scored.relevance.flatten())
+            targets.append(sample.target_mask.flatten().float())
+    before = model.scorer.calibration
+    scale, shift = fit_calibration(torch.cat(maps), torch.cat(targets))
+    model.scorer.calibrate(scale, shift)
+    out = Path(args.out) if args.out else scorer_dir
+    model.scorer.save(out)
+    print(f"calibration (scale, shift): {before[0]:.3f}, {before[1]:.3f} -> {scale:.3f}, {shift:.3f}; wrote {out}")
+    print(f"{'coverage':>8} {'target recall':>13} {'kept ratio':>10}   ({len(maps)} training-split samples, seed {args.seed})")
+    for coverage, recall, ratio in coverage_table(maps, targets, (scale, shift)):
+        print(f"{coverage:>8.2f} {recall:>13.3f} {ratio:>10.3f}")
+    return 0
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("calibrate", help="fit the scorer's calibration for budget 'auto' (training split)")
+    parser.add_argument("--model", help="VLM directory or hub id (default: the embedded trained testbed)")
+    parser.add_argument("--scorer", help="scorer checkpoint to calibrate (default: the embedded one, in place)")
+    parser.add_argument("--out", help="write the calibrated scorer here instead of over --scorer")
+    parser.add_argument("--size", type=int, default=400, help="training-split samples to fit on")
+    parser.add_argument("--seed", type=int, default=11, help="a seed training did not draw from")
+    parser.set_defaults(func=run)
