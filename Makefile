@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: setup browser run relevance test bench clean
+.PHONY: setup browser run relevance test bench soak clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ relevance: setup
 
 test: setup browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Reliability: malformed corpus, 10 minutes of mixed load at concurrency 12 with a killed runner, schemathesis.
+soak: setup
+	$(BIN)/pip install --quiet "schemathesis>=4"
+	$(BIN)/python benchmarks/soak.py --seconds 600 --concurrency 12 --fault --schemathesis
 
 bench: setup
 	$(BIN)/python benchmarks/bench_scorer.py

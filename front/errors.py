@@ -92,13 +92,19 @@ def _describe(error: Exception) -> tuple[int, str, str, str | None]:
     return 503, "runner_unavailable", f"a model runner failed: {type(error).__name__}"[:200], None
 
 
-def error_response(path: str, error: Exception) -> JSONResponse:
-    """The JSON response for ``error`` on ``path``; logs a line for client errors, a traceback for failures."""
-    status, kind, detail, field = describe(error)
+def log(path: str, error: Exception) -> tuple[int, str, str, str | None]:
+    """Log ``error`` on ``path`` (a line for client errors, a traceback for failures); its :func:`describe`."""
+    status, kind, detail, field = described = describe(error)
     if status >= 500:
         logger.error("%s failed", path, exc_info=error)
     else:
         logger.info("%s %d %s: %s", path, status, kind, detail[:200])
+    return described
+
+
+def error_response(path: str, error: Exception) -> JSONResponse:
+    """The JSON response for ``error`` on ``path``, logged."""
+    status, kind, detail, field = log(path, error)
     headers = {"Allow": error.headers["Allow"]} if isinstance(error, HTTPException) and error.headers else None
     return JSONResponse(body_for(path, status, kind, detail, field), status_code=status, headers=headers)
 
@@ -116,10 +122,10 @@ async def not_found(request: Request):
 
 
 def install(app: FastAPI) -> None:
-    """Route every exception of ``app`` through :func:`error_response`."""
+    """Route every exception of ``app`` through :func:`error_response` (anything unforeseen: 503 JSON, not 500)."""
 
     async def handle(request: Request, error: Exception) -> JSONResponse:
         return error_response(request.url.path, error)
 
-    for exception_type in (errors.ArrCocInputError, RequestValidationError, ValidationError, HTTPException):
+    for exception_type in (errors.ArrCocInputError, RequestValidationError, ValidationError, HTTPException, Exception):
         app.add_exception_handler(exception_type, handle)

@@ -46,6 +46,10 @@ class RunnerInputError(ArrCocInputError):
         return self._kind
 
 
+class StreamReplayError(RuntimeError):
+    """A reopened stream that does not repeat what the broken one sent (a non-deterministic runner)."""
+
+
 def checked(output: ScoreOutput | AnswerOutput):
     """``output``, or its runner's input error raised."""
     if output.error is not None:
@@ -90,7 +94,8 @@ class Pipeline:
         """The request's variant: its method + budget (+ stage, + auto bounds), else its named variant, else the default."""
         base = get_variant(body.variant or self.settings.default_variant)
         bounds = {"coverage": body.coverage, "min_tokens": body.min_tokens, "max_tokens": body.max_tokens}
-        if body.method is None and body.budget is None and body.stage is None and not any(bounds.values()):
+        overrides = [body.method, body.budget, body.stage, *bounds.values()]
+        if all(value is None for value in overrides):
             return base
         method = body.method or base.method
         if method == "none" and body.budget is not None:
@@ -129,22 +134,34 @@ class Pipeline:
     async def events(self, job: Job, generation: GenerationFields) -> AsyncIterator[dict]:
         """The VLM runner's stream as events: ``{"delta": str}``, then ``{"done": AnswerOutput}``.
 
-        A stream whose connection breaks before its first event is opened again; once
-        an event has been passed on, the break ends it (no text is sent twice). Each
-        event must come within ``stream_idle_timeout_s`` (else ``TimeoutError``). A
-        runner's input error is raised as :class:`RunnerInputError`.
+        A stream whose connection breaks (BentoML recycles its client sessions under
+        requests in flight) is opened again and replayed: generation is a pure
+        function of the item (greedy, or sampled from its seed), so the text already
+        passed on is skipped and checked, and only the rest is passed on. Each event
+        must come within ``stream_idle_timeout_s``; a stream that falls silent (a
+        connection left open by a runner that died) is replayed the same way, and after
+        :data:`RETRIES` tries ``TimeoutError`` ends it. A runner's input error is raised
+        as :class:`RunnerInputError`.
         """
-        item = self.answer_item(job, generation)
+        item, passed = self.answer_item(job, generation), ""
         for attempt in range(RETRIES + 1):
-            passed_on = False
+            replayed = ""
             try:
                 async for event in _stream_events(self.vlm_runner.to_async.stream(item),
                                                   self.settings.stream_idle_timeout_s):  # fmt: skip
-                    passed_on = True
-                    yield event
+                    if "delta" not in event:
+                        yield event
+                        continue
+                    replayed += event["delta"]
+                    if len(replayed) <= len(passed):
+                        continue
+                    if not replayed.startswith(passed):
+                        raise StreamReplayError("the resumed stream does not repeat the text already sent")
+                    new, passed = replayed[len(passed):], replayed
+                    yield {"delta": new}
                 return
             except Exception as error:
-                if passed_on or attempt == RETRIES or not is_connection_failure(error):
+                if attempt == RETRIES or not (is_connection_failure(error) or isinstance(error, TimeoutError)):
                     raise
 
     async def kept(self, job: Job, seed: int) -> tuple[torch.Tensor, list[int]]:

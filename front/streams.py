@@ -12,7 +12,7 @@ import json
 from collections.abc import AsyncIterator
 
 from front import openai_chat
-from front.errors import body_for, describe
+from front.errors import body_for, log
 from front.pipeline import Job, Pipeline
 from front.schemas import GenerationFields
 
@@ -25,7 +25,7 @@ def sse(data: dict | str, event: str | None = None) -> str:
 def error_event(pipeline: Pipeline, job: Job, error: Exception, path: str) -> dict:
     """The error body of a stream that failed after it began, counted like any failed request."""
     pipeline.failed(job, error)
-    status, kind, detail, field = describe(error)
+    status, kind, detail, field = log(path, error)
     return body_for(path, status, kind, detail, field)
 
 

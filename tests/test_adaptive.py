@@ -99,3 +99,15 @@ def test_batching_does_not_change_an_auto_selection(testbed_pipeline):
         assert many.kept.tolist() == one.kept.tolist() and many.answer == one.answer
     expected = auto_count(alone[0].relevance.flatten(), auto_budget(0.7), pipeline.scorer.calibration)
     assert alone[0].kept_tokens == expected
+
+
+def test_calibrate_command_writes_the_calibration_and_its_table(tmp_path, capsys):
+    from arr_coc.cli import main
+    from arr_coc.scorer import RelevanceScorer
+
+    assert main(["calibrate", "--size", "24", "--seed", "5", "--out", str(tmp_path / "scorer")]) == 0
+    scale, shift = RelevanceScorer.load(tmp_path / "scorer").calibration
+    assert (scale, shift) != (1.0, 0.0) and scale > 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    ratios = [float(row[2]) for row in rows]
+    assert len(rows) == 6 and ratios == sorted(ratios)  # more coverage, more tokens

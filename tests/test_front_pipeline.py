@@ -11,7 +11,7 @@ import pytest
 
 from arr_coc.errors import InvalidImageError
 from arr_coc.settings import Settings
-from front.pipeline import RETRIES, Job, Pipeline, call_runner
+from front.pipeline import RETRIES, Job, Pipeline, StreamReplayError, call_runner
 from front.schemas import AnswerRequestBody
 from runners.relevance import ScoreOutput
 from serving import b64_png
@@ -93,8 +93,18 @@ def test_a_stream_that_broke_before_its_first_event_is_reopened_once_whole():
     assert len(calls) == 2
 
 
-def test_a_stream_that_broke_after_sending_text_ends_with_the_error_and_no_repeat():
-    runner, calls = streaming_runner([delta("re"), aiohttp.ClientPayloadError("cut")], [delta("red")])
+def test_a_stream_that_broke_after_sending_text_is_replayed_without_repeating_it():
+    done = json.dumps({"done": DONE}) + "\n"
+    runner, calls = streaming_runner([delta("r"), delta("e"), RuntimeError("Connection closed.")],
+                                     [delta("re"), delta("d"), done])  # fmt: skip
+    pipeline, job = pipeline_with(runner)
+    events = run(collect(pipeline, job))
+    assert [e["delta"] for e in events if "delta" in e] == ["r", "e", "d"] and events[-1]["done"].answer == "red"
+    assert len(calls) == 2
+
+
+def test_a_replay_that_differs_from_the_sent_text_is_an_error():
+    runner, _ = streaming_runner([delta("re"), aiohttp.ClientPayloadError("cut")], [delta("bl"), delta("ue")])
     pipeline, job = pipeline_with(runner)
     seen = []
 
@@ -102,16 +112,22 @@ def test_a_stream_that_broke_after_sending_text_ends_with_the_error_and_no_repea
         async for event in pipeline.events(job, AnswerRequestBody(image="x", question="q")):
             seen.append(event)
 
-    with pytest.raises(aiohttp.ClientPayloadError):
+    with pytest.raises(StreamReplayError):
         run(consume())
-    assert seen == [{"delta": "re"}] and len(calls) == 1
+    assert seen == [{"delta": "re"}]
 
 
-def test_a_silent_stream_times_out_instead_of_stalling():
-    runner, _ = streaming_runner([delta("re"), 30.0, delta("d")])
+def test_a_silent_stream_is_replayed_then_times_out_instead_of_stalling():
+    done = json.dumps({"done": DONE}) + "\n"
+    runner, calls = streaming_runner([delta("re"), 30.0], [delta("re"), delta("d"), done])
     pipeline, job = pipeline_with(runner, idle_timeout_s=0.05)
+    events = run(collect(pipeline, job))
+    assert "".join(e.get("delta", "") for e in events) == "red" and len(calls) == 2
+    silent, calls = streaming_runner(*[[delta("re"), 30.0]] * (RETRIES + 1))
+    pipeline, job = pipeline_with(silent, idle_timeout_s=0.05)
     with pytest.raises(TimeoutError):
         run(collect(pipeline, job))
+    assert len(calls) == RETRIES + 1
 
 
 def test_bad_input_is_refused_before_any_runner_is_called():

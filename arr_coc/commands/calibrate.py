@@ -12,16 +12,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
-from arr_coc.adaptive import AutoBudget, auto_count, fit_calibration
-
 COVERAGES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 
-def coverage_table(maps: list[torch.Tensor], targets: list[torch.Tensor], calibration: tuple[float, float],
+def coverage_table(maps: list, targets: list, calibration: tuple[float, float],
                    coverages=COVERAGES) -> list[tuple[float, float, float]]:  # fmt: skip
     """``(coverage, mean target recall, mean kept ratio)`` of the top-``K(auto)`` tokens of each ``[N]`` map."""
+    import torch
+
+    from arr_coc.adaptive import AutoBudget, auto_count
+
     rows = []
     for coverage in coverages:
         recalls, ratios = [], []
@@ -36,6 +36,9 @@ def coverage_table(maps: list[torch.Tensor], targets: list[torch.Tensor], calibr
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from arr_coc.adaptive import fit_calibration
     from arr_coc.relevance_model import RelevanceModel
     from arr_coc.tasks.shapes_vqa import ShapesVQA
     from arr_coc.training.data import processor_grid

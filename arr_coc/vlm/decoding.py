@@ -7,6 +7,19 @@ from the pruned sequence (which would renumber the kept tokens). Generated
 token ``t`` (0-based) of a row gets position ``last + 1 + t`` on all three rows,
 ``last`` being the position of the row's final prompt token: the same ids the
 stock model uses for its decode steps.
+
+Why this project owns its decode loop instead of calling ``model.generate``: one
+batch here mixes rows that ``generate`` would need separate calls for, namely
+(1) per-row sampling settings and seeds (greedy beside seeded top-p rows, each
+reproducible alone), (2) explicit 3-row M-RoPE positions of pruned rows that must
+continue from each row's own last position, and (3) streaming with stop strings
+that end one row while the others go on. ``generate`` takes one
+``GenerationConfig`` and one ``Generator`` per call and derives decode positions
+itself. Moving to it would take a logits processor that draws per-row seeded
+samples, a ``cache_position``/``rope_deltas`` path that accepts per-row offsets, and
+a per-row stopping criterion with a streamer that demultiplexes rows; the
+equivalence tests (greedy ids equal stock ``generate`` at a 100 % budget) stay the
+check either way.
 """
 
 from __future__ import annotations

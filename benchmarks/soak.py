@@ -1,0 +1,269 @@
+"""Reliability soak of the served pipeline: malformed inputs, mixed load, a killed runner; prints one table.
+
+    python benchmarks/soak.py [--seconds 600] [--concurrency 12] [--schemathesis]
+    make soak                     # the full run; CI runs tests/test_soak.py (a short one)
+
+Starts ``bentoml serve`` on the embedded testbed (loopback only), then:
+1. **corpus**: >= 100 malformed requests over the four model routes; each must get a
+   4xx JSON error body, none a 5xx, and the server must keep answering;
+2. **load**: ``--concurrency`` clients for ``--seconds`` sending, in turn, JSON answers,
+   multipart answers, streams (read to their ``done`` event) and relevance maps;
+   a request fails if it is not 200 with a complete body;
+3. **fault** (``--fault``): the VLM runner is killed (SIGKILL) halfway through the
+   load; requests during its restart may get 503 (counted apart); afterwards every
+   request must succeed again;
+4. the resident memory of every server process before and after the load;
+5. ``--schemathesis``: schemathesis against the served ``/docs.json`` (no 5xx).
+Exit status 1 when any check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import concurrent.futures
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import psutil
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from drawing import noise, scene, shapes  # noqa: E402
+from serving import Server, b64_png  # noqa: E402
+
+ROUTES = ("/answer", "/answer_stream", "/relevance", "/v1/chat/completions")
+QUESTION = "What colour is the circle?"
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def malformed_bodies() -> list[tuple[str, dict | bytes, str]]:
+    """``(name, body, content type)`` of broken requests for one native route."""
+    good = b64_png(scene(96, 64))
+    bad_values = {
+        "image": ["", "%%%", base64.b64encode(b"\x89PNG" + b"\0" * 40).decode(), "data:text/plain;base64,aGk=",
+                  "http://127.0.0.1:1/x.png", 12, None, ["a"], {"a": 1}, b64_png(Image.new("RGB", (4000, 2)))],
+        "question": ["", "   ", "why " * 3000, 7, None, ["q"]],
+        "budget": [0, -1, 1.5, True, "0.5", "half", [1], {"k": 1}, 1e309],
+        "variant": ["best-ever", "v" * 500, 3, ""],
+        "method": ["magic", 1, ""],
+        "stage": ["middle", 1],
+        "coverage": [0, 2, "x"],
+        "max_new_tokens": [0, 10**9, "8", 1.5],
+        "temperature": [-1, 99, "hot"],
+        "seed": [-1, 2**70, "s"],
+        "surprise": [1],
+    }
+    cases = [(f"{field}={str(value)[:24]!r}", {"image": good, "question": QUESTION, field: value}, "application/json")
+             for field, values in bad_values.items() for value in values]  # fmt: skip
+    cases += [
+        ("not json", b'{"image": ', "application/json"), ("text body", b"hello", "text/plain"),
+        ("empty", b"", "application/json"), ("list body", b"[1, 2]", "application/json"),
+        ("broken form", b"--x\r\nnot a form", "multipart/form-data; boundary=x"),
+    ]  # fmt: skip
+    return cases
+
+
+def check_corpus(url: str) -> Counter:
+    """Send the corpus to every route; count outcomes (``4xx json``, ``5xx``, ``not json``)."""
+    outcome: Counter = Counter()
+    with httpx.Client(base_url=url, timeout=120) as client:
+        for route in ROUTES:
+            for _, body, kind in malformed_bodies():
+                if route == "/v1/chat/completions" and isinstance(body, dict):
+                    body = {"model": "arr-coc-25", "messages": [{"role": "user", "content": [
+                        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{body.get('image')}"}},
+                        {"type": "text", "text": str(body.get("question"))}]}], "max_tokens": body.get("max_new_tokens", 2),
+                        "arr_coc": {k: v for k, v in body.items() if k in ("budget", "method", "stage", "coverage")}}  # fmt: skip
+                content = json.dumps(body).encode() if isinstance(body, dict) else body
+                response = client.post(route, content=content, headers={"content-type": kind})
+                if response.status_code >= 500:
+                    outcome["5xx"] += 1
+                elif response.status_code >= 400:
+                    try:
+                        response.json()
+                        outcome["4xx json"] += 1
+                    except ValueError:
+                        outcome["4xx not json"] += 1
+                else:
+                    outcome["2xx"] += 1  # a lenient field (e.g. an OpenAI field the chat route ignores)
+        outcome["alive after"] = int(client.get("/livez").status_code == 200)
+    return outcome
+
+
+class Load:
+    """Mixed requests from ``concurrency`` threads until ``stop`` is set; outcomes by kind."""
+
+    def __init__(self, url: str, concurrency: int) -> None:
+        self.url, self.concurrency = url, concurrency
+        self.stop = threading.Event()
+        self.outcomes: Counter = Counter()
+        self.failures: Counter = Counter()
+        self.fault_window = threading.Event()
+        self.fault_ended = 0.0  # monotonic time the last fault's window closed
+        self.lock = threading.Lock()
+        images = [scene(448, 336), shapes(300, 200, seed=1), noise(224, 224, seed=2)]
+        self.pngs = [png_bytes(image) for image in images]
+
+    def one(self, client: httpx.Client, turn: int) -> tuple[str, str | None]:
+        png = self.pngs[turn % len(self.pngs)]
+        kind = ("answer", "multipart", "stream", "relevance")[turn % 4]
+        body = {"image": base64.b64encode(png).decode(), "question": QUESTION, "max_new_tokens": 8}
+        if kind == "answer":
+            response = client.post("/answer", json=body)
+            return kind, None if response.status_code == 200 and "answer" in response.json() else str(response.status_code)
+        if kind == "multipart":
+            response = client.post("/answer", files={"image": ("i.png", png, "image/png")},
+                                   data={"question": QUESTION, "max_new_tokens": "8"})  # fmt: skip
+            return kind, None if response.status_code == 200 else str(response.status_code)
+        if kind == "relevance":
+            response = client.post("/relevance", json={k: v for k, v in body.items() if k != "max_new_tokens"})
+            return kind, None if response.status_code == 200 and response.json().get("heatmap_png") else str(response.status_code)
+        with client.stream("POST", "/answer_stream", json=body) as response:
+            text = "".join(response.iter_text())
+        complete = response.status_code == 200 and "event: done" in text and "event: error" not in text
+        if complete:
+            return kind, None
+        error = text.split("event: error\ndata: ", 1)[1][:90] if "event: error" in text else "no done event"
+        return kind, f"{response.status_code} {error}"
+
+    def worker(self, index: int) -> None:
+        """Requests of every kind in turn; a failure of a request that began before a fault ended is the fault's."""
+        with httpx.Client(base_url=self.url, timeout=330) as client:
+            turn = index
+            while not self.stop.is_set():
+                began, during = time.monotonic(), self.fault_window.is_set()
+                try:
+                    kind, failure = self.one(client, turn)
+                except httpx.HTTPError as error:
+                    kind, failure = "transport", type(error).__name__
+                with self.lock:
+                    self.outcomes[kind] += 1
+                    if failure is not None:
+                        faulted = during or self.fault_window.is_set() or began < self.fault_ended
+                        self.failures[f"{'during fault' if faulted else 'failed'}: {kind} {failure}"] += 1
+                turn += 1
+
+    def run(self, seconds: float, fault: callable | None = None) -> float:
+        threads = [threading.Thread(target=self.worker, args=(i,), daemon=True) for i in range(self.concurrency)]
+        start = time.monotonic()
+        for thread in threads:
+            thread.start()
+        if fault is not None:
+            time.sleep(seconds / 2)
+            fault(self.fault_window)
+            self.fault_ended = time.monotonic()
+        time.sleep(max(0.0, seconds - (time.monotonic() - start)))
+        self.stop.set()
+        for thread in threads:
+            thread.join()
+        return time.monotonic() - start
+
+
+def server_processes(server: Server) -> dict[str, psutil.Process]:
+    processes = {}
+    for child in psutil.Process(server.process.pid).children(recursive=True):
+        line = " ".join(child.cmdline())
+        name = "vlm-runner" if "vlm-runner" in line else "relevance-runner" if "relevance-runner" in line else "front"
+        if "_bentoml_impl.worker" in line:
+            processes[name] = child
+    return processes
+
+
+def rss_mb(server: Server) -> dict[str, float]:
+    return {name: process.memory_info().rss / 2**20 for name, process in server_processes(server).items()}
+
+
+def kill_vlm_runner(server: Server, url: str):
+    """A fault: SIGKILL the VLM runner; the window lasts until an answer and a stream both succeed again."""
+
+    def recovered(client: httpx.Client) -> bool:
+        body = {"image": b64_png(scene(64, 64)), "question": QUESTION, "max_new_tokens": 2}
+        try:
+            if client.post("/answer", json=body).status_code != 200:
+                return False
+            with client.stream("POST", "/answer_stream", json=body) as response:
+                return "event: done" in "".join(response.iter_text())
+        except httpx.HTTPError:
+            return False
+
+    def fault(window: threading.Event) -> None:
+        window.set()
+        os.kill(server_processes(server)["vlm-runner"].pid, signal.SIGKILL)
+        deadline = time.monotonic() + 180
+        with httpx.Client(base_url=url, timeout=90) as client:
+            while time.monotonic() < deadline and not recovered(client):
+                time.sleep(1)
+        window.clear()
+
+    return fault
+
+
+def run_schemathesis(url: str) -> str:
+    command = [sys.executable, "-m", "schemathesis.cli", "run", f"{url}/docs.json", "--checks", "not_a_server_error",
+               "--max-examples", "20", "--request-timeout", "120"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=1200)
+    return "passed" if result.returncode == 0 else f"FAILED\n{result.stdout[-3000:]}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=600)
+    parser.add_argument("--concurrency", type=int, default=12)
+    parser.add_argument("--fault", action="store_true", help="kill the VLM runner halfway through the load")
+    parser.add_argument("--schemathesis", action="store_true", help="also run schemathesis against /docs.json")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    args = parser.parse_args()
+    server = Server(Path(tempfile.mkdtemp(prefix="soak-")))
+    try:
+        server.wait_ready()
+        corpus = check_corpus(server.url)
+        before = rss_mb(server)
+        load = Load(server.url, args.concurrency)
+        elapsed = load.run(args.seconds, kill_vlm_runner(server, server.url) if args.fault else None)
+        after = rss_mb(server)
+        schema = run_schemathesis(server.url) if args.schemathesis else "not run"
+    finally:
+        server.stop()
+    cases = sum(corpus[k] for k in ("4xx json", "4xx not json", "5xx", "2xx"))
+    total = sum(load.outcomes.values())
+    failed = sum(n for key, n in load.failures.items() if key.startswith("failed"))
+    print(f"{'check':<44} {'result':>28}")
+    print(f"{'malformed corpus (4xx json / cases)':<44} {corpus['4xx json']:>20} / {cases:<5}")
+    print(f"{'  5xx or non-JSON errors':<44} {corpus['5xx'] + corpus['4xx not json']:>28}")
+    print(f"{'  server alive after':<44} {'yes' if corpus['alive after'] else 'NO':>28}")
+    print(f"{f'mixed load, c{args.concurrency}, {elapsed:.0f} s (requests)':<44} {total:>28}")
+    for kind, count in sorted(load.outcomes.items()):
+        print(f"{'  ' + kind:<44} {count:>28}")
+    print(f"{'  failed':<44} {failed:>28}")
+    for key, count in sorted(load.failures.items()):
+        print(f"    {key}: {count}")
+    for name in sorted(before):
+        print(f"{'RSS MB ' + name + ' before -> after':<44} {before[name]:>18.0f} -> {after.get(name, float('nan')):.0f}")
+    print(f"{'schemathesis':<44} {schema:>28}")
+    ok = failed == 0 and corpus["5xx"] == 0 and corpus["4xx not json"] == 0 and corpus["alive after"]
+    ok = ok and schema in ("passed", "not run")
+    if args.json:
+        args.json.write_text(json.dumps({"corpus": corpus, "cases": cases, "requests": load.outcomes, "failed": failed,
+                                         "failures": load.failures, "rss_mb_before": before, "rss_mb_after": after,
+                                         "schemathesis": schema, "ok": ok}, indent=2))  # fmt: skip
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

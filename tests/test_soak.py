@@ -1,0 +1,25 @@
+"""A short reliability soak (the full one is `make soak`): corpus, mixed load with a killed runner, memory."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from serving import ROOT
+
+pytestmark = pytest.mark.timeout(420)
+
+
+def test_short_soak_loses_nothing_but_the_fault_window(tmp_path):
+    figures = tmp_path / "soak.json"
+    result = subprocess.run([sys.executable, "benchmarks/soak.py", "--seconds", "60", "--concurrency", "12", "--fault",
+                             "--json", str(figures)], cwd=ROOT, capture_output=True, text=True, timeout=400)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    soak = json.loads(figures.read_text())
+    assert soak["cases"] >= 100 and soak["corpus"]["4xx json"] + soak["corpus"].get("2xx", 0) == soak["cases"]
+    assert soak["corpus"].get("5xx", 0) == 0 and soak["corpus"]["alive after"] == 1
+    assert soak["failed"] == 0 and soak["requests"]["stream"] > 0 and soak["requests"]["multipart"] > 0
+    assert set(soak["rss_mb_after"]) == {"front", "relevance-runner", "vlm-runner"}
