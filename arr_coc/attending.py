@@ -21,6 +21,7 @@ import torch
 
 from arr_coc.adaptive import AUTO, IDENTITY, AutoBudget, auto_count
 from arr_coc.errors import InvalidBudgetError, InvalidGridError, InvalidStageError, UnknownMethodError
+from arr_coc.settings import STAGES
 
 Budget = int | float | AutoBudget
 Grid = tuple[int, int]
@@ -103,8 +104,6 @@ def resolve_budget(budget: Budget | str, num_tokens: int, relevance: torch.Tenso
                              field="budget")  # fmt: skip
 
 
-STAGES = ("post", "pre")
-"""Where selection happens: ``post`` on the tower's outputs, ``pre`` on pixels + question before the tower."""
 
 
 def check_stage(stage: str, method: str) -> str:

@@ -16,6 +16,9 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 TESTBED_FAMILIES = ("qwen2.5-vl-vqa", "qwen2-vl", "qwen2.5-vl", "qwen3-vl")
+STAGES = ("post", "pre")
+"""Where selection happens: ``post`` on the tower's outputs, ``pre`` on pixels + question before the tower."""
+DECODE_MODES = ("auto", "eager", "static", "graph")
 
 
 class Settings(BaseSettings):

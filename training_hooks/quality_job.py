@@ -22,7 +22,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from arr_coc.adaptive import AUTO, DEFAULT_COVERAGE, AutoBudget, auto_budget
-from arr_coc.attending import FEATURE_METHODS, STAGES, check_method, check_stage, resolve_budget
+from arr_coc.attending import FEATURE_METHODS, check_method, check_stage, resolve_budget
+from arr_coc.settings import STAGES
 from arr_coc.tasks import check_dataset
 from arr_coc.training.config import validate
 from arr_coc.variants import VARIANTS, Variant, ad_hoc, get_variant

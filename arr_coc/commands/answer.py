@@ -12,18 +12,11 @@ import argparse
 import json
 import sys
 
-from transformers.utils import logging as hf_logging
-
-from arr_coc.adaptive import auto_budget
-from arr_coc.attending import STAGES
-from arr_coc.commands.relevance import parse_budget
-from arr_coc.images import load_image
-from arr_coc.vlm.pipeline import VLMPipeline
-from arr_coc.vlm.static_decoding import DECODE_MODES
-from arr_coc.vlm.types import AnswerRequest, AnswerResult, GenerationParams
+from arr_coc.commands.options import parse_budget
+from arr_coc.settings import DECODE_MODES, STAGES
 
 
-def result_json(result: AnswerResult) -> dict:
+def result_json(result) -> dict:
     """The ``--json`` object: answer, token_ids, kept_tokens, total_tokens, kept, timings_ms (+ grid)."""
     return {
         "answer": result.answer,
@@ -37,6 +30,13 @@ def result_json(result: AnswerResult) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from arr_coc.adaptive import auto_budget
+    from arr_coc.images import load_image
+    from arr_coc.vlm.pipeline import VLMPipeline
+    from arr_coc.vlm.types import AnswerRequest, GenerationParams
+
     hf_logging.disable_progress_bar()
     pipeline = VLMPipeline.from_pretrained(
         args.model, scorer=args.scorer, device=args.device, dtype=args.dtype, decode=args.decode

@@ -12,10 +12,11 @@ import argparse
 import importlib
 
 from arr_coc.settings import TESTBED_FAMILIES, get_settings
-from arr_coc.vlm.testbed import EMBEDDED, EMBEDDED_SCORER, testbed_source
 
 
 def run_import(args: argparse.Namespace) -> int:
+    from arr_coc.vlm.testbed import EMBEDDED, EMBEDDED_SCORER, testbed_source
+
     testbed = args.testbed or (None if args.vlm else EMBEDDED)
     vlm = args.vlm or str(testbed_source(testbed, get_settings().home / "testbed"))
     scorer = args.scorer or (str(EMBEDDED_SCORER) if testbed == EMBEDDED else None)
@@ -34,7 +35,7 @@ def register(subparsers) -> None:
     source = importer.add_mutually_exclusive_group()
     source.add_argument("--vlm", help="VLM checkpoint directory or hub id")
     source.add_argument("--testbed", choices=list(TESTBED_FAMILIES),
-                        help=f"a testbed: {EMBEDDED} (the default, trained, with its scorer) or a random-weight family")
+                        help=f"a testbed: {TESTBED_FAMILIES[0]} (the default, trained, with its scorer) or a random-weight family")
     importer.add_argument("--scorer", help="relevance-scorer checkpoint directory (default: the embedded one "
                           "with the embedded testbed, else none)")
     importer.set_defaults(func=run_import)

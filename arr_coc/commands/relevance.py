@@ -14,14 +14,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-import torch
-
-from arr_coc.attending import allocate
-from arr_coc.errors import InvalidGridError
-from arr_coc.heatmap import kept_mask, overlay
-from arr_coc.images import load_image, to_tensor
-from arr_coc.query import hash_embedding
-from arr_coc.scorer import RelevanceScorer
+from arr_coc.commands.options import parse_budget
 
 PIXELS_PER_TOKEN = 28
 HASH_QUERY_DIM = 64
@@ -33,26 +26,13 @@ def sample_image_path() -> Path:
     return Path(str(resources.files("arr_coc") / "assets" / "sample.png"))
 
 
-def parse_budget(text: str) -> int | float | str:
-    """``"64"`` -> 64 tokens; ``"0.25"`` -> a quarter of the tokens; ``"auto"`` -> as many as the question needs."""
-    if text == "auto":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        try:
-            return float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"budget must be an int, a float or 'auto', got {text!r}") from None
-
-
 def default_grid(size: tuple[int, int]) -> tuple[int, int]:
     """``(H', W')`` for an image of ``(width, height)`` pixels, one token per 28x28 pixels."""
     width, height = size
     return max(1, round(height / PIXELS_PER_TOKEN)), max(1, round(width / PIXELS_PER_TOKEN))
 
 
-def ascii_map(relevance: torch.Tensor, mask) -> str:
+def ascii_map(relevance, mask) -> str:
     """One character per token, darker = more relevant; dropped tokens print as ``·``."""
     lines = []
     for row, keep_row in zip(relevance.tolist(), mask):
@@ -61,8 +41,14 @@ def ascii_map(relevance: torch.Tensor, mask) -> str:
     return "\n".join(lines)
 
 
-def score_without_vlm(args: argparse.Namespace, image) -> tuple[tuple[int, int], torch.Tensor]:
-    """Grid from ``--grid`` or the 28-pixel default, question hash-embedded."""
+def score_without_vlm(args: argparse.Namespace, image):
+    """``(grid, relevance [H', W'])``: grid from ``--grid`` or the 28-pixel default, question hash-embedded."""
+    import torch
+
+    from arr_coc.images import to_tensor
+    from arr_coc.query import hash_embedding
+    from arr_coc.scorer import RelevanceScorer
+
     scorer = RelevanceScorer.load(args.scorer) if args.scorer else RelevanceScorer(HASH_QUERY_DIM).eval()
     grid = tuple(args.grid) if args.grid else default_grid(image.size)
     query = hash_embedding(args.question, scorer.query_dim)[None]
@@ -70,8 +56,9 @@ def score_without_vlm(args: argparse.Namespace, image) -> tuple[tuple[int, int],
         return grid, scorer(to_tensor(image)[None], grid, query)[0]
 
 
-def score_with_vlm(args: argparse.Namespace, image) -> tuple[tuple[int, int], torch.Tensor]:
-    """The VLM's own token grid and question embedding (no LLM pass)."""
+def score_with_vlm(args: argparse.Namespace, image):
+    """``(grid, relevance [H', W'])`` from the VLM's own token grid and question embedding (no LLM pass)."""
+    from arr_coc.errors import InvalidGridError
     from arr_coc.relevance_model import RelevanceModel
 
     if args.grid:
@@ -81,6 +68,10 @@ def score_with_vlm(args: argparse.Namespace, image) -> tuple[tuple[int, int], to
 
 
 def run(args: argparse.Namespace) -> int:
+    from arr_coc.attending import allocate
+    from arr_coc.heatmap import kept_mask, overlay
+    from arr_coc.images import load_image
+
     image = load_image(args.image)
     grid, relevance = (score_with_vlm if args.model else score_without_vlm)(args, image)
     kept = allocate(relevance[None], args.budget, args.method, args.seed)[0]

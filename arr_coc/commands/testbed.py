@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import argparse
 
-from transformers.utils import logging as hf_logging
+from arr_coc.settings import TESTBED_FAMILIES
 
-from arr_coc.vlm.families import FAMILIES
-from arr_coc.vlm.testbed import DEFAULT_FAMILY, build_testbed, ensure_testbed
+FAMILIES = TESTBED_FAMILIES[1:]  # the random-weight testbeds of each family (the embedded one is shipped, not built)
+DEFAULT_FAMILY = "qwen2.5-vl"
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from arr_coc.vlm.testbed import build_testbed
+
     hf_logging.disable_progress_bar()
     directory = build_testbed(args.directory, args.family, args.seed)
     print(directory)
@@ -24,6 +28,10 @@ def run_build(args: argparse.Namespace) -> int:
 
 
 def run_path(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from arr_coc.vlm.testbed import ensure_testbed
+
     hf_logging.disable_progress_bar()
     print(ensure_testbed(args.family, args.root, args.seed))
     return 0

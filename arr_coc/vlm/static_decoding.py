@@ -25,11 +25,11 @@ import warnings
 import torch
 from transformers import StaticCache
 
+from arr_coc.settings import DECODE_MODES
 from arr_coc.vlm.loading import LoadedVLM
 
 logger = logging.getLogger(__name__)
 
-DECODE_MODES = ("auto", "eager", "static", "graph")
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
 LENGTH_STEP = 256  # cache lengths: LENGTH_STEP * 2**n tokens
 
