@@ -1,7 +1,7 @@
 """ARR-COC: answer questions about images from the visual tokens that matter.
 
 The library has no server and no tracking: `texture` -> `knowing` -> `balancing`
--> `scorer` rate visual tokens, `attending` keeps a budget of them, `vlm` answers.
+-> `scorer` rate visual tokens, `selection` keeps a budget of them, `vlm` answers.
 """
 
 __version__ = "0.1.0"

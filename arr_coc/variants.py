@@ -13,7 +13,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from arr_coc.adaptive import AUTO, AutoBudget
-from arr_coc.attending import as_budget, check_method, check_stage, resolve_budget
+from arr_coc.selection import as_budget, check_method, check_stage, resolve_budget
 from arr_coc.errors import UnknownVariantError
 
 

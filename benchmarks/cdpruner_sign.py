@@ -5,7 +5,7 @@ scaling; with Qwen's input embeddings standing in for CLIP text features, the
 sign has to be checked. This prints, for the embedded default model on the
 held-out split of the synthetic VQA task, CDPruner's accuracy and target-token
 recall at each budget with ``RELEVANCE_SIGN = +1`` and ``-1`` (and the linear /
-``theta`` quality weightings), so ``arr_coc.baselines.RELEVANCE_SIGN`` follows
+``theta`` quality weightings), so ``arr_coc.selection.cdpruner.RELEVANCE_SIGN`` follows
 the data.
 
     .venv/bin/python benchmarks/cdpruner_sign.py --size 300
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 
-from arr_coc import baselines
+from arr_coc.selection import cdpruner as baselines
 from arr_coc.evaluation import evaluate_variant, summarize
 from arr_coc.tasks.shapes_vqa import ShapesVQA
 from arr_coc.training.data import processor_grid

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from arr_coc.adaptive import AutoBudget, auto_budget
-from arr_coc.attending import FEATURE_METHODS, allocate, as_budget
+from arr_coc.selection import FEATURE_METHODS, allocate, as_budget
 from arr_coc.errors import ArrCocInputError, InvalidBudgetError
 from arr_coc.query import check_question
 from arr_coc.settings import Settings

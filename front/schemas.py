@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from arr_coc.attending import SELECTORS
+from arr_coc.selection import SELECTORS
 from arr_coc.variants import VARIANTS
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt

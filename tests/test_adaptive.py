@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from arr_coc.adaptive import AutoBudget, auto_budget, auto_count, fit_calibration, target_probability
-from arr_coc.attending import allocate, resolve_budget
+from arr_coc.selection import allocate, resolve_budget
 from arr_coc.errors import InvalidBudgetError
 from arr_coc.variants import VARIANTS, ad_hoc
 from arr_coc.vlm.types import AnswerRequest, GenerationParams

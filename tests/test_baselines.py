@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import arr_coc.baselines as baselines
-from arr_coc.attending import FEATURE_METHODS, SELECTORS, SelectionInput, allocate
-from arr_coc.baselines import cdpruner, nearest_other_distance, select_cdpruner, select_divprune
+import arr_coc.selection.cdpruner as baselines
+from arr_coc.selection import FEATURE_METHODS, SELECTORS, SelectionInput, allocate
+from arr_coc.selection.cdpruner import cdpruner, select_cdpruner
+from arr_coc.selection.divprune import nearest_other_distance, select_divprune
 from arr_coc.errors import InvalidQuestionError
 
 METHODS = ["divprune", "cdpruner"]

@@ -9,7 +9,7 @@ import torch
 from batch_contract import assert_kept_match, assert_scores_match
 from PIL import Image
 
-from arr_coc.attending import resolve_budget
+from arr_coc.selection import resolve_budget
 from arr_coc.errors import (
     ArrCocInputError,
     InvalidBudgetError,

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from arr_coc.adaptive import AUTO, DEFAULT_COVERAGE, AutoBudget, auto_budget
-from arr_coc.attending import FEATURE_METHODS, check_method, check_stage, resolve_budget
+from arr_coc.selection import FEATURE_METHODS, check_method, check_stage, resolve_budget
 from arr_coc.settings import STAGES
 from arr_coc.tasks import check_dataset
 from arr_coc.training.config import validate

@@ -68,7 +68,7 @@ def score_with_vlm(args: argparse.Namespace, image):
 
 
 def run(args: argparse.Namespace) -> int:
-    from arr_coc.attending import allocate
+    from arr_coc.selection import allocate
     from arr_coc.heatmap import kept_mask, overlay
     from arr_coc.images import load_image
 

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from arr_coc.attending import check_method, resolve_budget
+from arr_coc.selection import check_method, resolve_budget
 from arr_coc.errors import ArrCocInputError, InvalidConfigError
 from arr_coc.tasks import check_dataset
 

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from arr_coc.attending import allocate
+from arr_coc.selection import allocate
 from arr_coc.heatmap import overlay
 from arr_coc.scorer import RelevanceScorer
 from arr_coc.training.config import TrainConfig

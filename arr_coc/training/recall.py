@@ -1,7 +1,7 @@
 """Held-out relevance recall@budget of every selection method.
 
 For each held-out sample the scorer rates the tokens, then each method keeps a
-budget of them through :func:`arr_coc.attending.allocate` (the path the service
+budget of them through :func:`arr_coc.selection.allocate` (the path the service
 uses); recall is the share of the target object's tokens kept, averaged over
 samples. ``random`` draws with seed ``seed + sample index``, so its mean is an
 honest estimate of the floor, not one lucky draw. Samples without target tokens
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from arr_coc.attending import FEATURE_METHODS, allocate
+from arr_coc.selection import FEATURE_METHODS, allocate
 from arr_coc.metrics import recall_at_budget
 from arr_coc.scorer import RelevanceScorer
 from arr_coc.training.data import CachedSample

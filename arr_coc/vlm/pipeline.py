@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from arr_coc.attending import allocate, check_method, check_stage, resolve_budget
+from arr_coc.selection import allocate, check_method, check_stage, resolve_budget
 from arr_coc.errors import CheckpointFormatError, InvalidGridError
 from arr_coc.scorer import RelevanceScorer
 from arr_coc.vlm.decoding import generate_rows, synchronize

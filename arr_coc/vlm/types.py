@@ -37,7 +37,7 @@ class AnswerRequest:
     """One question about one image, with the pruning to apply.
 
     image: RGB PIL image (see ``arr_coc.images.load_image``).
-    method: a name registered in ``arr_coc.attending.SELECTORS``.
+    method: a name registered in ``arr_coc.selection.SELECTORS``.
     budget: kept visual tokens, a count (int >= 1), a ratio (float in (0, 1]) or ``auto``
         (:class:`arr_coc.adaptive.AutoBudget`, or the string ``"auto"``: as many as the question needs).
     relevance: ``[H', W']`` scores already computed for this image and question

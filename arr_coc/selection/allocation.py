@@ -13,61 +13,18 @@ seed, so batching never changes a selection.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from numbers import Integral, Real
 
 import torch
 
 from arr_coc.adaptive import AUTO, IDENTITY, AutoBudget, auto_count
 from arr_coc.errors import InvalidBudgetError, InvalidGridError, InvalidStageError, UnknownMethodError
+from arr_coc.selection.registry import FEATURE_METHODS, SELECTORS
+from arr_coc.selection.types import Grid, SelectionInput
 from arr_coc.settings import STAGES
 
 Budget = int | float | AutoBudget
-Grid = tuple[int, int]
-
-
-@dataclass(frozen=True)
-class SelectionInput:
-    """Everything a selector may look at for one image.
-
-    relevance: ``[N]`` float scores, higher = keep (``None`` for methods that ignore it).
-    grid: ``(H', W')`` with ``H' * W' == N``.
-    features: ``[N, C]`` visual features after the merger, or ``None``.
-    query: ``[C]`` question embedding in the feature space (the mean of
-        ``question_tokens``), or ``None``.
-    question_tokens: ``[Q, C]`` embeddings of the question's ``Q`` tokens in the
-        feature space (``cdpruner``), or ``None``.
-    """
-
-    relevance: torch.Tensor | None
-    grid: Grid
-    features: torch.Tensor | None = None
-    query: torch.Tensor | None = None
-    question_tokens: torch.Tensor | None = None
-
-    @property
-    def num_tokens(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-
-Selector = Callable[[SelectionInput, int, int], torch.Tensor]
-"""``selector(item, k, seed) -> LongTensor [k]`` of unique indices (any order)."""
-
-SELECTORS: dict[str, Selector] = {}
-FEATURE_METHODS: set[str] = set()
-
-
-def register(name: str, *, needs_features: bool = False) -> Callable[[Selector], Selector]:
-    """Add a selector to the registry under ``name``."""
-
-    def wrap(fn: Selector) -> Selector:
-        SELECTORS[name] = fn
-        if needs_features:
-            FEATURE_METHODS.add(name)
-        return fn
-
-    return wrap
 
 
 def as_budget(budget: Budget | str) -> Budget:
@@ -122,49 +79,6 @@ def check_method(method: str) -> str:
     if method not in SELECTORS:
         raise UnknownMethodError(f"unknown method {method!r}; known: {', '.join(sorted(SELECTORS))}", field="method")
     return method
-
-
-@register("none")
-def select_all(item: SelectionInput, k: int, seed: int) -> torch.Tensor:
-    """Keep every token (``k`` is ignored: the method defines no budget)."""
-    return torch.arange(item.num_tokens)
-
-
-@register("uniform")
-def select_uniform(item: SelectionInput, k: int, seed: int) -> torch.Tensor:
-    """An evenly spaced ``rows x cols`` lattice over the 2-D grid, thinned to ``k``.
-
-    The lattice has the grid's aspect ratio and at least ``k`` points; its cells
-    are centred in equal bands of rows and columns, so the kept tokens cover the
-    whole image rather than the top rows of the flat index.
-    """
-    height, width = item.grid
-    rows = min(height, max(1, round(math.sqrt(k * height / width))))
-    cols = min(width, math.ceil(k / rows))
-    rows = min(height, max(rows, math.ceil(k / cols)))
-    ys = ((torch.arange(rows, dtype=torch.float64) + 0.5) * height / rows).floor().long()
-    xs = ((torch.arange(cols, dtype=torch.float64) + 0.5) * width / cols).floor().long()
-    lattice = (ys[:, None] * width + xs[None, :]).flatten()
-    if lattice.numel() > k:
-        keep = torch.linspace(0, lattice.numel() - 1, k, dtype=torch.float64).round().long()
-        lattice = lattice[keep]
-    return lattice
-
-
-@register("random")
-def select_random(item: SelectionInput, k: int, seed: int) -> torch.Tensor:
-    """``k`` tokens drawn without replacement from a generator seeded with ``seed``."""
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randperm(item.num_tokens, generator=generator)[:k]
-
-
-@register("arr-coc")
-def select_top_relevance(item: SelectionInput, k: int, seed: int) -> torch.Tensor:
-    """The ``k`` most relevant tokens; equal scores keep the lower raster index."""
-    if item.relevance is None:
-        raise ValueError("method 'arr-coc' needs relevance scores")
-    order = torch.sort(item.relevance.detach().float().cpu(), descending=True, stable=True).indices
-    return order[:k]
 
 
 def _per_item(value, count: int, name: str) -> list:
@@ -251,7 +165,3 @@ def allocate(
         indices = SELECTORS[m](item, k, int(s))
         kept.append(torch.sort(indices.long().cpu()).values)
     return kept
-
-
-# The feature-based baselines register themselves into SELECTORS on import.
-import arr_coc.baselines  # noqa: E402,F401

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arr_coc.attending import SELECTORS, allocate, resolve_budget
+from arr_coc.selection import SELECTORS, allocate, resolve_budget
 from arr_coc.errors import InvalidBudgetError, InvalidGridError, UnknownMethodError
 
 CORE_METHODS = ["none", "uniform", "random", "arr-coc"]

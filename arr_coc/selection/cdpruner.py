@@ -1,20 +1,4 @@
-"""Two published feature-based pruning baselines, registered with ``allocate``.
-
-Both work on the merger outputs ``features [N, C]`` of one image (the vectors the
-LLM would see), are deterministic (``seed`` is unused) and return ``k`` unique
-indices; ``allocate`` sorts them into raster order.
-
-``divprune`` (DivPrune, arXiv 2503.02175; reference code github.com/vbdi/divprune):
-the kept set should solve the max-min diversity problem: maximize the smallest
-pairwise cosine distance ``d_ij = 1 - cos(f_i, f_j)`` among kept tokens. Greedy
-farthest-point selection, as in the reference: the first pick is the token whose
-nearest other token is farthest, ``argmax_i min_{j != i} d_ij``; then repeatedly the
-token whose distance to its nearest kept token is largest. Ties go to the lowest
-index. The reference builds the whole ``N x N`` distance matrix; here the first pick
-computes it in blocks of :data:`CHUNK_ROWS` rows and the greedy steps one row per
-pick, so extra memory is ``O(CHUNK_ROWS * N)``; time ``O(N^2 C + k N C)``.
-
-``cdpruner`` (CDPruner, arXiv 2506.10967; reference code
+"""Method ``cdpruner`` (CDPruner, arXiv 2506.10967; reference code
 github.com/Theia-4869/CDPruner): a conditional determinantal point process with
 kernel ``L = diag(q) S diag(q)``, ``S_ij = cos(f_i, f_j)``. Relevance ``r_i`` is the
 cosine of ``f_i`` with each of the question's ``Q`` token embeddings, averaged over
@@ -31,7 +15,7 @@ Adaptations of ``cdpruner`` relative to the reference:
   text tower's embeddings of the instruction. Qwen-VL has no CLIP text tower, so the
   question's token embeddings in the LLM's input-embedding space (the space of the
   merger outputs) stand in for the text features, ``question_tokens [Q, C]`` of
-  :class:`~arr_coc.attending.SelectionInput`, and the merger outputs stand in for
+  :class:`~arr_coc.selection.SelectionInput`, and the merger outputs stand in for
   the image embeddings. Like the reference (and its ports to models without a CLIP
   text tower), the cosines are taken per question token and then averaged; the mean
   embedding (``query``) is not used, as it weights tokens by their norms.
@@ -55,8 +39,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from arr_coc.attending import SelectionInput, register
 from arr_coc.errors import InvalidQuestionError
+from arr_coc.selection.features import unit_features
+from arr_coc.selection.types import SelectionInput
 
 RELEVANCE_SIGN = -1
 """Sign of the feature-question cosine in ``cdpruner``'s relevance: ``-1``, the reference's negation.
@@ -68,58 +53,7 @@ tokens at 10 / 25 % against 0.813 / 0.931 with ``+1``, at equal or better accura
 THETA: float | None = None
 """``cdpruner``'s default quality weighting: ``None`` = linear ``q = r``, else ``theta`` in (0, 1)."""
 
-CHUNK_ROWS = 1024
-"""Rows of the ``N x N`` distance matrix that ``divprune``'s first pick holds at once."""
-
 _EXHAUSTED = 1e-10  # residual variance below which the DPP kernel has no new direction
-
-
-def _unit_features(item: SelectionInput, dtype: torch.dtype) -> torch.Tensor:
-    """``[N, C]`` features scaled to unit length."""
-    if item.features is None:
-        raise ValueError("this method needs the visual features")
-    features = item.features.detach().to(dtype).reshape(item.num_tokens, -1)
-    return F.normalize(features, dim=-1)
-
-
-# --- divprune ---------------------------------------------------------------------------
-
-
-def nearest_other_distance(unit: torch.Tensor, chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
-    """``[N]``: cosine distance of each unit row of ``unit [N, C]`` to its nearest other row.
-
-    Computed ``chunk_rows`` rows at a time, so memory is ``O(chunk_rows * N)``.
-    """
-    n = unit.shape[0]
-    nearest = torch.empty(n, dtype=unit.dtype, device=unit.device)
-    for start in range(0, n, chunk_rows):
-        stop = min(start + chunk_rows, n)
-        distance = 1.0 - unit[start:stop] @ unit.T  # [rows, N]
-        rows = torch.arange(stop - start, device=unit.device)
-        distance[rows, rows + start] = float("inf")
-        nearest[start:stop] = distance.min(dim=1).values
-    return nearest
-
-
-@register("divprune", needs_features=True)
-def select_divprune(item: SelectionInput, k: int, seed: int) -> torch.Tensor:
-    """``k`` tokens by greedy max-min cosine diversity over ``item.features [N, C]``."""
-    features = _unit_features(item, torch.float32)
-    n = features.shape[0]
-    if k >= n:
-        return torch.arange(n)
-    current = torch.argmax(nearest_other_distance(features))
-    nearest = torch.full((n,), float("inf"), device=features.device)
-    chosen = torch.empty(k, dtype=torch.long, device=features.device)
-    for step in range(k):
-        chosen[step] = current
-        nearest = torch.minimum(nearest, 1.0 - features @ features[current])
-        nearest[chosen[: step + 1]] = -float("inf")
-        current = torch.argmax(nearest)
-    return chosen.cpu()
-
-
-# --- cdpruner ---------------------------------------------------------------------------
 
 
 def question_relevance(unit: torch.Tensor, question_tokens: torch.Tensor, sign: float = 1) -> torch.Tensor:
@@ -188,11 +122,10 @@ def cdpruner(
     return greedy_map(unit, quality, relevance, k)
 
 
-@register("cdpruner", needs_features=True)
 def select_cdpruner(item: SelectionInput, k: int, seed: int) -> torch.Tensor:
     """:func:`cdpruner` on ``item.features [N, C]`` and ``item.question_tokens [Q, C]``,
     with :data:`THETA` and :data:`RELEVANCE_SIGN`."""
-    features = _unit_features(item, torch.float64)
+    features = unit_features(item, torch.float64)
     if item.question_tokens is None:
         raise InvalidQuestionError(
             "method 'cdpruner' needs the question's token embeddings (question_tokens [Q, C])", field="question"
