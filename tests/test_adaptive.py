@@ -102,7 +102,7 @@ def test_batching_does_not_change_an_auto_selection(testbed_pipeline):
 
 
 def test_calibrate_command_writes_the_calibration_and_its_table(tmp_path, capsys):
-    from arr_coc.cli import main
+    from arr_coc_cli.main import main
     from arr_coc.scorer import RelevanceScorer
 
     assert main(["calibrate", "--size", "24", "--seed", "5", "--out", str(tmp_path / "scorer")]) == 0

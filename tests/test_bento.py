@@ -35,7 +35,7 @@ def built(tmp_path_factory):
     env = {**os.environ, "BENTOML_HOME": str(home / "bentoml"), "ARR_COC_HOME": str(home / "arr-coc"),
            "BENTOML_DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1"}  # fmt: skip
     # no flags: the embedded trained testbed and its scorer, nothing trained or built here
-    model_tags = run(sys.executable, "-m", "arr_coc", "models", "import", env=env).split()
+    model_tags = run(sys.executable, "-m", "arr_coc_cli", "models", "import", env=env).split()
     bento_tag = run(sys.executable, "-m", "bentoml", "build", "-o", "tag", env=env).strip().splitlines()[-1]
     bento_tag = bento_tag.removeprefix("__tag__:")
     name, version = bento_tag.split(":")
@@ -63,7 +63,7 @@ def test_bento_holds_service_models_and_dockerfile(built):
     assert {s["name"] for s in info["services"]} == {"arr-coc", "relevance-runner", "vlm-runner"}
     for path in ("service.py", "runners/vlm.py", "runners/relevance.py", "front/pipeline.py", "front/static/index.html",
                  "arr_coc/scorer.py", "arr_coc/vlm/pipeline.py",
-                 "arr_coc/assets/sample.png", "training_hooks/tracker.py", "training_hooks/commands/compare.py"):  # fmt: skip
+                 "arr_coc/assets/sample.png", "training_hooks/tracker.py", "training_hooks/compare.py"):  # fmt: skip
         assert (bento / "src" / path).is_file(), path
     assert not (bento / "src" / "tests").exists()
     dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()
@@ -84,14 +84,14 @@ def test_exported_bento_carries_the_model_files(built, tmp_path):
 
 def test_import_refuses_missing_checkpoints(built, tmp_path):
     env = built["env"]
-    result = subprocess.run([sys.executable, "-m", "arr_coc", "models", "import", "--vlm", str(tmp_path / "nope")],
+    result = subprocess.run([sys.executable, "-m", "arr_coc_cli", "models", "import", "--vlm", str(tmp_path / "nope")],
                             cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 2 and "model" in result.stderr
-    result = subprocess.run([sys.executable, "-m", "arr_coc", "models", "import", "--testbed", "qwen2.5-vl",
+    result = subprocess.run([sys.executable, "-m", "arr_coc_cli", "models", "import", "--testbed", "qwen2.5-vl",
                              "--scorer", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 2 and "scorer" in result.stderr
     # the shipped scorer takes the shipped model's 128-d queries, not the random testbed's 64-d ones
-    result = subprocess.run([sys.executable, "-m", "arr_coc", "models", "import", "--testbed", "qwen2.5-vl",
+    result = subprocess.run([sys.executable, "-m", "arr_coc_cli", "models", "import", "--testbed", "qwen2.5-vl",
                              "--scorer", "arr_coc/assets/vqa-scorer"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert result.returncode == 2 and "128-d" in result.stderr
     listed = subprocess.run([sys.executable, "-m", "bentoml", "models", "list", "-o", "json"], cwd=ROOT, env=env,

@@ -98,7 +98,7 @@ def test_the_cli_parser_loads_no_model_library():
     import subprocess
     import sys
 
-    probe = ("import sys; from arr_coc.cli import build_parser; build_parser().parse_args(['answer', 'x.png', 'q']); "
+    probe = ("import sys; from arr_coc_cli.main import build_parser; build_parser().parse_args(['answer', 'x.png', 'q']); "
              "print(sorted(m for m in ('torch', 'transformers', 'bentoml', 'wandb') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

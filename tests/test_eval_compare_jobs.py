@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from arr_coc.cli import main
+from arr_coc_cli.main import main
 from wandb_jobs import arr_coc, launch_env, offline_env
 from training_hooks.runfile import find_run_files, read_run
 

@@ -79,7 +79,7 @@ def test_bad_parameters_fail_before_any_model_work(values, error, tmp_path) -> N
 
 
 def test_cli_reports_bad_flags_with_exit_code_2(tmp_path) -> None:
-    result = subprocess.run([sys.executable, "-m", "arr_coc", "quality", "--size", "0", "--wandb", "off",
+    result = subprocess.run([sys.executable, "-m", "arr_coc_cli", "quality", "--size", "0", "--wandb", "off",
                              "--out", str(tmp_path / "q")], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "size" in result.stderr
 

@@ -115,9 +115,9 @@ def test_eval_variant_resolution() -> None:
 
 
 def test_arr_coc_and_the_cli_parser_never_import_wandb_or_bentoml() -> None:
-    code = ("import sys, arr_coc.cli, arr_coc.synthetic, arr_coc.evaluation, arr_coc.training.loop, "
+    code = ("import sys, arr_coc_cli.main, arr_coc.synthetic, arr_coc.evaluation, arr_coc.training.loop, "
             "arr_coc.vlm.pipeline, arr_coc.relevance_model, arr_coc.variants, arr_coc.settings; "
-            "arr_coc.cli.build_parser(); "
+            "arr_coc_cli.main.build_parser(); "
             "assert not {'wandb', 'bentoml'} & set(sys.modules), {'wandb', 'bentoml'} & set(sys.modules)")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from arr_coc.cli import main
+from arr_coc_cli.main import main
 from arr_coc.errors import CheckpointFormatError, ModelNotFoundError, UnsupportedModelError
 from arr_coc.vlm.families import FAMILIES
 from arr_coc.vlm.loading import load_vlm, parse_dtype, read_family

@@ -31,6 +31,6 @@ def launch_env(root: Path, overrides: dict) -> dict[str, str]:
 
 
 def arr_coc(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    """``python -m arr_coc ARGS`` to completion (the run file is complete once it returns)."""
-    return subprocess.run([sys.executable, "-m", "arr_coc", *args], env=env, cwd=cwd, capture_output=True,
+    """``python -m arr_coc_cli ARGS`` to completion (the run file is complete once it returns)."""
+    return subprocess.run([sys.executable, "-m", "arr_coc_cli", *args], env=env, cwd=cwd, capture_output=True,
                           text=True, timeout=JOB_TIMEOUT_S)  # fmt: skip

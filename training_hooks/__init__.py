@@ -6,6 +6,5 @@ only in its owner thread), ``serve_events`` (what request events become),
 ``runfile`` (reader of offline ``.wandb`` run files), ``jobrun`` (mode, Launch
 overrides and start of a job's run), ``train_job`` and ``eval_job`` (the
 ``train-scorer`` and ``eval`` jobs), ``compare`` and ``plots`` (variants x
-metrics from runs), ``commands`` (their CLI parsers, registered by
-``arr_coc.cli``).
+metrics from runs). Their command-line parsers live in ``arr_coc_cli``.
 """

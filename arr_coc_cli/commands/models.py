@@ -2,14 +2,13 @@
 
 With no flags it imports the embedded default, the trained VQA testbed and its
 trained scorer shipped in the package, so ``bentoml build`` works on a fresh clone
-without training anything. The store lives in the serving layer, so this command
-imports ``runners.store`` only when it runs; ``import arr_coc`` stays free of bentoml.
+without training anything. The store lives in the serving layer (``runners.store``),
+imported when the command runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 
 from arr_coc.settings import TESTBED_FAMILIES, get_settings
 
@@ -20,8 +19,9 @@ def run_import(args: argparse.Namespace) -> int:
     testbed = args.testbed or (None if args.vlm else EMBEDDED)
     vlm = args.vlm or str(testbed_source(testbed, get_settings().home / "testbed"))
     scorer = args.scorer or (str(EMBEDDED_SCORER) if testbed == EMBEDDED else None)
-    store = importlib.import_module("runners.store")
-    for tag in store.import_models(vlm, scorer):
+    from runners.store import import_models
+
+    for tag in import_models(vlm, scorer):
         print(tag)
     return 0
 

@@ -1,36 +1,26 @@
-"""The ``arr-coc`` command line (also ``python -m arr_coc``).
+"""The ``arr-coc`` command line (also ``python -m arr_coc_cli``).
 
-Each sub-command lives in ``arr_coc/commands/<name>.py`` and exposes
+Each sub-command lives in ``arr_coc_cli/commands/<name>.py`` and exposes
 ``register(subparsers)``, which adds its parser and sets ``func(args) -> int``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from arr_coc.errors import ArrCocError
+from arr_coc_cli.commands import (answer, calibrate, compare, evaluate, models, quality, relevance, testbed,
+                                  train_scorer, train_testbed)  # fmt: skip
 
-COMMAND_MODULES = [
-    "arr_coc.commands.relevance",
-    "arr_coc.commands.testbed",
-    "arr_coc.commands.answer",
-    "arr_coc.commands.models",
-    "arr_coc.commands.calibrate",
-    "training_hooks.commands.train_scorer",
-    "training_hooks.commands.train_testbed",
-    "training_hooks.commands.evaluate",
-    "training_hooks.commands.compare",
-    "training_hooks.commands.quality",
-]
+COMMANDS = [relevance, testbed, answer, models, calibrate, train_scorer, train_testbed, evaluate, compare, quality]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="arr-coc", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for module_name in COMMAND_MODULES:
-        importlib.import_module(module_name).register(subparsers)
+    for command in COMMANDS:
+        command.register(subparsers)
     return parser
 
 

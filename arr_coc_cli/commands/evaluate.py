@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from arr_coc.commands.options import parse_budget
+from arr_coc_cli.commands.options import parse_budget
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from arr_coc.commands.options import parse_budget
+from arr_coc_cli.commands.options import parse_budget
 from arr_coc.settings import DECODE_MODES, STAGES
 
 

@@ -14,7 +14,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from arr_coc.commands.options import parse_budget
+from arr_coc_cli.commands.options import parse_budget
 
 PIXELS_PER_TOKEN = 28
 HASH_QUERY_DIM = 64

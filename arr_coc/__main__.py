@@ -1,5 +1,0 @@
-import sys
-
-from arr_coc.cli import main
-
-sys.exit(main())

@@ -1,1 +1,0 @@
-"""Sub-commands of the ``arr-coc`` CLI, one module each."""
