@@ -33,7 +33,7 @@ from front.schemas import AnswerRequestBody, AnswerResponse, RelevanceRequestBod
 from front.uploads import body_limit, fetch_image, is_remote, read_request, request_body_openapi, url_hosts
 from runners.relevance import RelevanceRunner
 from runners.vlm import VLMRunner
-from training_hooks.service_tracking import Tracking
+from training_hooks.tracking.service_tracking import Tracking
 
 settings = get_settings()
 LIMIT = body_limit(settings)

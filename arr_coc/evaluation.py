@@ -5,7 +5,7 @@
 batches of ``batch_size`` and yields one :class:`EvalRecord` per sample;
 :func:`summarize` folds records into the numbers a dashboard compares
 (``accuracy``, ``recall``, ``kept_ratio``, latency percentiles, throughput).
-No W&B here: ``training_hooks.eval_job`` logs what this yields.
+No W&B here: ``training_hooks.jobs.eval_job`` logs what this yields.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from front.schemas import AnswerResponse, GenerationFields, ImageQuestion
 from front.uploads import decode_image_field
 from runners.relevance import Pixels, RunnerError, ScoreItem, ScoreOutput
 from runners.vlm import AnswerItem, AnswerOutput
-from training_hooks.service_tracking import Tracking, tracking_name
+from training_hooks.tracking.service_tracking import Tracking, tracking_name
 
 
 class RunnerInputError(ArrCocInputError):

@@ -63,7 +63,7 @@ def test_bento_holds_service_models_and_dockerfile(built):
     assert {s["name"] for s in info["services"]} == {"arr-coc", "relevance-runner", "vlm-runner"}
     for path in ("service.py", "runners/vlm.py", "runners/relevance.py", "front/pipeline.py", "front/static/index.html",
                  "arr_coc/scorer.py", "arr_coc/vlm/pipeline.py",
-                 "arr_coc/assets/sample.png", "training_hooks/tracker.py", "training_hooks/compare.py"):  # fmt: skip
+                 "arr_coc/assets/sample.png", "training_hooks/tracking/tracker.py", "training_hooks/comparison/compare.py"):  # fmt: skip
         assert (bento / "src" / path).is_file(), path
     assert not (bento / "src" / "tests").exists()
     dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()

@@ -10,7 +10,7 @@ from PIL import Image
 
 from arr_coc_cli.main import main
 from wandb_jobs import arr_coc, launch_env, offline_env
-from training_hooks.runfile import find_run_files, read_run
+from training_hooks.comparison.runfile import find_run_files, read_run
 
 EVAL_ARGS = ["--limit", "2", "--size", "4", "--dataset", "synthetic", "--image-size", "112", "--max-new-tokens", "2"]
 
@@ -120,7 +120,7 @@ def test_missing_model_dir_and_empty_dataset_exit_2(tmp_path: Path) -> None:
 
 
 def test_eval_variant_carries_its_stage() -> None:
-    from training_hooks.eval_job import EvalParams, resolve_variant
+    from training_hooks.jobs.eval_job import EvalParams, resolve_variant
 
     assert resolve_variant(EvalParams(variant="arr-coc-pre-25")).stage == "pre"
     adhoc = resolve_variant(EvalParams(method="uniform", budget=0.3, stage="pre"))
@@ -133,7 +133,7 @@ def test_eval_variant_carries_its_stage() -> None:
 def test_compare_keeps_pre_encoder_variants_apart() -> None:
     from types import SimpleNamespace
 
-    from training_hooks.compare import _variant_of
+    from training_hooks.comparison.compare import _variant_of
 
     flat = SimpleNamespace(config={"variant": "arr-coc-pre-25", "method": "arr-coc", "stage": "pre"}, group="g")
     nested = SimpleNamespace(config={"variant": {"name": "arr-coc-25", "method": "arr-coc", "stage": "post"}}, group="g")
@@ -142,7 +142,7 @@ def test_compare_keeps_pre_encoder_variants_apart() -> None:
 
 
 def test_finishing_marks_a_failed_job_run_with_exit_code_1() -> None:
-    from training_hooks.jobrun import finishing
+    from training_hooks.jobs.jobrun import finishing
 
     class Run:
         codes: list = []

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from arr_coc.errors import InvalidConfigError, UnknownDatasetError
-from training_hooks.quality_job import QualityParams, format_markdown, quality_variants, run_quality_job
-from training_hooks.runfile import find_run_files, read_run
+from training_hooks.jobs.quality_job import QualityParams, format_markdown, quality_variants, run_quality_job
+from training_hooks.comparison.runfile import find_run_files, read_run
 from wandb_jobs import arr_coc, offline_env
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from training_hooks.serve_events import (
+from training_hooks.tracking.serve_events import (
     RESERVOIR_SIZE,
     Example,
     RequestEvent,

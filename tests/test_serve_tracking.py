@@ -12,7 +12,7 @@ from serving import Server, b64_png
 from drawing import scene
 from arr_coc.scorer import RelevanceScorer
 from arr_coc.vlm.testbed import EMBEDDED_MODEL
-from training_hooks.runfile import find_run_files, read_run
+from training_hooks.comparison.runfile import find_run_files, read_run
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -14,7 +14,7 @@ from arr_coc.training.testbed_training import (
     train_testbed_config, train_testbed,
 )
 from arr_coc.vlm.loading import load_vlm
-from training_hooks.runfile import find_run_files, read_run
+from training_hooks.comparison.runfile import find_run_files, read_run
 from wandb_jobs import arr_coc, offline_env
 
 

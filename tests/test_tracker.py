@@ -16,11 +16,11 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-import training_hooks.tracker as tracker_module
+import training_hooks.tracking.tracker as tracker_module
 import wandb_jobs
-from training_hooks.runfile import find_run_files, read_run
-from training_hooks.serve_events import Example
-from training_hooks.tracker import (
+from training_hooks.comparison.runfile import find_run_files, read_run
+from training_hooks.tracking.serve_events import Example
+from training_hooks.tracking.tracker import (
     DisabledTracker,
     InferenceTracker,
     TrackerSettings,
@@ -279,8 +279,8 @@ def run_offline(root: Path, script: str) -> Path:
 SERVE_SCRIPT = """
     import sys, threading
     import numpy as np
-    from training_hooks.serve_events import Example
-    from training_hooks.tracker import InferenceTracker, TrackerSettings, WandbBackend
+    from training_hooks.tracking.serve_events import Example
+    from training_hooks.tracking.tracker import InferenceTracker, TrackerSettings, WandbBackend
 
     class Observed(WandbBackend):  # the real backend, telling when a busy window was logged
         logged = threading.Event()
@@ -335,7 +335,7 @@ def test_serve_run_reads_back_from_an_offline_run_file(tmp_path: Path) -> None:
 def test_summary_is_written_at_exit_without_close(tmp_path: Path) -> None:
     script = """
         import threading
-        from training_hooks.tracker import InferenceTracker, TrackerSettings, WandbBackend
+        from training_hooks.tracking.tracker import InferenceTracker, TrackerSettings, WandbBackend
 
         class Observed(WandbBackend):
             started = threading.Event()

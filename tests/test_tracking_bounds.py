@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import subprocess
 
-import training_hooks.service_tracking as service_tracking
+import training_hooks.tracking.service_tracking as service_tracking
 from arr_coc.settings import Settings
 from arr_coc.variants import ad_hoc, get_variant
-from training_hooks.service_tracking import Tracking, tracking_name
+from training_hooks.tracking.service_tracking import Tracking, tracking_name
 
 
 def test_names_are_bounded_by_the_registry():

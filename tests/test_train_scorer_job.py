@@ -11,7 +11,7 @@ import torch
 
 from arr_coc.scorer import RelevanceScorer
 from wandb_jobs import arr_coc, launch_env, offline_env
-from training_hooks.runfile import find_run_files, read_run
+from training_hooks.comparison.runfile import find_run_files, read_run
 
 # A short CPU budget: 224-pixel images (8 x 8 tokens), 80 steps of 8.
 TRAIN_ARGS = ["--steps", "80", "--batch-size", "8", "--train-size", "96", "--heldout-size", "32",

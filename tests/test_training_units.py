@@ -16,8 +16,8 @@ from arr_coc.synthetic import COLOURS, POSITIONS, SHAPES, SyntheticShapes, token
 from arr_coc.tasks import load_dataset
 from arr_coc.training.config import train_config
 from arr_coc.training.loss import relevance_loss
-from training_hooks.eval_job import EvalParams, apply_overrides, resolve_variant
-from training_hooks.jobrun import launch_overrides, resolve_mode
+from training_hooks.jobs.eval_job import EvalParams, apply_overrides, resolve_variant
+from training_hooks.jobs.jobrun import launch_overrides, resolve_mode
 
 
 def test_synthetic_samples_are_seeded_split_and_consistent() -> None:

@@ -20,7 +20,7 @@ from wandb.proto import wandb_internal_pb2 as pb
 
 from arr_coc.errors import ArrCocError
 import wandb_jobs
-from training_hooks.runfile import (
+from training_hooks.comparison.runfile import (
     BLOCK_SIZE,
     RunFileError,
     find_run_file,

@@ -1,10 +1,13 @@
-"""W&B around ARR-COC: inference tracking of the service, and reading runs back.
+"""W&B around ARR-COC, by idea; modules are imported one by one (nothing here imports wandb at import).
 
-Modules are imported one by one on purpose (nothing here imports wandb):
-``tracker`` (the serving worker's run, off the request path; it imports wandb
-only in its owner thread), ``serve_events`` (what request events become),
-``runfile`` (reader of offline ``.wandb`` run files), ``jobrun`` (mode, Launch
-overrides and start of a job's run), ``train_job`` and ``eval_job`` (the
-``train-scorer`` and ``eval`` jobs), ``compare`` and ``plots`` (variants x
-metrics from runs). Their command-line parsers live in ``arr_coc_cli``.
+- ``tracking/``: the service's runs. ``tracker`` (a worker's run, fed off the request
+  path; wandb only in its owner thread), ``serve_events`` (what request events
+  become), ``service_tracking`` (one bounded tracker per registered variant).
+- ``jobs/``: runs that finish. ``jobrun`` (mode, Launch overrides, start and
+  finish of a job's run), ``train_job``, ``train_testbed_job``, ``eval_job``,
+  ``quality_job``.
+- ``comparison/``: reading runs back. ``runfile`` (offline ``.wandb`` files),
+  ``compare`` (variants x metrics), ``plots``.
+
+Their command-line parsers live in ``arr_coc_cli``.
 """

@@ -3,5 +3,5 @@
 ``config`` (:class:`TrainConfig`, config files), ``data`` (per-sample cache of
 what the VLM's processor and embeddings give), ``loss`` (relevance vs target
 mask), ``recall`` (held-out recall@budget of every selection method), ``loop``
-(:func:`train_scorer`). ``training_hooks.train_job`` wraps them in a W&B run.
+(:func:`train_scorer`). ``training_hooks.jobs.train_job`` wraps them in a W&B run.
 """

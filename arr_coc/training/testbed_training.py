@@ -36,7 +36,7 @@ from a trained checkpoint instead of random weights (fine-tuning). Data comes fr
 DataLoader worker while the model trains. Deterministic for a seed on one machine.
 
 No W&B here: the loop reports through a :class:`TestbedLogger`
-(``training_hooks.train_testbed_job`` logs to W&B).
+(``training_hooks.jobs.train_testbed_job`` logs to W&B).
 """
 
 from __future__ import annotations

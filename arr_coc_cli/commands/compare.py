@@ -6,7 +6,7 @@ import argparse
 
 
 def run(args: argparse.Namespace) -> int:
-    from training_hooks.compare import run_compare
+    from training_hooks.comparison.compare import run_compare
 
     return run_compare(args.sources, args.out)
 

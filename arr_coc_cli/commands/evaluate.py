@@ -8,7 +8,7 @@ from arr_coc_cli.commands.options import parse_budget
 
 
 def run(args: argparse.Namespace) -> int:
-    from training_hooks.eval_job import run_eval_job
+    from training_hooks.jobs.eval_job import run_eval_job
 
     values = {"variant": args.variant or "", "method": args.method or "", "budget": args.budget, "coverage": args.coverage,
               "stage": args.stage,

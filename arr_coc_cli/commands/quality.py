@@ -6,7 +6,7 @@ import argparse
 
 
 def run(args: argparse.Namespace) -> int:
-    from training_hooks.quality_job import run_quality_job
+    from training_hooks.jobs.quality_job import run_quality_job
 
     values = {"size": args.size, "seed": args.seed, "batch_size": args.batch_size, "out": args.out,
               "model": args.model, "scorer": args.scorer, "dataset": args.dataset,

@@ -10,7 +10,7 @@ import argparse
 
 
 def run(args: argparse.Namespace) -> int:
-    from training_hooks.train_job import run_train_job
+    from training_hooks.jobs.train_job import run_train_job
 
     cli_values = {"steps": args.steps, "out": args.out, "model": args.model, "seed": args.seed,
                   "batch_size": args.batch_size, "train_size": args.train_size,

@@ -10,7 +10,7 @@ import argparse
 
 
 def run(args: argparse.Namespace) -> int:
-    from training_hooks.train_testbed_job import run_train_testbed_job
+    from training_hooks.jobs.train_testbed_job import run_train_testbed_job
 
     cli_values = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                   "out": args.out, "heldout_size": args.heldout_size, "eval_every": args.eval_every,

@@ -3,7 +3,7 @@
 Pure data (no thread, no wandb): :class:`WindowStats` folds one window's
 :class:`RequestEvent` s into one history row, :class:`RunTotals` keeps run-wide
 figures for ``run.summary``, :func:`render_example` turns a sampled request's raw
-arrays into the images of one table row. ``training_hooks.tracker`` runs them in
+arrays into the images of one table row. ``training_hooks.tracking.tracker`` runs them in
 its owner thread.
 """
 

@@ -27,7 +27,7 @@ from arr_coc.errors import EmptyDatasetError, InvalidBudgetError, InvalidConfigE
 from arr_coc.tasks import check_dataset
 from arr_coc.training.config import validate
 from arr_coc.variants import Variant, ad_hoc, get_variant
-from training_hooks.jobrun import declare_launch_inputs, finishing, launch_overrides, resolve_mode, start_run
+from training_hooks.jobs.jobrun import declare_launch_inputs, finishing, launch_overrides, resolve_mode, start_run
 
 EXAMPLES = 16  # samples with heatmaps in the examples table
 

@@ -25,8 +25,8 @@ import numpy as np
 
 from arr_coc.settings import Settings
 from arr_coc.variants import VARIANTS, Variant
-from training_hooks.serve_events import Example
-from training_hooks.tracker import TrackerSettings, create_tracker
+from training_hooks.tracking.serve_events import Example
+from training_hooks.tracking.tracker import TrackerSettings, create_tracker
 
 CLOSE_DEADLINE_S = 8.0
 logger = logging.getLogger(__name__)

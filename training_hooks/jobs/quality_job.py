@@ -27,8 +27,8 @@ from arr_coc.settings import STAGES
 from arr_coc.tasks import check_dataset
 from arr_coc.training.config import validate
 from arr_coc.variants import VARIANTS, Variant, ad_hoc, get_variant
-from training_hooks.jobrun import resolve_mode, start_run
-from training_hooks.plots import PALETTE, Series, scatter_plot
+from training_hooks.jobs.jobrun import resolve_mode, start_run
+from training_hooks.comparison.plots import PALETTE, Series, scatter_plot
 
 METHODS = ("arr-coc", "uniform", "random", "divprune", "cdpruner")
 BUDGETS = (0.1, 0.25, 0.5)

@@ -14,9 +14,9 @@ from typing import Any
 
 from arr_coc.training.config import load_config_file
 from arr_coc.training.testbed_training import TrainTestbedConfig, train_testbed_config
-from training_hooks.jobrun import (declare_launch_inputs, finishing, launch_overrides, resolve_mode, run_config,
+from training_hooks.jobs.jobrun import (declare_launch_inputs, finishing, launch_overrides, resolve_mode, run_config,
                                    start_run)  # fmt: skip
-from training_hooks.train_job import WandbTrainLogger
+from training_hooks.jobs.train_job import WandbTrainLogger
 
 ARTIFACT_NAME = "vqa-testbed"
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from arr_coc.errors import InvalidConfigError
 from arr_coc.settings import get_settings
-from training_hooks.tracker import env_switch
+from training_hooks.tracking.tracker import env_switch
 
 log = logging.getLogger(__name__)
 

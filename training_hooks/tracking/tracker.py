@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from training_hooks.serve_events import (
+from training_hooks.tracking.serve_events import (
     PREFIX,
     Example,
     ExampleRow,

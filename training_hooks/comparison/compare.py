@@ -1,7 +1,7 @@
 """``arr-coc compare``: variants x metrics from W&B runs, as a table and PNG plots.
 
 Sources: an offline run folder, a ``.wandb`` file, or a folder holding many runs
-(e.g. a ``WANDB_DIR``), read with :mod:`training_hooks.runfile`; anything else
+(e.g. a ``WANDB_DIR``), read with :mod:`training_hooks.comparison.runfile`; anything else
 is an ``entity/project`` (or ``project``) read with the W&B public API. Only
 summary and config are read, the same fields parallel-coordinates panels use.
 
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from arr_coc.errors import NoRunsError
-from training_hooks.plots import PALETTE, Series, scatter_plot
+from training_hooks.comparison.plots import PALETTE, Series, scatter_plot
 
 METRICS = {  # column -> summary keys, first present wins
     "recall": ("recall",),
@@ -64,7 +64,7 @@ def _number(value: Any) -> float | None:
 
 def read_offline(path: Path) -> list[RunSummary]:
     """Every run below ``path`` (a run folder, a ``.wandb`` file or a folder of runs)."""
-    from training_hooks.runfile import find_run_files, read_run
+    from training_hooks.comparison.runfile import find_run_files, read_run
 
     files = [path] if path.is_file() else find_run_files(path)
     if not files:

@@ -1,0 +1,1 @@
+"""Comparing variants from their runs: the offline run-file reader, the variants x metrics table, plots."""

@@ -1,0 +1,1 @@
+"""Tracking of the service: one W&B run per (deployment, variant, worker), fed off the request path."""
