@@ -90,3 +90,14 @@ def test_auto_budgets_give_one_variant_per_coverage() -> None:
     names = [v.name for v in variants]
     assert names == ["full", "arr-coc-auto", "arr-coc@auto(coverage=0.7)", "arr-coc-10",
                      "arr-coc-pre-auto", "arr-coc@auto(coverage=0.7)@pre", "arr-coc-pre-10"]  # fmt: skip
+
+
+def test_plots_skip_non_finite_points_and_keep_their_size(tmp_path) -> None:
+    from PIL import Image
+
+    from training_hooks.comparison.plots import Series, scatter_plot
+
+    path = scatter_plot([Series("a", [(0.1, 0.5), (0.2, float("nan")), (0.3, 0.7)], labels=["x", "y", "z"])],
+                        tmp_path / "deep" / "plot.png", title="t", xlabel="x", ylabel="y", xrange=(0, 1))  # fmt: skip
+    with Image.open(path) as image:
+        assert image.size == (800, 520) and image.format == "PNG"

@@ -1,9 +1,9 @@
-"""Small scatter/line plots drawn with Pillow (no plotting library needed).
+"""Scatter/line plots of variants with matplotlib (Agg: no display needed).
 
 ``scatter_plot(series, path, title=, xlabel=, ylabel=)`` writes a PNG: each
 :class:`Series` is a set of points in one colour and marker, joined by a line in
-x order when ``line`` is set, each point optionally labelled. Axes are linear;
-ticks are "nice" steps (1, 2, 2.5, 5 x 10^k) covering the data.
+x order when ``line`` is set, each point optionally labelled; the legend sits to
+the right of the axes.
 """
 
 from __future__ import annotations
@@ -12,12 +12,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
-
 PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]  # fmt: skip
-SIZE = (800, 520)
-MARGIN = (80, 40, 190, 60)  # left, top, right (legend), bottom, pixels
+MARKERS = {"circle": "o", "square": "s", "triangle": "^"}
+SIZE_INCHES, DPI = (8.0, 5.2), 100  # 800 x 520 pixels
 
 
 @dataclass
@@ -32,80 +30,37 @@ class Series:
     line: bool = True
 
 
-def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """About ``count`` evenly spaced round values covering ``[low, high]``."""
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return [0.0, 1.0]
-    if high - low < 1e-12:
-        low, high = low - 0.5, high + 0.5
-    raw = (high - low) / max(1, count - 1)
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    start = math.floor(low / step) * step
-    ticks = []
-    value = start
-    while value < high + step * 0.999:
-        ticks.append(round(value, 10))
-        value += step
-    return ticks
-
-
-def _marker(draw: ImageDraw.ImageDraw, x: float, y: float, kind: str, colour, r: int = 5) -> None:
-    if kind == "square":
-        draw.rectangle((x - r, y - r, x + r, y + r), fill=colour)
-    elif kind == "triangle":
-        draw.polygon([(x, y - r - 1), (x + r + 1, y + r), (x - r - 1, y + r)], fill=colour)
-    else:
-        draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
-
-
 def scatter_plot(series: list[Series], path: str | Path, *, title: str, xlabel: str, ylabel: str,
                  xrange: tuple[float, float] | None = None, yrange: tuple[float, float] | None = None) -> Path:  # fmt: skip
-    """Draw ``series`` into a PNG at ``path`` (parent folders created); returns the path."""
-    points = [p for s in series for p in s.points if all(math.isfinite(v) for v in p)]
-    xs, ys = [p[0] for p in points] or [0.0, 1.0], [p[1] for p in points] or [0.0, 1.0]
-    xticks = nice_ticks(*(xrange or (min(xs), max(xs))))
-    yticks = nice_ticks(*(yrange or (min(0.0, min(ys)), max(ys))))
-    image = Image.new("RGB", SIZE, "white")
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
-    left, top, right, bottom = MARGIN
-    width, height = SIZE[0] - left - right, SIZE[1] - top - bottom
+    """Draw ``series`` into a PNG at ``path`` (parent folders created); returns the path. Non-finite points are skipped."""
+    import matplotlib
 
-    def to_px(x: float, y: float) -> tuple[float, float]:
-        fx = (x - xticks[0]) / (xticks[-1] - xticks[0])
-        fy = (y - yticks[0]) / (yticks[-1] - yticks[0])
-        return left + fx * width, top + (1 - fy) * height
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
 
-    for x in xticks:
-        px, _ = to_px(x, yticks[0])
-        draw.line((px, top, px, top + height), fill=(230, 230, 230))
-        draw.text((px, top + height + 6), f"{x:g}", fill="black", font=font, anchor="mt")
-    for y in yticks:
-        _, py = to_px(xticks[0], y)
-        draw.line((left, py, left + width, py), fill=(230, 230, 230))
-        draw.text((left - 6, py), f"{y:g}", fill="black", font=font, anchor="rm")
-    draw.rectangle((left, top, left + width, top + height), outline="black")
-    draw.text((left + width / 2, 8), title, fill="black", font=font, anchor="mt")
-    draw.text((left + width / 2, SIZE[1] - 18), xlabel, fill="black", font=font, anchor="mm")
-    draw.text((left, top - 6), ylabel, fill="black", font=font, anchor="lb")
-
-    for s in series:
-        finite = [(p, lbl) for p, lbl in zip(s.points, s.labels or [""] * len(s.points))
-                  if all(math.isfinite(v) for v in p)]  # fmt: skip
-        finite.sort(key=lambda item: item[0])
-        pixels = [to_px(*p) for p, _ in finite]
-        if s.line and len(pixels) > 1:
-            draw.line(pixels, fill=s.colour, width=2)
-        for (px, py), (_, label) in zip(pixels, finite):
-            _marker(draw, px, py, s.marker, s.colour)
-            if label:
-                draw.text((px + 7, py - 7), label, fill=(60, 60, 60), font=font, anchor="lb")
-    for i, s in enumerate(series):
-        y = top + 10 + i * 18
-        _marker(draw, left + width + 20, y, s.marker, s.colour)
-        draw.text((left + width + 32, y), s.name, fill="black", font=font, anchor="lm")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    figure, axes = pyplot.subplots(figsize=SIZE_INCHES, dpi=DPI)
+    try:
+        for s in series:
+            labels = s.labels or [""] * len(s.points)
+            finite = sorted((p, label) for p, label in zip(s.points, labels) if all(math.isfinite(v) for v in p))
+            xs, ys = [p[0] for p, _ in finite], [p[1] for p, _ in finite]
+            colour = tuple(c / 255 for c in s.colour)
+            axes.plot(xs, ys, linestyle="-" if s.line else "none", marker=MARKERS.get(s.marker, "o"), color=colour,
+                      label=s.name)  # fmt: skip
+            for (x, y), label in finite:
+                if label:
+                    axes.annotate(label, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8, color="0.25")
+        if xrange:
+            axes.set_xlim(*xrange)
+        if yrange:
+            axes.set_ylim(*yrange)
+        axes.set(title=title, xlabel=xlabel, ylabel=ylabel)
+        axes.grid(True, color="0.9")
+        axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+        figure.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, format="png")
+    finally:
+        pyplot.close(figure)
     return path
