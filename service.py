@@ -22,7 +22,7 @@ from importlib.metadata import version
 
 import bentoml
 from fastapi import FastAPI, Request
-from starlette.responses import FileResponse, JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse, StreamingResponse
 
 from arr_coc.heatmap import heatmap_png
 from arr_coc.settings import get_settings

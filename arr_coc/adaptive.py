@@ -45,7 +45,9 @@ class AutoBudget(BaseModel):
         return f"{AUTO}({','.join(changed)})" if changed else AUTO
 
 
-def auto_budget(coverage: float | None = None, min_tokens: int | None = None, max_tokens: int | None = None) -> AutoBudget:
+def auto_budget(
+    coverage: float | None = None, min_tokens: int | None = None, max_tokens: int | None = None
+) -> AutoBudget:
     """An :class:`AutoBudget`, or :class:`InvalidBudgetError` naming the bad field."""
     coverage = DEFAULT_COVERAGE if coverage is None else coverage
     min_tokens = 1 if min_tokens is None else min_tokens

@@ -121,4 +121,3 @@ class Stopwatch:
     @property
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.start
-

@@ -45,7 +45,7 @@ def rescale_per_image(scores: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Min-max rescale each ``[H', W']`` map of ``[B, H', W']`` to [0, 1]; flat maps -> 0."""
     flat = scores.flatten(1)
     low = flat.amin(dim=1)[:, None, None]
-    span = (flat.amax(dim=1)[:, None, None] - low)
+    span = flat.amax(dim=1)[:, None, None] - low
     return torch.where(span > eps, (scores - low) / span.clamp_min(eps), torch.zeros_like(scores))
 
 

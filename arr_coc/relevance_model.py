@@ -77,8 +77,7 @@ class RelevanceModel:
     def __init__(self, processor, embeddings: torch.Tensor, scorer: RelevanceScorer, dtype: torch.dtype) -> None:
         if scorer.query_dim != embeddings.shape[1]:
             raise CheckpointFormatError(
-                f"the scorer takes {scorer.query_dim}-d queries but the VLM's embeddings are "
-                f"{embeddings.shape[1]}-d",
+                f"the scorer takes {scorer.query_dim}-d queries but the VLM's embeddings are {embeddings.shape[1]}-d",
                 field="scorer",
             )
         self.processor = processor

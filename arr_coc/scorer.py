@@ -97,7 +97,9 @@ class RelevanceScorer(nn.Module):
         before (e.g. cached); ``images`` is then only used for its batch size.
         """
         if query_embeds.dim() != 2 or query_embeds.shape != (images.shape[0], self.query_dim):
-            raise ValueError(f"query_embeds must be [{images.shape[0]}, {self.query_dim}], got {tuple(query_embeds.shape)}")
+            raise ValueError(
+                f"query_embeds must be [{images.shape[0]}, {self.query_dim}], got {tuple(query_embeds.shape)}"
+            )
         timings: dict[str, float] = {}
         start = time.perf_counter()
 
@@ -164,8 +166,13 @@ class RelevanceScorer(nn.Module):
             out = self.score(batch, grid, query_embeds[members].to(device), texture=texture)
             for i, member in enumerate(members):
                 scores[member] = ScorerOutput(
-                    out.texture[i], out.information[i], out.perspectival[i], out.participatory[i], out.weights[i],
-                    out.relevance[i], out.timings_ms,
+                    out.texture[i],
+                    out.information[i],
+                    out.perspectival[i],
+                    out.participatory[i],
+                    out.weights[i],
+                    out.relevance[i],
+                    out.timings_ms,
                 )
         return scores
 
@@ -192,7 +199,9 @@ class RelevanceScorer(nn.Module):
             scorer = cls(**config)
             scorer.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=True)
         except FileNotFoundError as error:
-            raise CheckpointFormatError(f"incomplete checkpoint: {error.filename} is missing", field="scorer") from error
+            raise CheckpointFormatError(
+                f"incomplete checkpoint: {error.filename} is missing", field="scorer"
+            ) from error
         except (json.JSONDecodeError, SafetensorError, RuntimeError, TypeError, OSError) as error:
             raise CheckpointFormatError(f"unreadable checkpoint at {path}: {error}", field="scorer") from error
         return scorer.to(device).eval()

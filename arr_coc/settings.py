@@ -35,8 +35,9 @@ class Settings(BaseSettings):
     )
     home: Path = Field(Path.home() / ".cache" / "arr-coc", description="where testbed models are built")
     scorer: str = Field(
-        "", description="relevance-scorer checkpoint directory; empty = the shipped scorer with the shipped testbed, "
-        "else untrained (seeded)"
+        "",
+        description="relevance-scorer checkpoint directory; empty = the shipped scorer with the shipped testbed, "
+        "else untrained (seeded)",
     )
     scorer_artifact: str = Field("", description="W&B artifact name the scorer came from, for run configs")
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'")

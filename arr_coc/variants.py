@@ -13,8 +13,8 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from arr_coc.adaptive import AUTO, AutoBudget
-from arr_coc.selection import as_budget, check_method, check_stage, resolve_budget
 from arr_coc.errors import UnknownVariantError
+from arr_coc.selection import as_budget, check_method, check_stage, resolve_budget
 
 
 class Variant(BaseModel):
@@ -62,7 +62,9 @@ def _builtin() -> dict[str, Variant]:
     for method in ("arr-coc", "uniform", "random"):  # chosen before the vision tower, which runs on the kept only
         for percent in (10, 25, 50):
             variants.append(Variant(name=f"{method}-pre-{percent}", method=method, budget=percent / 100, stage="pre"))
-    variants.append(Variant(name="arr-coc-auto", method="arr-coc", budget=AutoBudget()))  # as many as each question needs
+    variants.append(
+        Variant(name="arr-coc-auto", method="arr-coc", budget=AutoBudget())
+    )  # as many as each question needs
     variants.append(Variant(name="arr-coc-pre-auto", method="arr-coc", budget=AutoBudget(), stage="pre"))
     return {v.name: v for v in variants}
 

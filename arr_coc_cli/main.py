@@ -10,8 +10,18 @@ import argparse
 import sys
 
 from arr_coc.errors import ArrCocError
-from arr_coc_cli.commands import (answer, calibrate, compare, evaluate, models, quality, relevance, testbed,
-                                  train_scorer, train_testbed)  # fmt: skip
+from arr_coc_cli.commands import (
+    answer,
+    calibrate,
+    compare,
+    evaluate,
+    models,
+    quality,
+    relevance,
+    testbed,
+    train_scorer,  # fmt: skip
+    train_testbed,
+)
 
 COMMANDS = [relevance, testbed, answer, models, calibrate, train_scorer, train_testbed, evaluate, compare, quality]
 

@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from bench_prune import REAL_CONFIGS, random_real_size_model  # noqa: E402
+from bench_prune import random_real_size_model  # noqa: E402
 from drawing import scene  # noqa: E402
 
 from arr_coc.vlm.loading import load_vlm, parse_dtype  # noqa: E402

@@ -32,13 +32,14 @@ from arr_coc.adaptive import AutoBudget, auto_budget
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from drawing import scene  # noqa: E402
+
 from arr_coc.vlm.families import family_by_name  # noqa: E402
 from arr_coc.vlm.loading import LoadedVLM, load_vlm, parse_dtype  # noqa: E402
 from arr_coc.vlm.pipeline import VLMPipeline  # noqa: E402
 from arr_coc.vlm.testbed import ensure_testbed, testbed_processor  # noqa: E402
 from arr_coc.vlm.testbed_tokenizer import build_tokenizer  # noqa: E402
 from arr_coc.vlm.types import AnswerRequest, GenerationParams  # noqa: E402
-from drawing import scene  # noqa: E402
 
 BUDGETS = [1.0, 0.5, 0.25, 0.1]
 QUESTION = "Where is the red house, and what is next to it?"
@@ -149,7 +150,9 @@ def bench(name: str, args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="testbed,qwen2.5-vl-3b", help=f"comma list of testbed,{','.join(REAL_CONFIGS)}")
+    parser.add_argument(
+        "--models", default="testbed,qwen2.5-vl-3b", help=f"comma list of testbed,{','.join(REAL_CONFIGS)}"
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp32")
     parser.add_argument("--image", type=int, default=448, help="square image side in pixels")

@@ -12,8 +12,8 @@ run, so the ratios compare like with like on this noisy machine.
 from __future__ import annotations
 
 import argparse
-import os
 import concurrent.futures
+import os
 import statistics
 import sys
 import tempfile
@@ -61,7 +61,12 @@ def load(url: str, requests: list[dict], concurrency: int) -> tuple[float, float
     latencies = [r for r in results if r is not None]
     if not latencies:
         return 0.0, float("nan"), float("nan"), len(results)
-    return len(latencies) / elapsed, statistics.median(latencies), percentile(latencies, 0.95), len(results) - len(latencies)
+    return (
+        len(latencies) / elapsed,
+        statistics.median(latencies),
+        percentile(latencies, 0.95),
+        len(results) - len(latencies),
+    )
 
 
 def in_process(requests: list[dict]) -> dict[str, tuple[float, float, float]]:
@@ -80,12 +85,19 @@ def in_process(requests: list[dict]) -> dict[str, tuple[float, float, float]]:
         t = time.perf_counter()
         pipeline.answer(request)
         latencies.append((time.perf_counter() - t) * 1000.0)
-    one_by_one = (len(library) / (time.perf_counter() - start), statistics.median(latencies), percentile(latencies, 0.95))
+    one_by_one = (
+        len(library) / (time.perf_counter() - start),
+        statistics.median(latencies),
+        percentile(latencies, 0.95),
+    )
     start = time.perf_counter()
     for chunk in range(0, len(library), 8):
         pipeline.answer_batch(library[chunk : chunk + 8])
     batched = len(library) / (time.perf_counter() - start)
-    return {"in-process, one by one": (*one_by_one, 0), "in-process, batches of 8": (batched, float("nan"), float("nan"), 0)}
+    return {
+        "in-process, one by one": (*one_by_one, 0),
+        "in-process, batches of 8": (batched, float("nan"), float("nan"), 0),
+    }
 
 
 def main() -> None:
@@ -118,7 +130,9 @@ def main() -> None:
     print(f"{'configuration':<42} {'conc':>4} {'req/s':>7} {'x base':>7} {'p50 ms':>8} {'p95 ms':>8} {'failed':>6}")
     for name, concurrency, rate, p50, p95, failed in rows:
         print(f"{name:<42} {concurrency:>4} {rate:>7.1f} {rate / base:>7.2f} {p50:>8.1f} {p95:>8.1f} {failed:>6}")
-    served = [rate for name, concurrency, rate, *_ in rows if name.startswith("served, batching on") and concurrency == 16]
+    served = [
+        rate for name, concurrency, rate, *_ in rows if name.startswith("served, batching on") and concurrency == 16
+    ]
     batched = [rate for name, _, rate, *_ in rows if name == "in-process, batches of 8"]
     if served and batched:
         print(f"served at concurrency 16 / in-process in batches of 8: {served[0] / batched[0]:.2f}x (target >= 0.8x)")

@@ -51,7 +51,9 @@ def main() -> None:
                 server.stop()
     print(f"{args.requests} requests x {args.rounds} rounds at concurrency {args.concurrency}, testbed on CPU")
     for name, values in rates.items():
-        print(f"{name:<14} req/s per round: {', '.join(f'{v:.2f}' for v in values)}  mean {statistics.mean(values):.2f}")
+        print(
+            f"{name:<14} req/s per round: {', '.join(f'{v:.2f}' for v in values)}  mean {statistics.mean(values):.2f}"
+        )
     for name in list(CONFIGS)[1:]:
         ratio = statistics.mean(rates[name]) / statistics.mean(rates["tracking off"])
         print(f"{name} / off throughput: {ratio:.3f} ({100 * (1 - ratio):.1f} % loss)")

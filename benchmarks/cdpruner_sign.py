@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 
-from arr_coc.selection import cdpruner as baselines
 from arr_coc.evaluation import evaluate_variant, summarize
+from arr_coc.selection import cdpruner as baselines
 from arr_coc.tasks.shapes_vqa import ShapesVQA
 from arr_coc.training.data import processor_grid
 from arr_coc.variants import ad_hoc
@@ -35,8 +35,9 @@ def main() -> None:
         for theta in (None, 0.5):
             baselines.RELEVANCE_SIGN, baselines.THETA = sign, theta
             for budget in args.budgets:
-                records = list(evaluate_variant(pipeline, ad_hoc("cdpruner", budget), dataset, batch_size=8,
-                                                max_new_tokens=4))
+                records = list(
+                    evaluate_variant(pipeline, ad_hoc("cdpruner", budget), dataset, batch_size=8, max_new_tokens=4)
+                )
                 summary = summarize(records, 1.0)
                 print(f"{sign:>4} {str(theta):>6} {budget:>6} {summary['accuracy']:>8.3f} {summary['recall']:>7.3f}")
 

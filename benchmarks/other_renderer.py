@@ -72,8 +72,10 @@ def draw(rng: np.random.Generator) -> tuple[Image.Image, list[tuple[str, str, np
         for _ in range(500):
             side = int(rng.integers(math.ceil(0.06 * short), int(0.14 * short) + 1))
             x0, y0 = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
-            if all(x0 + side + 4 <= bx or bx + bs + 4 <= x0 or y0 + side + 4 <= by or by + bs + 4 <= y0
-                   for bx, by, bs in boxes):
+            if all(
+                x0 + side + 4 <= bx or bx + bs + 4 <= x0 or y0 + side + 4 <= by or by + bs + 4 <= y0
+                for bx, by, bs in boxes
+            ):
                 break
         else:
             continue
@@ -124,8 +126,10 @@ def main() -> None:
     args = parser.parse_args()
     pipeline = VLMPipeline.from_pretrained(device="cpu", dtype="fp32")
     grid_for = processor_grid(pipeline.vlm.processor)
-    sets = {"own renderer (held-out)": ShapesVQA(args.size, "heldout", 0, grid_for),
-            "other renderer": OtherRenderer(args.size, grid_for)}
+    sets = {
+        "own renderer (held-out)": ShapesVQA(args.size, "heldout", 0, grid_for),
+        "other renderer": OtherRenderer(args.size, grid_for),
+    }
     print(f"{'scenes':<24} {'variant':<11} {'accuracy':>8} {'recall':>7}")
     for name, dataset in sets.items():
         for variant in ("full", "arr-coc-25", "arr-coc-10"):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import concurrent.futures
 import io
 import json
 import os
@@ -56,8 +55,18 @@ def malformed_bodies() -> list[tuple[str, dict | bytes, str]]:
     """``(name, body, content type)`` of broken requests for one native route."""
     good = b64_png(scene(96, 64))
     bad_values = {
-        "image": ["", "%%%", base64.b64encode(b"\x89PNG" + b"\0" * 40).decode(), "data:text/plain;base64,aGk=",
-                  "http://127.0.0.1:1/x.png", 12, None, ["a"], {"a": 1}, b64_png(Image.new("RGB", (4000, 2)))],
+        "image": [
+            "",
+            "%%%",
+            base64.b64encode(b"\x89PNG" + b"\0" * 40).decode(),
+            "data:text/plain;base64,aGk=",
+            "http://127.0.0.1:1/x.png",
+            12,
+            None,
+            ["a"],
+            {"a": 1},
+            b64_png(Image.new("RGB", (4000, 2))),
+        ],
         "question": ["", "   ", "why " * 3000, 7, None, ["q"]],
         "budget": [0, -1, 1.5, True, "0.5", "half", [1], {"k": 1}, 1e309],
         "variant": ["best-ever", "v" * 500, 3, ""],
@@ -126,14 +135,18 @@ class Load:
         body = {"image": base64.b64encode(png).decode(), "question": QUESTION, "max_new_tokens": 8}
         if kind == "answer":
             response = client.post("/answer", json=body)
-            return kind, None if response.status_code == 200 and "answer" in response.json() else str(response.status_code)
+            return kind, None if response.status_code == 200 and "answer" in response.json() else str(
+                response.status_code
+            )
         if kind == "multipart":
             response = client.post("/answer", files={"image": ("i.png", png, "image/png")},
                                    data={"question": QUESTION, "max_new_tokens": "8"})  # fmt: skip
             return kind, None if response.status_code == 200 else str(response.status_code)
         if kind == "relevance":
             response = client.post("/relevance", json={k: v for k, v in body.items() if k != "max_new_tokens"})
-            return kind, None if response.status_code == 200 and response.json().get("heatmap_png") else str(response.status_code)
+            return kind, None if response.status_code == 200 and response.json().get("heatmap_png") else str(
+                response.status_code
+            )
         with client.stream("POST", "/answer_stream", json=body) as response:
             text = "".join(response.iter_text())
         complete = response.status_code == 200 and "event: done" in text and "event: error" not in text
@@ -254,7 +267,9 @@ def main() -> int:
     for key, count in sorted(load.failures.items()):
         print(f"    {key}: {count}")
     for name in sorted(before):
-        print(f"{'RSS MB ' + name + ' before -> after':<44} {before[name]:>18.0f} -> {after.get(name, float('nan')):.0f}")
+        print(
+            f"{'RSS MB ' + name + ' before -> after':<44} {before[name]:>18.0f} -> {after.get(name, float('nan')):.0f}"
+        )
     print(f"{'schemathesis':<44} {schema:>28}")
     ok = failed == 0 and corpus["5xx"] == 0 and corpus["4xx not json"] == 0 and corpus["alive after"]
     ok = ok and schema in ("passed", "not run")

@@ -114,8 +114,13 @@ ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 async def not_found(request: Request):
     """The route of last resort: 405 when another route takes the path with another method, else 404."""
-    path, others = request.url.path, [r for r in request.app.router.routes if getattr(r, "endpoint", None) is not not_found]
-    allowed = [m for m in ALL_METHODS if any(r.matches({**request.scope, "method": m})[0] == Match.FULL for r in others)]
+    path, others = (
+        request.url.path,
+        [r for r in request.app.router.routes if getattr(r, "endpoint", None) is not not_found],
+    )
+    allowed = [
+        m for m in ALL_METHODS if any(r.matches({**request.scope, "method": m})[0] == Match.FULL for r in others)
+    ]
     if allowed:
         raise HTTPException(405, f"{request.method} is not allowed on {path}", headers={"Allow": ", ".join(allowed)})
     raise HTTPException(404, f"no route {path}; GET /docs.json lists them")

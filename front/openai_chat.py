@@ -12,8 +12,8 @@ instead give ``variant`` or ``method`` + ``budget`` (+ ``stage``). Remote
 from __future__ import annotations
 
 import time
-from urllib.parse import urlsplit
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -98,7 +98,9 @@ def _image_and_question(messages: list[ChatMessage], url_hosts: frozenset[str]) 
     return url, question
 
 
-def answer_body(request: ChatRequest, default_max_tokens: int, url_hosts: frozenset[str] = frozenset()) -> AnswerRequestBody:
+def answer_body(
+    request: ChatRequest, default_max_tokens: int, url_hosts: frozenset[str] = frozenset()
+) -> AnswerRequestBody:
     """The ``/answer`` body a chat request stands for (typed errors, or pydantic's, for bad fields).
 
     Its ``image`` is the data URI, or an http(s) URL of one of ``url_hosts`` for :func:`front.uploads.fetch_image`.

@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 
 from arr_coc.adaptive import AutoBudget, auto_budget
-from arr_coc.selection import FEATURE_METHODS, allocate, as_budget
 from arr_coc.errors import ArrCocInputError, InvalidBudgetError
 from arr_coc.query import check_question
+from arr_coc.selection import FEATURE_METHODS, allocate, as_budget
 from arr_coc.settings import Settings
 from arr_coc.variants import Variant, ad_hoc, get_variant
 from front import metrics
@@ -157,7 +157,7 @@ class Pipeline:
                         continue
                     if not replayed.startswith(passed):
                         raise StreamReplayError("the resumed stream does not repeat the text already sent")
-                    new, passed = replayed[len(passed):], replayed
+                    new, passed = replayed[len(passed) :], replayed
                     yield {"delta": new}
                 return
             except Exception as error:

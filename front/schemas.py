@@ -9,19 +9,20 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from arr_coc.selection import SELECTORS
-from arr_coc.variants import VARIANTS
-
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
+from arr_coc.selection import SELECTORS
 from arr_coc.settings import get_settings
+from arr_coc.variants import VARIANTS
 
 _settings = get_settings()
 
 Budget = Annotated[
     StrictInt | StrictFloat | Literal["auto"],
-    Field(description="kept visual tokens: a count (int >= 1), a ratio (float in (0, 1]) or 'auto' (as many as the "
-                      "question needs: see coverage)"),
+    Field(
+        description="kept visual tokens: a count (int >= 1), a ratio (float in (0, 1]) or 'auto' (as many as the "
+        "question needs: see coverage)"
+    ),
 ]
 
 
@@ -55,7 +56,8 @@ class ImageQuestion(_Strict):
                                json_schema_extra={"enum": sorted(SELECTORS)})  # fmt: skip
     budget: Budget | None = None
     coverage: StrictFloat | StrictInt | None = Field(
-        None, description="with budget 'auto': the share of the image's relevance mass to keep, in (0, 1]")
+        None, description="with budget 'auto': the share of the image's relevance mass to keep, in (0, 1]"
+    )
     min_tokens: StrictInt | None = Field(None, description="with budget 'auto': keep at least this many tokens")
     max_tokens: StrictInt | None = Field(None, description="with budget 'auto': keep at most this many tokens")
     stage: Literal["post", "pre"] | None = Field(
@@ -83,10 +85,12 @@ class AnswerResponse(BaseModel):
     kept_tokens: int
     total_tokens: int
     kept_ratio: float
-    timings_ms: dict[str, float] = Field(..., description="milliseconds per stage: relevance, preprocess, vision, "
-                                          "selection, prefill, decode, total")
+    timings_ms: dict[str, float] = Field(
+        ..., description="milliseconds per stage: relevance, preprocess, vision, selection, prefill, decode, total"
+    )
     finish_reason: Literal["eos", "stop", "length"] | None = Field(
-        None, description="why decoding ended: the end token, a stop string, or max_new_tokens")
+        None, description="why decoding ended: the end token, a stop string, or max_new_tokens"
+    )
     request_id: str
 
 

@@ -152,7 +152,9 @@ class RelevanceRunner:
         outputs = []
         for i, result in enumerate(decoded):
             if isinstance(result, ArrCocInputError):
-                outputs.append(ScoreOutput(error=RunnerError(kind=result.kind, field=result.field, detail=result.detail)))
+                outputs.append(
+                    ScoreOutput(error=RunnerError(kind=result.kind, field=result.field, detail=result.detail))
+                )
                 continue
             outputs.append(ScoreOutput(grid=maps[i].grid, relevance=maps[i].relevance.flatten().tolist(),
                                        calibration=self.model.scorer.calibration, timings_ms={"relevance": elapsed_ms},

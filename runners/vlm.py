@@ -16,7 +16,6 @@ from collections.abc import Generator
 
 import bentoml
 import torch
-
 from pydantic import BaseModel, Field
 
 from arr_coc.adaptive import AutoBudget
@@ -73,8 +72,11 @@ def to_request(item: AnswerItem) -> AnswerRequest:
         stage=item.stage,
         relevance=relevance,
         generation=GenerationParams(
-            max_new_tokens=item.max_new_tokens, temperature=item.temperature, top_p=item.top_p,
-            stop=tuple(item.stop), seed=item.seed,
+            max_new_tokens=item.max_new_tokens,
+            temperature=item.temperature,
+            top_p=item.top_p,
+            stop=tuple(item.stop),
+            seed=item.seed,
         ),  # fmt: skip
     )
 

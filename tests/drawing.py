@@ -53,7 +53,9 @@ def scene(width: int = 448, height: int = 336, seed: int = 0) -> Image.Image:
     draw = ImageDraw.Draw(image)
     draw.ellipse([width * 0.75, height * 0.08, width * 0.9, height * 0.28], fill=(250, 220, 90))
     draw.rectangle([width * 0.15, height * 0.4, width * 0.35, height * 0.7], fill=(170, 60, 50))
-    draw.polygon([(width * 0.12, height * 0.4), (width * 0.25, height * 0.25), (width * 0.38, height * 0.4)], fill=(90, 40, 30))
+    draw.polygon(
+        [(width * 0.12, height * 0.4), (width * 0.25, height * 0.25), (width * 0.38, height * 0.4)], fill=(90, 40, 30)
+    )
     draw.ellipse([width * 0.55, height * 0.55, width * 0.65, height * 0.68], fill=(240, 240, 240))
     draw.text((width * 0.05, height * 0.9), "a red house and a white ball", fill=(255, 255, 255))
     return image.filter(ImageFilter.GaussianBlur(0.8))

@@ -6,15 +6,15 @@ import math
 
 import pytest
 import torch
+from drawing import scene, shapes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from arr_coc.adaptive import AutoBudget, auto_budget, auto_count, fit_calibration, target_probability
-from arr_coc.selection import allocate, resolve_budget
 from arr_coc.errors import InvalidBudgetError
+from arr_coc.selection import allocate, resolve_budget
 from arr_coc.variants import VARIANTS, ad_hoc
 from arr_coc.vlm.types import AnswerRequest, GenerationParams
-from drawing import scene, shapes
 
 maps = st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=1, max_size=300).map(torch.tensor)
 CALIBRATION = (0.74, -3.3)
@@ -25,7 +25,8 @@ CALIBRATION = (0.74, -3.3)
 def test_more_coverage_never_keeps_fewer_tokens(relevance, low, high):
     low, high = sorted((low, high))
     assert auto_count(relevance, AutoBudget(coverage=low), CALIBRATION) <= auto_count(
-        relevance, AutoBudget(coverage=high), CALIBRATION)
+        relevance, AutoBudget(coverage=high), CALIBRATION
+    )
     assert auto_count(relevance, AutoBudget(coverage=1.0), CALIBRATION) == relevance.numel()
 
 
@@ -102,8 +103,8 @@ def test_batching_does_not_change_an_auto_selection(testbed_pipeline):
 
 
 def test_calibrate_command_writes_the_calibration_and_its_table(tmp_path, capsys):
-    from arr_coc_cli.main import main
     from arr_coc.scorer import RelevanceScorer
+    from arr_coc_cli.main import main
 
     assert main(["calibrate", "--size", "24", "--seed", "5", "--out", str(tmp_path / "scorer")]) == 0
     scale, shift = RelevanceScorer.load(tmp_path / "scorer").calibration

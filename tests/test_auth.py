@@ -7,12 +7,12 @@ import asyncio
 import httpx
 import openai
 import pytest
+from drawing import scene
 from pydantic import SecretStr
+from serving import b64_png, running_server
 
 from arr_coc.settings import Settings
-from drawing import scene
 from front.auth import BearerAuth, authorized, parse_keys
-from serving import b64_png, running_server
 
 pytestmark = pytest.mark.timeout(900)
 KEYS = parse_keys(" alpha-key , beta-key ,, ")

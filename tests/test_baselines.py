@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 import arr_coc.selection.cdpruner as baselines
+from arr_coc.errors import InvalidQuestionError
 from arr_coc.selection import FEATURE_METHODS, SELECTORS, SelectionInput, allocate
 from arr_coc.selection.cdpruner import cdpruner, select_cdpruner
 from arr_coc.selection.divprune import nearest_other_distance, select_divprune
-from arr_coc.errors import InvalidQuestionError
 
 METHODS = ["divprune", "cdpruner"]
 

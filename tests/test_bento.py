@@ -12,13 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from drawing import scene
+from serving import Server, b64_png
 
 from arr_coc.metrics import answer_matches
 from arr_coc.tasks.shapes_vqa import ShapesVQA
 from arr_coc.vlm.pipeline import VLMPipeline
 from arr_coc.vlm.types import AnswerRequest, GenerationParams
-from drawing import scene
-from serving import Server, b64_png
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,12 +91,34 @@ def test_import_refuses_missing_checkpoints(built, tmp_path):
                              "--scorer", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 2 and "scorer" in result.stderr
     # the shipped scorer takes the shipped model's 128-d queries, not the random testbed's 64-d ones
-    result = subprocess.run([sys.executable, "-m", "arr_coc_cli", "models", "import", "--testbed", "qwen2.5-vl",
-                             "--scorer", "arr_coc/assets/vqa-scorer"], cwd=ROOT, env=env, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "arr_coc_cli",
+            "models",
+            "import",
+            "--testbed",
+            "qwen2.5-vl",
+            "--scorer",
+            "arr_coc/assets/vqa-scorer",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "128-d" in result.stderr
-    listed = subprocess.run([sys.executable, "-m", "bentoml", "models", "list", "-o", "json"], cwd=ROOT, env=env,
-                            capture_output=True, text=True)
-    assert sorted(m["tag"] for m in json.loads(listed.stdout)) == sorted(built["models"]), "a refused import stores nothing"
+    listed = subprocess.run(
+        [sys.executable, "-m", "bentoml", "models", "list", "-o", "json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert sorted(m["tag"] for m in json.loads(listed.stdout)) == sorted(built["models"]), (
+        "a refused import stores nothing"
+    )
 
 
 def test_built_bento_serves_its_bundled_models(built, tmp_path):
@@ -113,8 +135,16 @@ def test_built_bento_serves_its_bundled_models(built, tmp_path):
         samples = [ShapesVQA(8, "heldout", seed=11)[i] for i in range(8)]
         served = []
         for sample in samples:
-            response = httpx.post(f"{server.url}/answer", json={"image": b64_png(sample.image), "question": sample.question,
-                                                                "variant": "full", "max_new_tokens": 4}, timeout=120)
+            response = httpx.post(
+                f"{server.url}/answer",
+                json={
+                    "image": b64_png(sample.image),
+                    "question": sample.question,
+                    "variant": "full",
+                    "max_new_tokens": 4,
+                },
+                timeout=120,
+            )
             assert response.status_code == 200, response.text
             served.append(response.json()["answer"])
     finally:

@@ -79,7 +79,7 @@ def test_deploy_script_is_valid_bash_and_complete():
     script = DEPLOY / "deploy.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     text = script.read_text()
-    for step in ("bentoml\" build", "bentoml\" containerize", "docker push", "gcloud run services replace"):
+    for step in ('bentoml" build', 'bentoml" containerize', "docker push", "gcloud run services replace"):
         assert step in text, step
     assert "image: IMAGE" in (DEPLOY / "service.yaml").read_text()
 

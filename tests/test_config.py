@@ -89,7 +89,10 @@ def test_error_details_carry_no_object_addresses():
 
     from arr_coc.errors import InvalidImageError
 
-    error = InvalidImageError(f"not a decodable image ({UnidentifiedImageError('cannot identify image file <_io.BytesIO object at 0x7f3a2c1b9e40>')})", field="image")
+    error = InvalidImageError(
+        f"not a decodable image ({UnidentifiedImageError('cannot identify image file <_io.BytesIO object at 0x7f3a2c1b9e40>')})",
+        field="image",
+    )
     body = json.loads(error_response("/answer", error).body)
     assert "0x" not in body["detail"] and body["detail"].startswith("not a decodable image (cannot identify image file")
 
@@ -98,7 +101,9 @@ def test_the_cli_parser_loads_no_model_library():
     import subprocess
     import sys
 
-    probe = ("import sys; from arr_coc_cli.main import build_parser; build_parser().parse_args(['answer', 'x.png', 'q']); "
-             "print(sorted(m for m in ('torch', 'transformers', 'bentoml', 'wandb') if m in sys.modules))")
+    probe = (
+        "import sys; from arr_coc_cli.main import build_parser; build_parser().parse_args(['answer', 'x.png', 'q']); "
+        "print(sorted(m for m in ('torch', 'transformers', 'bentoml', 'wandb') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

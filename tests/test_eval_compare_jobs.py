@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from wandb_jobs import arr_coc, launch_env, offline_env
 
 from arr_coc_cli.main import main
-from wandb_jobs import arr_coc, launch_env, offline_env
 from training_hooks.comparison.runfile import find_run_files, read_run
 
 EVAL_ARGS = ["--limit", "2", "--size", "4", "--dataset", "synthetic", "--image-size", "112", "--max-new-tokens", "2"]
@@ -136,7 +136,9 @@ def test_compare_keeps_pre_encoder_variants_apart() -> None:
     from training_hooks.comparison.compare import _variant_of
 
     flat = SimpleNamespace(config={"variant": "arr-coc-pre-25", "method": "arr-coc", "stage": "pre"}, group="g")
-    nested = SimpleNamespace(config={"variant": {"name": "arr-coc-25", "method": "arr-coc", "stage": "post"}}, group="g")
+    nested = SimpleNamespace(
+        config={"variant": {"name": "arr-coc-25", "method": "arr-coc", "stage": "post"}}, group="g"
+    )
     assert _variant_of(flat) == ("arr-coc-pre-25", "arr-coc-pre")
     assert _variant_of(nested) == ("arr-coc-25", "arr-coc")
 

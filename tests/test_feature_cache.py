@@ -7,6 +7,7 @@ import io
 
 import pytest
 import torch
+from drawing import scene, shapes
 from PIL import Image
 
 import arr_coc.scorer as scorer_module
@@ -14,7 +15,6 @@ from arr_coc.vlm.feature_cache import FeatureCache, image_key
 from arr_coc.vlm.pipeline import VLMPipeline
 from arr_coc.vlm.pruning import VisionFeatures
 from arr_coc.vlm.types import AnswerRequest, GenerationParams
-from drawing import scene, shapes
 
 QUESTIONS = ("Where is the red house?", "What is in the sky?", "How many windows are there?")
 

@@ -8,14 +8,14 @@ from types import SimpleNamespace
 
 import aiohttp
 import pytest
+from drawing import scene
+from serving import b64_png
 
 from arr_coc.errors import InvalidImageError
 from arr_coc.settings import Settings
 from front.pipeline import RETRIES, Job, Pipeline, StreamReplayError, call_runner
 from front.schemas import AnswerRequestBody
 from runners.relevance import ScoreOutput
-from serving import b64_png
-from drawing import scene
 
 DONE = {"answer": "red", "kept": [0, 1], "total_tokens": 4, "grid": [2, 2], "finish_reason": "eos"}
 

@@ -1,16 +1,16 @@
 """load_image: every Pillow mode becomes RGB; bad bytes and oversize images get typed errors."""
 
 import io
-import zlib
 import struct
+import zlib
 
 import numpy as np
 import pytest
+from drawing import shapes
 from PIL import Image
 
 from arr_coc.errors import ImageTooLargeError, InvalidImageError
 from arr_coc.images import load_image, to_tensor
-from drawing import shapes
 
 
 def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
@@ -21,18 +21,21 @@ def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims ``width x height`` but holds one tiny compressed row."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    )
 
 
 @pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16", "I", "F", "1", "YCbCr"])
 def test_every_mode_becomes_rgb(mode):
     source = shapes(64, 48)
     if mode == "I;16":
-        array = (np.asarray(source.convert("L"), dtype=np.uint16) * 257)
+        array = np.asarray(source.convert("L"), dtype=np.uint16) * 257
         image = Image.fromarray(array)
     else:
         image = source.convert(mode)

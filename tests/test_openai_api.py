@@ -9,11 +9,11 @@ import threading
 import httpx
 import openai
 import pytest
+from drawing import scene
+from serving import b64_png, running_server
 
 from arr_coc.tasks.shapes_vqa import ShapesVQA
 from arr_coc.variants import VARIANTS
-from drawing import scene
-from serving import b64_png, running_server
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -60,13 +60,18 @@ def test_models_are_the_variants(client):
 def test_chat_completion_answers_like_answer(client, server, sample):
     image = b64_png(sample.image)
     done = client.chat.completions.create(model="arr-coc-25", messages=messages(image, sample.question), max_tokens=4)
-    native = httpx.post(f"{server.url}/answer", json={"image": image, "question": sample.question,
-                                                      "variant": "arr-coc-25", "max_new_tokens": 4}, timeout=120).json()
+    native = httpx.post(
+        f"{server.url}/answer",
+        json={"image": image, "question": sample.question, "variant": "arr-coc-25", "max_new_tokens": 4},
+        timeout=120,
+    ).json()
     assert done.object == "chat.completion" and done.model == "arr-coc-25" and len(done.choices) == 1
     assert done.choices[0].message.role == "assistant" and done.choices[0].message.content == native["answer"]
     assert done.choices[0].finish_reason in ("stop", "length")
     usage = done.usage.model_dump()
-    assert usage["visual_tokens_kept"] == native["kept_tokens"] and usage["visual_tokens_total"] == native["total_tokens"]
+    assert (
+        usage["visual_tokens_kept"] == native["kept_tokens"] and usage["visual_tokens_total"] == native["total_tokens"]
+    )
     assert usage["completion_tokens"] >= 1 and usage["prompt_tokens"] > usage["visual_tokens_kept"]
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 

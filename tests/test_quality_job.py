@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from wandb_jobs import arr_coc, offline_env
 
 from arr_coc.errors import InvalidConfigError, UnknownDatasetError
-from training_hooks.jobs.quality_job import QualityParams, format_markdown, quality_variants, run_quality_job
 from training_hooks.comparison.runfile import find_run_files, read_run
-from wandb_jobs import arr_coc, offline_env
+from training_hooks.jobs.quality_job import QualityParams, format_markdown, quality_variants, run_quality_job
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,16 +21,41 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_variants_cover_full_then_every_method_and_budget() -> None:
     variants = quality_variants(QualityParams(methods=["arr-coc", "cdpruner"], budgets=[0.1, 0.3]))
     assert [(v.name, v.method, v.budget, v.stage) for v in variants] == [
-        ("full", "none", 1.0, "post"), ("arr-coc-10", "arr-coc", 0.1, "post"), ("arr-coc@0.3", "arr-coc", 0.3, "post"),
-        ("cdpruner-10", "cdpruner", 0.1, "post"), ("cdpruner@0.3", "cdpruner", 0.3, "post"),
-        ("arr-coc-pre-10", "arr-coc", 0.1, "pre"), ("arr-coc@0.3@pre", "arr-coc", 0.3, "pre"),
+        ("full", "none", 1.0, "post"),
+        ("arr-coc-10", "arr-coc", 0.1, "post"),
+        ("arr-coc@0.3", "arr-coc", 0.3, "post"),
+        ("cdpruner-10", "cdpruner", 0.1, "post"),
+        ("cdpruner@0.3", "cdpruner", 0.3, "post"),
+        ("arr-coc-pre-10", "arr-coc", 0.1, "pre"),
+        ("arr-coc@0.3@pre", "arr-coc", 0.3, "pre"),
     ]  # cdpruner needs the tower's features: no pre rows
 
 
 def test_a_small_table_is_written_and_logged(tmp_path) -> None:
     out = tmp_path / "quality"
-    done = arr_coc(["quality", "--size", "6", "--methods", "arr-coc", "divprune", "--budgets", "0.25", "--out", str(out),
-                    "--batch-size", "3", "--wandb", "offline", "--stages", "post", "pre"], offline_env(tmp_path), tmp_path)
+    done = arr_coc(
+        [
+            "quality",
+            "--size",
+            "6",
+            "--methods",
+            "arr-coc",
+            "divprune",
+            "--budgets",
+            "0.25",
+            "--out",
+            str(out),
+            "--batch-size",
+            "3",
+            "--wandb",
+            "offline",
+            "--stages",
+            "post",
+            "pre",
+        ],
+        offline_env(tmp_path),
+        tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads((out / "quality.json").read_text())["rows"]
     assert [r["variant"] for r in rows] == ["full", "arr-coc-25", "divprune-25", "arr-coc-pre-25"]
@@ -59,19 +84,27 @@ def test_markdown_rows_carry_per_kind_accuracy() -> None:
            "accuracy/count": 0.25, "recall": 0.75, "kept_tokens_mean": 12.0, "kept_ratio": 0.1, "latency_p50_ms": 9.0,
            "kept_ratio_p95": 0.125, "kept_ratio/colour": 0.05, "kept_ratio/count": 0.2}  # fmt: skip
     line = format_markdown([row]).splitlines()[2]
-    assert line == ("| v | arr-coc | post | 0.1 | 0.500 | 1.000 | nan | 0.250 | 0.750 | 12.0 | 0.100 | 0.125 | 0.050 | nan "
-                    "| 0.200 | 9 |")
+    assert line == (
+        "| v | arr-coc | post | 0.1 | 0.500 | 1.000 | nan | 0.250 | 0.750 | 12.0 | 0.100 | 0.125 | 0.050 | nan "
+        "| 0.200 | 9 |"
+    )
     auto = format_markdown([{**row, "budget": "auto@0.6"}]).splitlines()[2]
     assert "| auto@0.6 |" in auto
 
 
-@pytest.mark.parametrize("values, error", [({"size": 0}, InvalidConfigError), ({"methods": []}, InvalidConfigError),
-                                           ({"dataset": "coco"}, UnknownDatasetError),
-                                           ({"methods": ["blur"]}, InvalidConfigError),
-                                           ({"budgets": [1.5]}, InvalidConfigError),
-                                           ({"budgets": ["auto"], "coverages": [1.5]}, InvalidConfigError),
-                                           ({"budgets": ["most"]}, InvalidConfigError),
-                                           ({"stages": ["middle"]}, InvalidConfigError)])
+@pytest.mark.parametrize(
+    "values, error",
+    [
+        ({"size": 0}, InvalidConfigError),
+        ({"methods": []}, InvalidConfigError),
+        ({"dataset": "coco"}, UnknownDatasetError),
+        ({"methods": ["blur"]}, InvalidConfigError),
+        ({"budgets": [1.5]}, InvalidConfigError),
+        ({"budgets": ["auto"], "coverages": [1.5]}, InvalidConfigError),
+        ({"budgets": ["most"]}, InvalidConfigError),
+        ({"stages": ["middle"]}, InvalidConfigError),
+    ],
+)
 def test_bad_parameters_fail_before_any_model_work(values, error, tmp_path) -> None:
     with pytest.raises(error):
         run_quality_job({**values, "out": str(tmp_path / "q")}, wandb_mode="off", device="cpu")
@@ -79,8 +112,13 @@ def test_bad_parameters_fail_before_any_model_work(values, error, tmp_path) -> N
 
 
 def test_cli_reports_bad_flags_with_exit_code_2(tmp_path) -> None:
-    result = subprocess.run([sys.executable, "-m", "arr_coc_cli", "quality", "--size", "0", "--wandb", "off",
-                             "--out", str(tmp_path / "q")], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "arr_coc_cli", "quality", "--size", "0", "--wandb", "off", "--out", str(tmp_path / "q")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "size" in result.stderr
 
 

@@ -7,14 +7,14 @@ import sys
 import numpy as np
 import pytest
 import torch
+from drawing import shapes
 from PIL import Image
 
-from arr_coc_cli.main import main
 from arr_coc.errors import InvalidQuestionError
 from arr_coc.heatmap import colorize, legend_height, overlay
 from arr_coc.query import hash_embedding
 from arr_coc.scorer import RelevanceScorer
-from drawing import shapes
+from arr_coc_cli.main import main
 
 
 def test_default_run_on_the_sample(capsys):
@@ -69,7 +69,9 @@ def test_empty_question_is_refused(capsys):
 
 
 def test_console_script_and_module_entry_point():
-    result = subprocess.run([sys.executable, "-m", "arr_coc_cli", "relevance", "--json"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "arr_coc_cli", "relevance", "--json"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["grid"] == [12, 16]
 

@@ -4,15 +4,15 @@ import json
 
 import pytest
 import torch
+from batch_contract import assert_kept_match, assert_scores_match
+from drawing import as_batch, gradient, noise, scene, shapes, text
 
+import arr_coc.scorer as scorer_module
 from arr_coc.balancing import TensionBalancer
 from arr_coc.errors import CheckpointFormatError, ModelNotFoundError
 from arr_coc.knowing import information_score, perspectival_score
-import arr_coc.scorer as scorer_module
 from arr_coc.scorer import RelevanceScorer
 from arr_coc.texture import texture_array
-from batch_contract import assert_kept_match, assert_scores_match
-from drawing import as_batch, gradient, noise, scene, shapes, text
 
 QUERY_DIM = 24
 
@@ -77,7 +77,9 @@ def test_batch_matches_lone_scores_within_tolerance(images):
 def test_learned_modules_run_once_per_batch(images):
     scorer = RelevanceScorer(QUERY_DIM).eval()
     calls = {"participatory": 0, "balancer": 0}
-    scorer.participatory.register_forward_hook(lambda *_: calls.__setitem__("participatory", calls["participatory"] + 1))
+    scorer.participatory.register_forward_hook(
+        lambda *_: calls.__setitem__("participatory", calls["participatory"] + 1)
+    )
     scorer.balancer.mixer.register_forward_hook(lambda *_: calls.__setitem__("balancer", calls["balancer"] + 1))
     with torch.inference_mode():
         scorer(as_batch(*images), (6, 8), torch.randn(len(images), QUERY_DIM))
@@ -110,7 +112,9 @@ def test_known_texture_cells_are_used_instead_of_recomputed(images, monkeypatch)
         known = [fresh[0].texture, None]
         computed = []
         original = scorer_module.texture_array
-        monkeypatch.setattr(scorer_module, "texture_array", lambda x, *a, **k: computed.append(x.shape[0]) or original(x, *a, **k))
+        monkeypatch.setattr(
+            scorer_module, "texture_array", lambda x, *a, **k: computed.append(x.shape[0]) or original(x, *a, **k)
+        )
         again = scorer.score_images(mixed, [(6, 8)] * 2, queries, textures=known)
     assert computed == [1], "only the unknown image's texture is computed"
     for a, b in zip(fresh, again):
@@ -175,7 +179,9 @@ def test_load_missing_directory(tmp_path):
         RelevanceScorer.load(tmp_path / "absent")
 
 
-@pytest.mark.parametrize("damage", ["no-weights", "no-config", "bad-json", "wrong-format", "pickle-weights", "wrong-shape"])
+@pytest.mark.parametrize(
+    "damage", ["no-weights", "no-config", "bad-json", "wrong-format", "pickle-weights", "wrong-shape"]
+)
 def test_load_damaged_checkpoint(tmp_path, damage):
     path = RelevanceScorer(QUERY_DIM).save(tmp_path / "ckpt")
     config = json.loads((path / "config.json").read_text())

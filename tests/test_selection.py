@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arr_coc.selection import SELECTORS, allocate, resolve_budget
 from arr_coc.errors import InvalidBudgetError, InvalidGridError, UnknownMethodError
+from arr_coc.selection import SELECTORS, allocate, resolve_budget
 
 CORE_METHODS = ["none", "uniform", "random", "arr-coc"]
 
@@ -87,9 +87,7 @@ def test_flat_relevance_with_grid():
     assert [k.numel() for k in kept] == [6, 6]
 
 
-@pytest.mark.parametrize(
-    "budget", [0, -1, -0.5, 0.0, 1.5, 2.0, float("nan"), float("inf"), True, "10", None]
-)
+@pytest.mark.parametrize("budget", [0, -1, -0.5, 0.0, 1.5, 2.0, float("nan"), float("inf"), True, "10", None])
 def test_bad_budget(budget):
     with pytest.raises(InvalidBudgetError) as info:
         allocate(torch.rand(1, 4, 4), budget)

@@ -7,9 +7,9 @@ import time
 
 import httpx
 import pytest
-
-from serving import Server, b64_png
 from drawing import scene
+from serving import Server, b64_png
+
 from arr_coc.scorer import RelevanceScorer
 from arr_coc.vlm.testbed import EMBEDDED_MODEL
 from training_hooks.comparison.runfile import find_run_files, read_run

@@ -14,11 +14,11 @@ import zlib
 
 import httpx
 import pytest
+from drawing import gradient, noise, scene, shapes
 from PIL import Image
+from serving import Server, b64_png, running_server
 
 from arr_coc.heatmap import legend_height
-from drawing import gradient, noise, scene, shapes
-from serving import Server, b64_png, running_server
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -54,8 +54,16 @@ def test_answer(http):
     response = http.post("/answer", json=body())
     assert response.status_code == 200, response.text
     result = response.json()
-    assert set(result) == {"answer", "variant", "kept_tokens", "total_tokens", "kept_ratio", "timings_ms", "finish_reason",
-                           "request_id"}
+    assert set(result) == {
+        "answer",
+        "variant",
+        "kept_tokens",
+        "total_tokens",
+        "kept_ratio",
+        "timings_ms",
+        "finish_reason",
+        "request_id",
+    }
     assert result["variant"] == "arr-coc-25" and result["total_tokens"] == 192 and result["kept_tokens"] == 48
     assert result["kept_ratio"] == pytest.approx(0.25)
     assert {"relevance", "vision", "selection", "prefill", "decode"} <= set(result["timings_ms"])
@@ -115,7 +123,9 @@ def test_uploaded_form_streams_and_ends_with_the_public_answer_body(http):
     image = base64.b64decode(SAMPLE)
     form = {"question": "Where is the red house?", "max_new_tokens": "6"}
     plain = http.post("/answer", json=body())
-    with http.stream("POST", "/answer_stream", files={"image": ("scene.png", image, "image/png")}, data=form) as response:
+    with http.stream(
+        "POST", "/answer_stream", files={"image": ("scene.png", image, "image/png")}, data=form
+    ) as response:
         assert response.status_code == 200
         events = sse_events("".join(response.iter_text()))
     deltas = [data["delta"] for name, data in events if name == "message"]
@@ -146,7 +156,9 @@ def test_openapi_document_is_complete(http):
 
 def test_every_route_feeds_the_metrics(http):
     def count(route: str, status: str) -> float:
-        found = re.search(rf'arr_coc_requests_total{{route="{route}",status="{status}"}} (\S+)', http.get("/metrics").text)
+        found = re.search(
+            rf'arr_coc_requests_total{{route="{route}",status="{status}"}} (\S+)', http.get("/metrics").text
+        )
         return float(found[1]) if found else 0.0
 
     before = {route: count(route, "200") for route in ("/relevance", "/answer_stream", "/v1/models")}
@@ -238,8 +250,12 @@ def test_stream_concatenates_to_the_answer(http):
 def test_concurrent_requests_form_batches_and_match_one_by_one(http):
     images = [scene(448, 336), shapes(300, 200, seed=1), gradient(200, 260), noise(224, 224, seed=2)]
     requests = [
-        body(image=b64_png(images[i % 4]), question=f"What is in part {i}?", budget=[0.1, 0.25, 0.5, 20][i % 4],
-             max_new_tokens=3 + i % 4)  # fmt: skip
+        body(
+            image=b64_png(images[i % 4]),
+            question=f"What is in part {i}?",
+            budget=[0.1, 0.25, 0.5, 20][i % 4],
+            max_new_tokens=3 + i % 4,
+        )  # fmt: skip
         for i in range(16)
     ]
     sequential = [http.post("/answer", json=r).json() for r in requests]

@@ -10,11 +10,18 @@ import pytest
 import torch
 
 from arr_coc.errors import EmptyDatasetError, UnknownDatasetError
+from arr_coc.synthetic import patch_grid
 from arr_coc.tasks import check_dataset, load_dataset
 from arr_coc.tasks.shapes_vqa import (
-    ANSWER_WORDS, COLOURS, COUNTS, SHAPES, ShapesVQA, draw_scene, plan_scene, target_mask,
+    ANSWER_WORDS,
+    COLOURS,
+    COUNTS,
+    SHAPES,
+    ShapesVQA,
+    draw_scene,
+    plan_scene,
+    target_mask,
 )
-from arr_coc.synthetic import patch_grid
 
 TEMPLATES = {
     "colour": re.compile(rf"^What colour is the ({'|'.join(SHAPES)})\?$"),

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from serving import ROOT
 
 pytestmark = pytest.mark.timeout(420)

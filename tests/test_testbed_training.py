@@ -5,17 +5,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from wandb_jobs import arr_coc, offline_env
 
 from arr_coc.errors import InvalidConfigError
 from arr_coc.synthetic import patch_grid
 from arr_coc.tasks.shapes_vqa import COLOURS, SHAPES, ShapesVQA, token_labels
 from arr_coc.training.testbed_training import (
-    ExampleSet, TrainTestbedConfig, TokenProbe, answer_rows, initial_model, step_losses, subject_word,
-    train_testbed_config, train_testbed,
+    ExampleSet,
+    TokenProbe,
+    TrainTestbedConfig,
+    answer_rows,
+    initial_model,
+    step_losses,
+    subject_word,
+    train_testbed,
+    train_testbed_config,
 )
 from arr_coc.vlm.loading import load_vlm
 from training_hooks.comparison.runfile import find_run_files, read_run
-from wandb_jobs import arr_coc, offline_env
 
 
 def test_token_labels_describe_what_each_token_shows() -> None:
@@ -69,8 +76,12 @@ def test_training_rows_keep_a_random_share_at_stock_positions(untrained) -> None
     from arr_coc.vlm.pruning import full_positions
 
     vlm = untrained
-    examples = ExampleSet(vlm.processor, ShapesVQA(2, "train", 0, processor_grid(vlm.processor)),
-                          vlm.tokenizer.convert_tokens_to_ids("<|im_end|>"), vlm.context_length)
+    examples = ExampleSet(
+        vlm.processor,
+        ShapesVQA(2, "train", 0, processor_grid(vlm.processor)),
+        vlm.tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        vlm.context_length,
+    )
     batch = [examples[0], examples[1]]
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -99,8 +110,12 @@ def test_pre_rows_run_the_tower_on_the_kept_patches_only(untrained) -> None:
     from arr_coc.vlm.pre_encoder import encode_kept
 
     vlm = untrained
-    examples = ExampleSet(vlm.processor, ShapesVQA(2, "train", 1, processor_grid(vlm.processor)),
-                          vlm.tokenizer.convert_tokens_to_ids("<|im_end|>"), vlm.context_length)
+    examples = ExampleSet(
+        vlm.processor,
+        ShapesVQA(2, "train", 1, processor_grid(vlm.processor)),
+        vlm.tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        vlm.context_length,
+    )
     batch = [examples[0], examples[1]]
     with torch.no_grad():
         rows, kept, features = answer_rows(vlm, batch, [0.3, 0.5], torch.Generator().manual_seed(0), [True, False])
@@ -115,9 +130,20 @@ def test_fine_tuning_starts_from_the_given_checkpoint(tmp_path) -> None:
     from arr_coc.vlm.testbed import EMBEDDED_MODEL
 
     start = load_vlm(EMBEDDED_MODEL, device="cpu", dtype="fp32")
-    config = train_testbed_config({"steps": 2, "batch_size": 2, "warmup_steps": 0, "lr": 1e-4, "heldout_size": 2,
-                                   "eval_every": 0, "workers": 0, "pre_share": 1.0, "init": str(EMBEDDED_MODEL),
-                                   "out": str(tmp_path / "tuned")})
+    config = train_testbed_config(
+        {
+            "steps": 2,
+            "batch_size": 2,
+            "warmup_steps": 0,
+            "lr": 1e-4,
+            "heldout_size": 2,
+            "eval_every": 0,
+            "workers": 0,
+            "pre_share": 1.0,
+            "init": str(EMBEDDED_MODEL),
+            "out": str(tmp_path / "tuned"),
+        }
+    )
     result = train_testbed(config, progress=False)
     assert result.losses[0] < 1.5, "a trained model's loss, not a random one's (about ln 18 + more)"
     tuned = load_vlm(tmp_path / "tuned", device="cpu", dtype="fp32")
@@ -128,8 +154,18 @@ def test_fine_tuning_starts_from_the_given_checkpoint(tmp_path) -> None:
 
 
 def test_a_short_training_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tmp_path) -> None:
-    config = train_testbed_config({"steps": 10, "batch_size": 4, "warmup_steps": 0, "lr": 3e-3, "heldout_size": 4,
-                             "eval_every": 0, "workers": 0, "out": str(tmp_path / "tb")})
+    config = train_testbed_config(
+        {
+            "steps": 10,
+            "batch_size": 4,
+            "warmup_steps": 0,
+            "lr": 3e-3,
+            "heldout_size": 4,
+            "eval_every": 0,
+            "workers": 0,
+            "out": str(tmp_path / "tb"),
+        }
+    )
     logged = []
 
     class Logger:
@@ -146,9 +182,17 @@ def test_a_short_training_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tm
     assert "eager" not in (tmp_path / "tb" / "config.json").read_text(), "training attention is not saved"
 
 
-@pytest.mark.parametrize("bad, field", [({"steps": 0}, "steps"), ({"min_keep": 0}, "min_keep"),
-                                        ({"pre_share": 1.5}, "pre_share"),
-                                        ({"min_keep": 1.5}, "min_keep"), ({"lr": -1}, "lr"), ({"stepz": 3}, "stepz")])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        ({"steps": 0}, "steps"),
+        ({"min_keep": 0}, "min_keep"),
+        ({"pre_share": 1.5}, "pre_share"),
+        ({"min_keep": 1.5}, "min_keep"),
+        ({"lr": -1}, "lr"),
+        ({"stepz": 3}, "stepz"),
+    ],
+)
 def test_bad_training_config_is_a_typed_error(bad, field) -> None:
     with pytest.raises(InvalidConfigError) as caught:
         train_testbed_config(bad)
@@ -158,8 +202,24 @@ def test_bad_training_config_is_a_typed_error(bad, field) -> None:
 
 def test_train_testbed_job_logs_an_offline_run_and_an_artifact(tmp_path) -> None:
     out = tmp_path / "tb"
-    done = arr_coc(["train-testbed", "--steps", "3", "--batch-size", "2", "--heldout-size", "2", "--workers", "0",
-                    "--out", str(out), "--no-progress"], offline_env(tmp_path), tmp_path)
+    done = arr_coc(
+        [
+            "train-testbed",
+            "--steps",
+            "3",
+            "--batch-size",
+            "2",
+            "--heldout-size",
+            "2",
+            "--workers",
+            "0",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        offline_env(tmp_path),
+        tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (run_file,) = find_run_files(tmp_path / "dir")
     run = read_run(run_file)

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+import wandb_jobs
 from PIL import Image
 from pydantic import ValidationError
 
 import training_hooks.tracking.tracker as tracker_module
-import wandb_jobs
 from training_hooks.comparison.runfile import find_run_files, read_run
 from training_hooks.tracking.serve_events import Example
 from training_hooks.tracking.tracker import (
@@ -168,7 +168,7 @@ def test_hanging_start_never_blocks_record_and_drops_are_counted() -> None:
     assert tracker.dropped == 5
     backend.release.set()
     assert tracker.close() is True
-    (metrics, _), = backend.logs
+    ((metrics, _),) = backend.logs
     assert metrics["serve/requests"] == 8 and metrics["serve/dropped_total"] == 5
     assert backend.summaries[-1]["dropped_events"] == 5
 
@@ -271,7 +271,9 @@ def offline_env(root: Path) -> dict[str, str]:
 
 
 def run_offline(root: Path, script: str) -> Path:
-    subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=offline_env(root), cwd=root, check=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], env=offline_env(root), cwd=root, check=True, timeout=120
+    )
     (found,) = find_run_files(root)
     return found
 
@@ -310,7 +312,12 @@ SERVE_SCRIPT = """
 
 def test_serve_run_reads_back_from_an_offline_run_file(tmp_path: Path) -> None:
     run = read_run(run_offline(tmp_path, SERVE_SCRIPT))
-    assert (run.project, run.group, run.job_type, run.name) == ("arr-coc-test", "arr-coc-25", "serve", "ci-arr-coc-25-w0")
+    assert (run.project, run.group, run.job_type, run.name) == (
+        "arr-coc-test",
+        "arr-coc-25",
+        "serve",
+        "ci-arr-coc-25-w0",
+    )
     assert run.tags == ("ci", "arr-coc-25")
     assert run.config["variant"] == {"name": "arr-coc-25", "method": "arr-coc", "budget": 0.25}
     assert (run.config["git_commit"], run.config["bento_tag"]) == ("abc123", "arr-coc:dev")

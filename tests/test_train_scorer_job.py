@@ -7,10 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
+from wandb_jobs import arr_coc, launch_env, offline_env
 
 from arr_coc.scorer import RelevanceScorer
-from wandb_jobs import arr_coc, launch_env, offline_env
 from training_hooks.comparison.runfile import find_run_files, read_run
 
 # A short CPU budget: 224-pixel images (8 x 8 tokens), 80 steps of 8.

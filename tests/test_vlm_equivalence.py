@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from drawing import scene, shapes
 
 from arr_coc.vlm.decoding import prefill
 from arr_coc.vlm.pruning import LLMRow
 from arr_coc.vlm.types import AnswerRequest, GenerationParams
-from drawing import scene, shapes
 
 FAMILIES = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl"]
 QUESTION = "What is in the image?"
@@ -98,7 +98,12 @@ def test_full_budget_prefill_logits_match_stock(testbed_pipeline, family):
 
 @pytest.mark.parametrize(
     ("family", "method", "budget"),
-    [("qwen2-vl", "arr-coc", 0.3), ("qwen2.5-vl", "cdpruner", 7), ("qwen3-vl", "random", 0.5), ("qwen3-vl", "divprune", 5)],
+    [
+        ("qwen2-vl", "arr-coc", 0.3),
+        ("qwen2.5-vl", "cdpruner", 7),
+        ("qwen3-vl", "random", 0.5),
+        ("qwen3-vl", "divprune", 5),
+    ],
 )
 def test_pruned_llm_inputs_are_the_stock_ones_at_kept_positions(testbed_pipeline, monkeypatch, family, method, budget):
     pipeline = testbed_pipeline(family)
@@ -143,7 +148,9 @@ def test_pruned_llm_inputs_are_the_stock_ones_at_kept_positions(testbed_pipeline
         assert (call["position_ids"] == last + 1 + step).all()
 
 
-@pytest.mark.parametrize(("family", "method"), [("qwen2-vl", "uniform"), ("qwen2.5-vl", "arr-coc"), ("qwen3-vl", "cdpruner")])
+@pytest.mark.parametrize(
+    ("family", "method"), [("qwen2-vl", "uniform"), ("qwen2.5-vl", "arr-coc"), ("qwen3-vl", "cdpruner")]
+)
 def test_cached_decode_equals_no_cache_recompute(testbed_pipeline, monkeypatch, family, method):
     pipeline = testbed_pipeline(family)
     vlm = pipeline.vlm

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 from batch_contract import assert_kept_match, assert_scores_match
+from drawing import gradient, noise, scene, shapes, text
 from PIL import Image
 
-from arr_coc.selection import resolve_budget
 from arr_coc.errors import (
     ArrCocInputError,
     InvalidBudgetError,
@@ -18,8 +18,8 @@ from arr_coc.errors import (
     InvalidQuestionError,
     UnknownMethodError,
 )
+from arr_coc.selection import resolve_budget
 from arr_coc.vlm.types import AnswerRequest, GenerationParams
-from drawing import gradient, noise, scene, shapes, text
 
 QUESTION = "Where is the red house?"
 
@@ -138,7 +138,9 @@ def test_tiny_image_is_upscaled_to_the_minimum_grid(testbed_pipeline):
     pipeline = testbed_pipeline()
     for size in [(1, 1), (5, 3), (13, 13)]:
         result = pipeline.answer(
-            AnswerRequest(Image.new("RGB", size, (200, 30, 30)), QUESTION, "arr-coc", 0.5, GenerationParams(max_new_tokens=2))
+            AnswerRequest(
+                Image.new("RGB", size, (200, 30, 30)), QUESTION, "arr-coc", 0.5, GenerationParams(max_new_tokens=2)
+            )
         )
         assert result.total_tokens >= 4 and result.kept_tokens >= 1
 
@@ -232,7 +234,9 @@ def test_supplied_relevance_replaces_the_scorer(testbed_pipeline, monkeypatch):
     relevance = torch.zeros(grid)
     relevance[-1, -3:] = 1.0  # the three last tokens are the relevant ones
     monkeypatch.setattr(pipeline.scorer, "forward", lambda *a, **k: pytest.fail("the scorer must not run"))
-    result = pipeline.answer(AnswerRequest(image, QUESTION, "arr-coc", 3, GenerationParams(max_new_tokens=2), relevance))
+    result = pipeline.answer(
+        AnswerRequest(image, QUESTION, "arr-coc", 3, GenerationParams(max_new_tokens=2), relevance)
+    )
     n = grid[0] * grid[1]
     assert result.kept.tolist() == [n - 3, n - 2, n - 1]
     assert torch.equal(result.relevance, relevance)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from drawing import noise, scene
 
 from arr_coc.images import to_tensor
 from arr_coc.texture import texture_array
 from arr_coc.vlm.grid import merged_grid, resized_token_grid, token_grid
 from arr_coc.vlm.inputs import resized_size
-from drawing import noise, scene
 
 
 @pytest.mark.parametrize("family", ["qwen2-vl", "qwen3-vl"])
@@ -65,7 +65,10 @@ def test_query_embedding_is_the_mean_input_embedding_of_the_question(testbed_pip
 def test_the_resize_alone_gives_the_processors_grid_and_image(testbed_pipeline, family):
     image_processor = testbed_pipeline(family).vlm.processor.image_processor
     for image in (scene(333, 210), noise(1200, 900, seed=5), noise(64, 70, seed=6).convert("L")):
-        full, resized = token_grid(testbed_pipeline(family).vlm.processor, image), resized_token_grid(image_processor, image)
+        full, resized = (
+            token_grid(testbed_pipeline(family).vlm.processor, image),
+            resized_token_grid(image_processor, image),
+        )
         assert resized.grid == full.grid and resized.image_grid_thw == full.image_grid_thw
         assert resized.image.shape == full.image.shape
         assert (resized.image - full.image).abs().max().item() < 1e-6

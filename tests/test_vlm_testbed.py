@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from arr_coc_cli.main import main
 from arr_coc.errors import CheckpointFormatError, ModelNotFoundError, UnsupportedModelError
 from arr_coc.vlm.families import FAMILIES
 from arr_coc.vlm.loading import load_vlm, parse_dtype, read_family
 from arr_coc.vlm.testbed import build_testbed, ensure_testbed
 from arr_coc.vlm.testbed_tokenizer import SPECIAL_TOKENS
+from arr_coc_cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 

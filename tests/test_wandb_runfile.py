@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 import subprocess
 import sys
@@ -14,12 +13,12 @@ import zlib
 from pathlib import Path
 
 import pytest
+import wandb_jobs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from wandb.proto import wandb_internal_pb2 as pb
 
 from arr_coc.errors import ArrCocError
-import wandb_jobs
 from training_hooks.comparison.runfile import (
     BLOCK_SIZE,
     RunFileError,
@@ -65,9 +64,7 @@ def offline_env(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("wandb")
-    subprocess.run(
-        [sys.executable, "-c", RUN_SCRIPT], env=offline_env(root), cwd=root, check=True, timeout=120
-    )
+    subprocess.run([sys.executable, "-c", RUN_SCRIPT], env=offline_env(root), cwd=root, check=True, timeout=120)
     (found,) = find_run_files(root)
     return found.parent
 

@@ -11,13 +11,12 @@ import shutil
 
 import httpx
 import pytest
+from drawing import noise
 from PIL import Image, ImageDraw
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
-
-from drawing import noise
 from serving import running_server
 
 pytestmark = pytest.mark.timeout(600)

@@ -8,5 +8,16 @@ from arr_coc.selection.allocation import Budget, allocate, as_budget, check_meth
 from arr_coc.selection.registry import FEATURE_METHODS, SELECTORS
 from arr_coc.selection.types import Grid, SelectionInput, Selector
 
-__all__ = ["Budget", "FEATURE_METHODS", "Grid", "SELECTORS", "SelectionInput", "Selector", "allocate", "as_budget",
-           "check_method", "check_stage", "resolve_budget"]
+__all__ = [
+    "Budget",
+    "FEATURE_METHODS",
+    "Grid",
+    "SELECTORS",
+    "SelectionInput",
+    "Selector",
+    "allocate",
+    "as_budget",
+    "check_method",
+    "check_stage",
+    "resolve_budget",
+]

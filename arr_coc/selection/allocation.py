@@ -61,8 +61,6 @@ def resolve_budget(budget: Budget | str, num_tokens: int, relevance: torch.Tenso
                              field="budget")  # fmt: skip
 
 
-
-
 def check_stage(stage: str, method: str) -> str:
     """``stage`` if it is known and ``method`` can select at it; :class:`InvalidStageError` otherwise."""
     if stage not in STAGES:
@@ -94,7 +92,9 @@ def _as_items(relevance, grid) -> tuple[list[torch.Tensor], list[Grid]]:
         maps = list(relevance.flatten(1))
         grids = [tuple(relevance.shape[1:])] * len(maps)
         return maps, grids
-    maps = list(relevance) if not isinstance(relevance, torch.Tensor) else list(relevance.reshape(relevance.shape[0], -1))
+    maps = (
+        list(relevance) if not isinstance(relevance, torch.Tensor) else list(relevance.reshape(relevance.shape[0], -1))
+    )
     single_grid = grid is None or (len(grid) == 2 and all(isinstance(v, Integral) for v in grid))
     grids = [grid] * len(maps) if single_grid else _per_item(grid, len(maps), "grid")
     for i, (scores, g) in enumerate(zip(maps, grids)):

@@ -21,8 +21,9 @@ def check_dataset(name: str) -> str:
     return name
 
 
-def load_dataset(name: str, split: str, size: int, *, seed: int = 0, image_size: int = 336,
-                 grid_for: GridFn | None = None) -> Dataset:
+def load_dataset(
+    name: str, split: str, size: int, *, seed: int = 0, image_size: int = 336, grid_for: GridFn | None = None
+) -> Dataset:
     """A dataset by name; typed errors for unknown names, splits or empty sizes.
 
     ``image_size`` is the side of ``synthetic`` images; ``vqa`` scenes size themselves (320-640 px).

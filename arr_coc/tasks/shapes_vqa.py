@@ -143,7 +143,9 @@ def render_mask(shape: str, box: tuple[int, int, int, int], inner: float, smooth
     return np.asarray(canvas, dtype=np.float32) / 255.0
 
 
-def target_mask(objects: list[SceneObject] | tuple[SceneObject, ...], image_size: tuple[int, int], grid: tuple[int, int]) -> torch.Tensor:
+def target_mask(
+    objects: list[SceneObject] | tuple[SceneObject, ...], image_size: tuple[int, int], grid: tuple[int, int]
+) -> torch.Tensor:
     """``[H', W']`` bool: the tokens whose cell overlaps any pixel of ``objects``.
 
     Token ``(i, j)`` covers original pixels ``[i H / H', (i + 1) H / H') x [j W / W', (j + 1) W / W')``
@@ -199,15 +201,23 @@ class ShapesVQA:
         kinds: question kinds to draw (default all three, in equal shares).
     """
 
-    def __init__(self, size: int, split: str = "train", seed: int = 0, grid_for: GridFn | None = None,
-                 kinds: tuple[str, ...] = KINDS) -> None:
+    def __init__(
+        self,
+        size: int,
+        split: str = "train",
+        seed: int = 0,
+        grid_for: GridFn | None = None,
+        kinds: tuple[str, ...] = KINDS,
+    ) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise EmptyDatasetError(f"a dataset needs at least one sample, got size={size!r}", field="size")
         if split not in SPLITS:
             raise UnknownDatasetError(f"unknown split {split!r}; known: {', '.join(SPLITS)}", field="split")
         unknown = [k for k in kinds if k not in KINDS]
         if unknown or not kinds:
-            raise UnknownDatasetError(f"unknown question kinds {unknown or kinds!r}; known: {', '.join(KINDS)}", field="kinds")
+            raise UnknownDatasetError(
+                f"unknown question kinds {unknown or kinds!r}; known: {', '.join(KINDS)}", field="kinds"
+            )
         self.size = size
         self.split = split
         self.seed = seed

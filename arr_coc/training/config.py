@@ -16,8 +16,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from arr_coc.selection import check_method, resolve_budget
 from arr_coc.errors import ArrCocInputError, InvalidConfigError
+from arr_coc.selection import check_method, resolve_budget
 from arr_coc.tasks import check_dataset
 
 

@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from arr_coc.selection import allocate
 from arr_coc.heatmap import overlay
 from arr_coc.scorer import RelevanceScorer
+from arr_coc.selection import allocate
 from arr_coc.training.config import TrainConfig
 from arr_coc.training.data import CachedSample, batches, size_groups, stack
 from arr_coc.training.loss import relevance_loss
@@ -117,8 +117,13 @@ def batch_loss(scorer: RelevanceScorer, batch: Sequence[CachedSample], config: T
     for group in size_groups(batch):
         images, grid, queries, targets = stack(group)
         relevance = scorer(images, grid, queries)
-        loss, group_parts = relevance_loss(relevance, targets, bce_weight=config.bce_weight,
-                                           rank_weight=config.rank_weight, temperature=config.rank_temperature)
+        loss, group_parts = relevance_loss(
+            relevance,
+            targets,
+            bce_weight=config.bce_weight,
+            rank_weight=config.rank_weight,
+            temperature=config.rank_temperature,
+        )
         share = len(group) / len(batch)
         total = total + loss * share
         for key, value in group_parts.items():

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 import torch
 
-from arr_coc.selection import FEATURE_METHODS, allocate
 from arr_coc.metrics import recall_at_budget
 from arr_coc.scorer import RelevanceScorer
+from arr_coc.selection import FEATURE_METHODS, allocate
 from arr_coc.training.data import CachedSample
 
 RecallTable = dict[str, dict[float, float]]

@@ -57,6 +57,7 @@ from arr_coc.tasks.shapes_vqa import ANSWER_WORDS, COLOURS, MAX_OBJECTS, SHAPES,
 from arr_coc.training.config import validate
 from arr_coc.training.data import processor_grid
 from arr_coc.training.loop import NullLogger
+from arr_coc.variants import get_variant
 from arr_coc.vlm.decoding import pad_rows
 from arr_coc.vlm.grid import merged_grid
 from arr_coc.vlm.inputs import EncodedRequest, encode_request
@@ -65,7 +66,6 @@ from arr_coc.vlm.pipeline import VLMPipeline
 from arr_coc.vlm.pre_encoder import encode_kept
 from arr_coc.vlm.pruning import encode_images, encoder_outputs, full_positions, prune_row
 from arr_coc.vlm.testbed import build_testbed
-from arr_coc.variants import get_variant
 
 IGNORE = -100
 
@@ -183,8 +183,13 @@ def _collate(examples: list[TrainingExample]) -> list[TrainingExample]:
     return examples
 
 
-def answer_rows(vlm: LoadedVLM, examples: Sequence[TrainingExample], keep_ratios: Sequence[float],
-                generator: torch.Generator, pre: Sequence[bool] | None = None):
+def answer_rows(
+    vlm: LoadedVLM,
+    examples: Sequence[TrainingExample],
+    keep_ratios: Sequence[float],
+    generator: torch.Generator,
+    pre: Sequence[bool] | None = None,
+):
     """Vision (with gradients) for all images, random token dropping, pruned rows with their answers.
 
     Returns ``(rows, kept, features)``: per example an ``LLMRow`` of prompt + answer
@@ -276,8 +281,9 @@ def heldout_accuracy(vlm: LoadedVLM, dataset: ShapesVQA, batch_size: int = 16) -
     """Share of ``dataset`` answered right with all visual tokens, through the serving pipeline (greedy)."""
     was_training = vlm.model.training
     vlm.model.eval()
-    records = list(evaluate_variant(VLMPipeline(vlm), get_variant("full"), dataset, batch_size=batch_size,
-                                    max_new_tokens=4))
+    records = list(
+        evaluate_variant(VLMPipeline(vlm), get_variant("full"), dataset, batch_size=batch_size, max_new_tokens=4)
+    )
     vlm.model.train(was_training)
     return sum(r.correct for r in records) / len(records)
 
@@ -295,8 +301,9 @@ def initial_model(directory: str | Path, seed: int, init: str = "") -> LoadedVLM
     return load_vlm(directory, device="cpu", dtype="float32", attn_implementation=TRAINING_ATTENTION)
 
 
-def train_testbed(config: TrainTestbedConfig, logger: TestbedLogger | None = None,
-                  progress: bool = True) -> TestbedResult:
+def train_testbed(
+    config: TrainTestbedConfig, logger: TestbedLogger | None = None, progress: bool = True
+) -> TestbedResult:
     """Train the VQA testbed for ``config.steps`` steps and save it (model + processor) to ``config.out``."""
     from tqdm.auto import tqdm
 
@@ -325,9 +332,10 @@ def train_testbed(config: TrainTestbedConfig, logger: TestbedLogger | None = Non
         torch.manual_seed(config.seed)
         probe = TokenProbe(vlm.hidden_size)
     optimizer = torch.optim.AdamW(
-        [{"params": rest + list(probe.parameters())},
-         {"params": vision, "lr": config.lr * config.vision_lr_scale}],
-        lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.98),
+        [{"params": rest + list(probe.parameters())}, {"params": vision, "lr": config.lr * config.vision_lr_scale}],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+        betas=(0.9, 0.98),
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(config))
     generator = torch.Generator().manual_seed(config.seed)
@@ -352,10 +360,14 @@ def train_testbed(config: TrainTestbedConfig, logger: TestbedLogger | None = Non
         scheduler.step()
         losses.append(float(answer.detach()))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        metrics = {"train/loss": losses[-1], "train/probe_loss": float(probe_loss.detach()),
-                   "train/hint_loss": float(losses_now.hints.detach()), "train/lr": lr,
-                   "train/grad_norm": norm,
-                   "train/elapsed_s": time.perf_counter() - started}
+        metrics = {
+            "train/loss": losses[-1],
+            "train/probe_loss": float(probe_loss.detach()),
+            "train/hint_loss": float(losses_now.hints.detach()),
+            "train/lr": lr,
+            "train/grad_norm": norm,
+            "train/elapsed_s": time.perf_counter() - started,
+        }
         last = step == config.steps
         if last or (config.eval_every and step % config.eval_every == 0):
             accuracy = heldout_accuracy(vlm, heldout)

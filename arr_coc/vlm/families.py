@@ -74,9 +74,7 @@ def family_by_name(name: str) -> Family:
     try:
         return FAMILIES[name]
     except KeyError:
-        raise UnsupportedModelError(
-            f"unknown family {name!r}; known: {', '.join(FAMILIES)}", field="family"
-        ) from None
+        raise UnsupportedModelError(f"unknown family {name!r}; known: {', '.join(FAMILIES)}", field="family") from None
 
 
 def family_of_model_type(model_type: str) -> Family:

@@ -123,7 +123,9 @@ def check_generation(params: GenerationParams) -> GenerationParams:
     return GenerationParams(params.max_new_tokens, temperature, top_p, stops, params.seed)
 
 
-def encode_request(processor, image: Image.Image, question: str, context_length: int, max_new_tokens: int) -> EncodedRequest:
+def encode_request(
+    processor, image: Image.Image, question: str, context_length: int, max_new_tokens: int
+) -> EncodedRequest:
     """Stock processor inputs of one request, after the input checks.
 
     Raises :class:`InvalidQuestionError` when the question is empty, or when the

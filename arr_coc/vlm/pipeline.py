@@ -32,19 +32,26 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from arr_coc.selection import allocate, check_method, check_stage, resolve_budget
 from arr_coc.errors import CheckpointFormatError, InvalidGridError
 from arr_coc.scorer import RelevanceScorer
+from arr_coc.selection import allocate, check_method, check_stage, resolve_budget
 from arr_coc.vlm.decoding import generate_rows, synchronize
+from arr_coc.vlm.feature_cache import CachedImage, FeatureCache, image_key
 from arr_coc.vlm.grid import TokenGrid, merged_grid, resized_image, token_grid
 from arr_coc.vlm.inputs import EncodedRequest, check_generation, encode_request
 from arr_coc.vlm.loading import LoadedVLM, load_vlm
-from arr_coc.vlm.feature_cache import CachedImage, FeatureCache, image_key
 from arr_coc.vlm.pre_encoder import encode_kept
 from arr_coc.vlm.pruning import LLMRow, VisionFeatures, encode_images, full_positions, prune_row
 from arr_coc.vlm.sampling import RowDecoder
-from arr_coc.vlm.static_decoding import (BATCH_BUCKETS, LENGTH_STEP, StaticDecoder, batch_bucket, length_bucket,
-                                         resolve_decode, static_decode_supported)  # fmt: skip
+from arr_coc.vlm.static_decoding import (
+    BATCH_BUCKETS,
+    LENGTH_STEP,
+    StaticDecoder,
+    batch_bucket,
+    length_bucket,
+    resolve_decode,  # fmt: skip
+    static_decode_supported,
+)
 from arr_coc.vlm.testbed import EMBEDDED_MODEL, EMBEDDED_SCORER
 from arr_coc.vlm.types import AnswerRequest, AnswerResult, GenerationParams
 
@@ -193,9 +200,13 @@ class VLMPipeline:
         cached = [cache.get(k, count=r.stage != "pre") if k else CachedImage() for k, r in zip(keys, requests)]
         to_score = [b for b, scores in enumerate(relevance) if scores is None]
         if to_score:
-            images = [resized_image(encoded[b].pixel_values, encoded[b].image_grid_thw, image_processor) for b in to_score]
+            images = [
+                resized_image(encoded[b].pixel_values, encoded[b].image_grid_thw, image_processor) for b in to_score
+            ]
             scored = self.scorer.score_images(
-                images, [grids[b] for b in to_score], torch.stack([queries[b] for b in to_score]),
+                images,
+                [grids[b] for b in to_score],
+                torch.stack([queries[b] for b in to_score]),
                 textures=[cached[b].texture for b in to_score],
             )
             for b, out in zip(to_score, scored):
@@ -226,9 +237,7 @@ class VLMPipeline:
         scoring_ms = (clock() - start) * 1000.0
 
         start = clock()
-        vision: list[VisionFeatures | None] = [
-            None if b in pre else cached[b].features for b in range(len(requests))
-        ]
+        vision: list[VisionFeatures | None] = [None if b in pre else cached[b].features for b in range(len(requests))]
         run = [b for b, v in enumerate(vision) if v is None]  # "pre" requests and uncached "post" ones
         if run:
             pixel_values = [encoded[b].pixel_values for b in run]
@@ -286,7 +295,9 @@ class VLMPipeline:
         ``cache_tokens``. Returns milliseconds per batch size.
         """
         image = Image.linear_gradient("L").resize((224, 224)).convert("RGB")
-        request = AnswerRequest(image, "What colour is the circle?", "arr-coc", 0.25, GenerationParams(max_new_tokens=2))
+        request = AnswerRequest(
+            image, "What colour is the circle?", "arr-coc", 0.25, GenerationParams(max_new_tokens=2)
+        )
         spent = {}
         for size in batch_sizes:
             start = time.perf_counter()

@@ -54,7 +54,9 @@ class LLMRow:
         return int(self.input_ids.numel())
 
 
-def encode_images(vlm: LoadedVLM, pixel_values: list[torch.Tensor], grids_thw: list[torch.Tensor]) -> list[VisionFeatures]:
+def encode_images(
+    vlm: LoadedVLM, pixel_values: list[torch.Tensor], grids_thw: list[torch.Tensor]
+) -> list[VisionFeatures]:
     """One vision-tower pass over all images (attention never crosses images).
 
     Gradients flow when the caller enables them (testbed training); serving calls it under ``no_grad``.
@@ -76,7 +78,9 @@ def encode_images(vlm: LoadedVLM, pixel_values: list[torch.Tensor], grids_thw: l
 
 
 @torch.no_grad()
-def full_positions(vlm: LoadedVLM, input_ids: torch.Tensor, mm_token_type_ids: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
+def full_positions(
+    vlm: LoadedVLM, input_ids: torch.Tensor, mm_token_type_ids: torch.Tensor, image_grid_thw: torch.Tensor
+) -> torch.Tensor:
     """``[3, L]`` M-RoPE ids of the full (unpruned) sequence from the model's own ``get_rope_index``."""
     positions, _ = vlm.model.model.get_rope_index(
         input_ids[None],

@@ -38,8 +38,14 @@ CONTEXT_LENGTH = 2048
 COMPLETE_MARKER = "model.safetensors"
 
 _TEXT = dict(
-    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-    max_position_embeddings=CONTEXT_LENGTH, rms_norm_eps=1e-6, initializer_range=0.05,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=CONTEXT_LENGTH,
+    rms_norm_eps=1e-6,
+    initializer_range=0.05,
 )
 
 
@@ -70,22 +76,34 @@ SIZES = {
 
 
 def _text_config(family: Family, token_ids: dict[str, int], vocab_size: int, size: TestbedSize) -> dict:
-    text = dict(_TEXT, hidden_size=size.text_hidden, intermediate_size=size.text_intermediate,
-                num_hidden_layers=size.text_layers)
+    text = dict(
+        _TEXT,
+        hidden_size=size.text_hidden,
+        intermediate_size=size.text_intermediate,
+        num_hidden_layers=size.text_layers,
+    )
     head_dim = text["hidden_size"] // text["num_attention_heads"]
     pairs = head_dim // 2
     if family.deepstack:
         # Qwen3-VL interleaves the T/H/W frequencies; sections count rotary pairs.
-        rope = {"rope_type": "default", "rope_theta": 5e5, "mrope_section": [pairs // 2, pairs // 4, pairs // 4],
-                "mrope_interleaved": True}
+        rope = {
+            "rope_type": "default",
+            "rope_theta": 5e5,
+            "mrope_section": [pairs // 2, pairs // 4, pairs // 4],
+            "mrope_interleaved": True,
+        }
         extra = {"head_dim": head_dim}
     else:
         third = pairs * 3 // 8
         rope = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [pairs - 2 * third, third, third]}
         extra = {}
     return dict(
-        text, **extra, vocab_size=vocab_size, rope_parameters=rope,
-        bos_token_id=token_ids["<|endoftext|>"], eos_token_id=token_ids["<|im_end|>"],
+        text,
+        **extra,
+        vocab_size=vocab_size,
+        rope_parameters=rope,
+        bos_token_id=token_ids["<|endoftext|>"],
+        eos_token_id=token_ids["<|im_end|>"],
         pad_token_id=token_ids["<|endoftext|>"],
     )
 
@@ -95,19 +113,34 @@ def _vision_config(family: Family, size: TestbedSize) -> dict:
     common = dict(patch_size=family.patch_size, spatial_merge_size=2, temporal_patch_size=2, initializer_range=0.05)
     widths = dict(depth=size.vision_depth, num_heads=size.vision_heads)
     if family.name == "qwen2-vl":
-        return dict(common, **widths, embed_dim=size.vision_hidden, hidden_size=out,
-                    mlp_ratio=size.vision_intermediate // size.vision_hidden)
+        return dict(
+            common,
+            **widths,
+            embed_dim=size.vision_hidden,
+            hidden_size=out,
+            mlp_ratio=size.vision_intermediate // size.vision_hidden,
+        )
     if family.name == "qwen2.5-vl":
         # window of 4x4 merged tokens (112 px); the full-attention blocks see the whole image
         return dict(
-            common, **widths, hidden_size=size.vision_hidden, intermediate_size=size.vision_intermediate,
-            out_hidden_size=out, window_size=4 * 2 * family.patch_size,
+            common,
+            **widths,
+            hidden_size=size.vision_hidden,
+            intermediate_size=size.vision_intermediate,
+            out_hidden_size=out,
+            window_size=4 * 2 * family.patch_size,
             fullatt_block_indexes=list(size.vision_full_blocks),
         )
     return dict(
-        common, depth=size.vision_depth + 1, num_heads=size.vision_heads, hidden_size=size.vision_hidden,
-        intermediate_size=size.vision_intermediate, out_hidden_size=out, num_position_embeddings=64,
-        deepstack_visual_indexes=[0, 1], hidden_act="gelu_pytorch_tanh",
+        common,
+        depth=size.vision_depth + 1,
+        num_heads=size.vision_heads,
+        hidden_size=size.vision_hidden,
+        intermediate_size=size.vision_intermediate,
+        out_hidden_size=out,
+        num_position_embeddings=64,
+        deepstack_visual_indexes=[0, 1],
+        hidden_act="gelu_pytorch_tanh",
     )
 
 
@@ -118,9 +151,9 @@ def testbed_processor(family: Family, tokenizer, min_tokens: int = MIN_TOKENS, m
     pixels = dict(min_pixels=min_tokens * token_pixels, max_pixels=max_tokens * token_pixels)
     sizes = dict(patch_size=family.patch_size, merge_size=2, temporal_patch_size=2)
     image_processor = Qwen2VLImageProcessor(**pixels, **sizes, **mean_std)
-    video_processor = family.video_processor_cls()(**sizes, **mean_std, size={
-        "shortest_edge": pixels["min_pixels"], "longest_edge": pixels["max_pixels"]
-    })
+    video_processor = family.video_processor_cls()(
+        **sizes, **mean_std, size={"shortest_edge": pixels["min_pixels"], "longest_edge": pixels["max_pixels"]}
+    )
     return family.processor_cls()(
         image_processor=image_processor,
         tokenizer=tokenizer,
@@ -129,8 +162,9 @@ def testbed_processor(family: Family, tokenizer, min_tokens: int = MIN_TOKENS, m
     )
 
 
-def build_testbed(directory: str | Path, family: str = DEFAULT_FAMILY, seed: int = 0, size: str = "toy",
-                  words: tuple[str, ...] = ()) -> Path:
+def build_testbed(
+    directory: str | Path, family: str = DEFAULT_FAMILY, seed: int = 0, size: str = "toy", words: tuple[str, ...] = ()
+) -> Path:
     """Write the tiny ``family`` model of ``size`` (:data:`SIZES`) into ``directory`` (created; files overwritten).
 
     ``words`` are added to the tokenizer as whole-word tokens (a task's answer
@@ -141,8 +175,11 @@ def build_testbed(directory: str | Path, family: str = DEFAULT_FAMILY, seed: int
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(words)
-    token_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens + [
-        "<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]}
+    token_ids = {
+        t: tokenizer.convert_tokens_to_ids(t)
+        for t in tokenizer.all_special_tokens
+        + ["<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    }
     config = spec.config_cls()(
         text_config=_text_config(spec, token_ids, len(tokenizer), shape),
         vision_config=_vision_config(spec, shape),

@@ -12,8 +12,8 @@ import argparse
 import json
 import sys
 
-from arr_coc_cli.commands.options import parse_budget
 from arr_coc.settings import DECODE_MODES, STAGES
+from arr_coc_cli.commands.options import parse_budget
 
 
 def result_json(result) -> dict:

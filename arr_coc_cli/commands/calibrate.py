@@ -59,7 +59,9 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else scorer_dir
     model.scorer.save(out)
     print(f"calibration (scale, shift): {before[0]:.3f}, {before[1]:.3f} -> {scale:.3f}, {shift:.3f}; wrote {out}")
-    print(f"{'coverage':>8} {'target recall':>13} {'kept ratio':>10}   ({len(maps)} training-split samples, seed {args.seed})")
+    print(
+        f"{'coverage':>8} {'target recall':>13} {'kept ratio':>10}   ({len(maps)} training-split samples, seed {args.seed})"
+    )
     for coverage, recall, ratio in coverage_table(maps, targets, (scale, shift)):
         print(f"{coverage:>8.2f} {recall:>13.3f} {ratio:>10.3f}")
     return 0

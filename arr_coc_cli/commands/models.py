@@ -34,8 +34,13 @@ def register(subparsers) -> None:
     )
     source = importer.add_mutually_exclusive_group()
     source.add_argument("--vlm", help="VLM checkpoint directory or hub id")
-    source.add_argument("--testbed", choices=list(TESTBED_FAMILIES),
-                        help=f"a testbed: {TESTBED_FAMILIES[0]} (the default, trained, with its scorer) or a random-weight family")
-    importer.add_argument("--scorer", help="relevance-scorer checkpoint directory (default: the embedded one "
-                          "with the embedded testbed, else none)")
+    source.add_argument(
+        "--testbed",
+        choices=list(TESTBED_FAMILIES),
+        help=f"a testbed: {TESTBED_FAMILIES[0]} (the default, trained, with its scorer) or a random-weight family",
+    )
+    importer.add_argument(
+        "--scorer",
+        help="relevance-scorer checkpoint directory (default: the embedded one with the embedded testbed, else none)",
+    )
     importer.set_defaults(func=run_import)

@@ -8,12 +8,23 @@ import argparse
 def run(args: argparse.Namespace) -> int:
     from training_hooks.jobs.quality_job import run_quality_job
 
-    values = {"size": args.size, "seed": args.seed, "batch_size": args.batch_size, "out": args.out,
-              "model": args.model, "scorer": args.scorer, "dataset": args.dataset,
-              "methods": args.methods, "budgets": args.budgets, "stages": args.stages, "split": args.split,
-              "coverages": args.coverages}
-    return run_quality_job({k: v for k, v in values.items() if v is not None}, wandb_mode=args.wandb,
-                           device=args.device)
+    values = {
+        "size": args.size,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "out": args.out,
+        "model": args.model,
+        "scorer": args.scorer,
+        "dataset": args.dataset,
+        "methods": args.methods,
+        "budgets": args.budgets,
+        "stages": args.stages,
+        "split": args.split,
+        "coverages": args.coverages,
+    }
+    return run_quality_job(
+        {k: v for k, v in values.items() if v is not None}, wandb_mode=args.wandb, device=args.device
+    )
 
 
 def _budget(text: str) -> float | str:
@@ -37,6 +48,10 @@ def register(subparsers) -> None:
     parser.add_argument("--scorer", help="scorer checkpoint (default: the embedded one with the embedded model)")
     parser.add_argument("--out", help="folder for quality.md, quality.json and the plot (default ./quality)")
     parser.add_argument("--device", help="cpu (default), cuda, cuda:N")
-    parser.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "off"],
-                        help="auto: online with WANDB_API_KEY, else offline (WANDB_MODE wins)")
+    parser.add_argument(
+        "--wandb",
+        default="auto",
+        choices=["auto", "online", "offline", "off"],
+        help="auto: online with WANDB_API_KEY, else offline (WANDB_MODE wins)",
+    )
     parser.set_defaults(func=run)

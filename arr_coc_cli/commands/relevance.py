@@ -68,9 +68,9 @@ def score_with_vlm(args: argparse.Namespace, image):
 
 
 def run(args: argparse.Namespace) -> int:
-    from arr_coc.selection import allocate
     from arr_coc.heatmap import kept_mask, overlay
     from arr_coc.images import load_image
+    from arr_coc.selection import allocate
 
     image = load_image(args.image)
     grid, relevance = (score_with_vlm if args.model else score_without_vlm)(args, image)
@@ -78,13 +78,17 @@ def run(args: argparse.Namespace) -> int:
     if args.heatmap:
         overlay(image, relevance, kept).save(args.heatmap)
     if args.json:
-        print(json.dumps({
-            "grid": list(grid),
-            "relevance": [[round(v, 6) for v in row] for row in relevance.tolist()],
-            "kept": kept.tolist(),
-            "kept_tokens": int(kept.numel()),
-            "total_tokens": grid[0] * grid[1],
-        }))
+        print(
+            json.dumps(
+                {
+                    "grid": list(grid),
+                    "relevance": [[round(v, 6) for v in row] for row in relevance.tolist()],
+                    "kept": kept.tolist(),
+                    "kept_tokens": int(kept.numel()),
+                    "total_tokens": grid[0] * grid[1],
+                }
+            )
+        )
     else:
         print(f"grid {grid[0]}x{grid[1]}: kept {kept.numel()} of {grid[0] * grid[1]} tokens ({args.method})")
         print(ascii_map(relevance, kept_mask(grid, kept)))

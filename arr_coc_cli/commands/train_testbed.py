@@ -12,9 +12,18 @@ import argparse
 def run(args: argparse.Namespace) -> int:
     from training_hooks.jobs.train_testbed_job import run_train_testbed_job
 
-    cli_values = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-                  "out": args.out, "heldout_size": args.heldout_size, "eval_every": args.eval_every,
-                  "workers": args.workers, "pre_share": args.pre_share, "init": args.init}
+    cli_values = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "out": args.out,
+        "heldout_size": args.heldout_size,
+        "eval_every": args.eval_every,
+        "workers": args.workers,
+        "pre_share": args.pre_share,
+        "init": args.init,
+    }
     return run_train_testbed_job(args.config, cli_values, wandb_mode=args.wandb, progress=not args.no_progress)
 
 
@@ -31,7 +40,11 @@ def register(subparsers) -> None:
     parser.add_argument("--workers", type=int, help="DataLoader workers drawing scenes")
     parser.add_argument("--pre-share", type=float, help="share of examples whose tokens drop before the tower")
     parser.add_argument("--init", help="checkpoint to fine-tune (default: random weights from --seed)")
-    parser.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "off"],
-                        help="auto: online with WANDB_API_KEY, else offline (WANDB_MODE wins)")
+    parser.add_argument(
+        "--wandb",
+        default="auto",
+        choices=["auto", "online", "offline", "off"],
+        help="auto: online with WANDB_API_KEY, else offline (WANDB_MODE wins)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     parser.set_defaults(func=run)

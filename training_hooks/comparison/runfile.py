@@ -147,7 +147,9 @@ def iter_chunks(path: Path | str, *, allow_truncated_tail: bool = False) -> Iter
                 pos = end
             if at_eof:
                 if pos < len(block) and any(block[pos:]) and not allow_truncated_tail:
-                    raise RunFileError("chunk header cut off by the end of the file", path=path, offset=block_start + pos)
+                    raise RunFileError(
+                        "chunk header cut off by the end of the file", path=path, offset=block_start + pos
+                    )
                 return
             block_start += BLOCK_SIZE
             block, pos = handle.read(BLOCK_SIZE), 0

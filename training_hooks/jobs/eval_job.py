@@ -22,8 +22,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from arr_coc.adaptive import AutoBudget, auto_budget
-from arr_coc.selection import as_budget
 from arr_coc.errors import EmptyDatasetError, InvalidBudgetError, InvalidConfigError
+from arr_coc.selection import as_budget
 from arr_coc.tasks import check_dataset
 from arr_coc.training.config import validate
 from arr_coc.variants import Variant, ad_hoc, get_variant

@@ -27,8 +27,8 @@ from arr_coc.settings import STAGES
 from arr_coc.tasks import check_dataset
 from arr_coc.training.config import validate
 from arr_coc.variants import VARIANTS, Variant, ad_hoc, get_variant
-from training_hooks.jobs.jobrun import resolve_mode, start_run
 from training_hooks.comparison.plots import PALETTE, Series, scatter_plot
+from training_hooks.jobs.jobrun import resolve_mode, start_run
 
 METHODS = ("arr-coc", "uniform", "random", "divprune", "cdpruner")
 BUDGETS = (0.1, 0.25, 0.5)
@@ -117,16 +117,39 @@ def per_kind_accuracy(records) -> dict[str, float]:
 
 def format_markdown(rows: list[dict[str, Any]]) -> str:
     """The table as GitHub markdown: one row per variant."""
-    header = ["variant", "method", "stage", "budget", "accuracy", *[f"acc. {k}" for k in KINDS], "target recall",
-              "kept tokens", "kept ratio", "kept ratio p95", *[f"kept {k}" for k in KINDS], "latency p50 ms"]
+    header = [
+        "variant",
+        "method",
+        "stage",
+        "budget",
+        "accuracy",
+        *[f"acc. {k}" for k in KINDS],
+        "target recall",
+        "kept tokens",
+        "kept ratio",
+        "kept ratio p95",
+        *[f"kept {k}" for k in KINDS],
+        "latency p50 ms",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         kinds = [f"{row.get(f'accuracy/{k}', float('nan')):.3f}" for k in KINDS]
         kept = [f"{row.get(f'kept_ratio/{k}', float('nan')):.3f}" for k in KINDS]
         budget = row["budget"] if isinstance(row["budget"], str) else f"{row['budget']:g}"
-        cells = [row["variant"], row["method"], row.get("stage", "post"), budget, f"{row['accuracy']:.3f}", *kinds,
-                 f"{row['recall']:.3f}", f"{row['kept_tokens_mean']:.1f}", f"{row['kept_ratio']:.3f}",
-                 f"{row.get('kept_ratio_p95', float('nan')):.3f}", *kept, f"{row['latency_p50_ms']:.0f}"]
+        cells = [
+            row["variant"],
+            row["method"],
+            row.get("stage", "post"),
+            budget,
+            f"{row['accuracy']:.3f}",
+            *kinds,
+            f"{row['recall']:.3f}",
+            f"{row['kept_tokens_mean']:.1f}",
+            f"{row['kept_ratio']:.3f}",
+            f"{row.get('kept_ratio_p95', float('nan')):.3f}",
+            *kept,
+            f"{row['latency_p50_ms']:.0f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -139,11 +162,24 @@ def accuracy_plot(rows: list[dict[str, Any]], path: Path) -> Path:
         label = row["method"] if stage == "post" or row["method"] == "none" else f"{row['method']} (pre)"
         by_method[label].append((row["kept_ratio"], row["accuracy"]))
     full = by_method.pop("none", [])
-    series = [Series(method, sorted(points + full), colour=PALETTE[i % len(PALETTE)],
-                     marker=("circle", "square", "triangle")[i % 3])
-              for i, (method, points) in enumerate(sorted(by_method.items()))]
-    return scatter_plot(series, path, title="Accuracy vs kept visual tokens (held-out synthetic VQA)",
-                        xlabel="kept ratio", ylabel="accuracy", xrange=(0.0, 1.0), yrange=(0.0, 1.0))
+    series = [
+        Series(
+            method,
+            sorted(points + full),
+            colour=PALETTE[i % len(PALETTE)],
+            marker=("circle", "square", "triangle")[i % 3],
+        )
+        for i, (method, points) in enumerate(sorted(by_method.items()))
+    ]
+    return scatter_plot(
+        series,
+        path,
+        title="Accuracy vs kept visual tokens (held-out synthetic VQA)",
+        xlabel="kept ratio",
+        ylabel="accuracy",
+        xrange=(0.0, 1.0),
+        yrange=(0.0, 1.0),
+    )
 
 
 def run_quality_job(values: dict[str, Any], *, wandb_mode: str = "auto", device: str | None = None) -> int:
@@ -171,24 +207,41 @@ def evaluate_all(params: QualityParams, variants: list[Variant], mode: str, devi
     from arr_coc.training.data import processor_grid
     from arr_coc.vlm.pipeline import VLMPipeline
 
-    pipeline = VLMPipeline.from_pretrained(params.model or None, scorer=params.scorer or None,
-                                           device=device or "cpu", dtype="fp32")
-    dataset = load_dataset(params.dataset, params.split, params.size, seed=params.seed,
-                           grid_for=processor_grid(pipeline.vlm.processor))
+    pipeline = VLMPipeline.from_pretrained(
+        params.model or None, scorer=params.scorer or None, device=device or "cpu", dtype="fp32"
+    )
+    dataset = load_dataset(
+        params.dataset, params.split, params.size, seed=params.seed, grid_for=processor_grid(pipeline.vlm.processor)
+    )
     rows = []
     for variant in variants:
         clock = Stopwatch()
-        stream = evaluate_variant(pipeline, variant, dataset, batch_size=params.batch_size, max_new_tokens=4,
-                                  seed=params.seed)
+        stream = evaluate_variant(
+            pipeline, variant, dataset, batch_size=params.batch_size, max_new_tokens=4, seed=params.seed
+        )
         records = list(tqdm(stream, total=len(dataset), desc=f"quality {variant.name}", leave=False))
         summary = {**summarize(records, clock.elapsed_s), **per_kind_accuracy(records)}
-        config = variant.as_config(dataset=params.dataset, split=params.split, size=params.size, seed=params.seed,
-                                   model=params.model or "embedded", scorer=params.scorer or "embedded")
-        run = start_run(job_type="eval", config=config, mode=mode, group=variant.name,
-                        name=f"quality-{variant.name}", tags=(variant.method, variant.stage, "quality"))
+        config = variant.as_config(
+            dataset=params.dataset,
+            split=params.split,
+            size=params.size,
+            seed=params.seed,
+            model=params.model or "embedded",
+            scorer=params.scorer or "embedded",
+        )
+        run = start_run(
+            job_type="eval",
+            config=config,
+            mode=mode,
+            group=variant.name,
+            name=f"quality-{variant.name}",
+            tags=(variant.method, variant.stage, "quality"),
+        )
         run.summary.update(summary)
         run.finish()
-        budget = f"auto@{variant.budget.coverage:g}" if isinstance(variant.budget, AutoBudget) else float(variant.budget)
+        budget = (
+            f"auto@{variant.budget.coverage:g}" if isinstance(variant.budget, AutoBudget) else float(variant.budget)
+        )
         rows.append({"variant": variant.name, "method": variant.method, "stage": variant.stage, "budget": budget,
                      **summary})  # fmt: skip
     return rows

@@ -20,8 +20,14 @@ from PIL import Image
 
 from arr_coc.training.config import TrainConfig, load_config_file, train_config
 from arr_coc.training.recall import RecallTable, flat_recall, format_table
-from training_hooks.jobs.jobrun import (declare_launch_inputs, finishing, launch_overrides, resolve_mode, run_config,
-                                   start_run)  # fmt: skip
+from training_hooks.jobs.jobrun import (
+    declare_launch_inputs,
+    finishing,
+    launch_overrides,
+    resolve_mode,
+    run_config,
+    start_run,  # fmt: skip
+)
 
 ARTIFACT_NAME = "relevance-scorer"
 

@@ -205,8 +205,12 @@ class InferenceTracker:
         """The ``wandb.init`` arguments; the name is ``<deployment>-<variant>-w<worker>``."""
         worker = self.worker_id if self.worker_id is not None else os.getpid()
         s = self.settings
-        tracking = {"deployment": s.deployment, "worker_id": worker, "window_s": s.window_s,
-                    "example_rate": s.example_rate}
+        tracking = {
+            "deployment": s.deployment,
+            "worker_id": worker,
+            "window_s": s.window_s,
+            "example_rate": s.example_rate,
+        }
         return {
             "project": s.project,
             "entity": s.entity,
@@ -346,8 +350,15 @@ class InferenceTracker:
             self._call("summary", backend.update_summary, totals.summary(self.dropped))
             self._call("finish", backend.finish)
 
-    def _flush(self, backend: TrackingBackend | None, window: WindowStats, totals: RunTotals,
-               rows: list[ExampleRow], now: float, logged_drops: int) -> int:
+    def _flush(
+        self,
+        backend: TrackingBackend | None,
+        window: WindowStats,
+        totals: RunTotals,
+        rows: list[ExampleRow],
+        now: float,
+        logged_drops: int,
+    ) -> int:
         dropped = self.dropped
         totals.add_window(window, now)
         if backend is not None:
