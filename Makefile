@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: setup browser run relevance test bench soak clean
+.PHONY: setup browser run relevance test test-fast bench soak clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ relevance: setup
 
 test: setup browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The unit tests: no server, no training or evaluation jobs.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not server and not slow" $(PYTEST_ARGS)
 
 # Reliability: malformed corpus, 10 minutes of mixed load at concurrency 12 with a killed runner, schemathesis.
 soak: setup

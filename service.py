@@ -18,16 +18,16 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import asyncio
-from importlib.metadata import version
 
 import bentoml
-from fastapi import FastAPI, Request
+from fastapi import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
 from arr_coc.heatmap import heatmap_png
 from arr_coc.settings import get_settings
 from arr_coc.variants import get_variant
-from front import admission, auth, errors, metrics, openai_chat, openapi, pages, streams
+from front import auth, errors, openai_chat, openapi, streams
+from front.app import add_fallbacks, create_app
 from front.pipeline import Job, Pipeline
 from front.schemas import AnswerRequestBody, AnswerResponse, RelevanceRequestBody, RelevanceResponse
 from front.uploads import body_limit, fetch_image, is_remote, read_request, request_body_openapi, url_hosts
@@ -38,12 +38,7 @@ from training_hooks.tracking.service_tracking import Tracking
 settings = get_settings()
 LIMIT = body_limit(settings)
 
-app = FastAPI(title="ARR-COC", version=version("arr-coc"), description=__doc__, openapi_url="/docs.json",
-              docs_url=None, redoc_url=None, responses=openapi.ERROR_RESPONSES)  # fmt: skip
-errors.install(app)
-admission.admit(app, settings.max_concurrency)
-metrics.count_requests(app)  # outermost: counts the 429s too
-app.openapi = openapi.document(app)
+app = create_app(settings, description=__doc__)
 
 
 @bentoml.asgi_app(app, path="/")
@@ -83,15 +78,18 @@ class ARRCOC:
             self.pipeline.failed(job, error)
             return errors.error_response(http.url.path, error)
 
-    @app.post("/answer_stream", response_class=StreamingResponse, openapi_extra=request_body_openapi(AnswerRequestBody),
-              responses=openapi.EVENT_STREAM)  # fmt: skip
+    @app.post(
+        "/answer_stream",
+        response_class=StreamingResponse,
+        openapi_extra=request_body_openapi(AnswerRequestBody),
+        responses=openapi.EVENT_STREAM,
+    )
     async def answer_stream(self, http: Request):
         """The answer as server-sent events: ``data: {"delta"}`` per text delta, then ``event: done``."""
         body, job = await self._start(http, AnswerRequestBody, Job(settings.default_variant))
         return StreamingResponse(streams.answer_events(self.pipeline, job, body), media_type="text/event-stream")
 
-    @app.post("/relevance", response_model=RelevanceResponse,
-              openapi_extra=request_body_openapi(RelevanceRequestBody))  # fmt: skip
+    @app.post("/relevance", response_model=RelevanceResponse, openapi_extra=request_body_openapi(RelevanceRequestBody))
     async def relevance(self, http: Request):
         """The relevance map, the kept tokens and a heatmap PNG (kept tokens outlined, with a legend)."""
         body, job = await self._start(http, RelevanceRequestBody, Job(settings.default_variant))
@@ -101,18 +99,26 @@ class ARRCOC:
             self.pipeline.failed(job, error)
             return errors.error_response(http.url.path, error)
         return RelevanceResponse(
-            variant=job.variant.name, grid=job.scored.grid, relevance=relevance.tolist(), kept=kept,
-            kept_tokens=len(kept), total_tokens=relevance.numel(), request_id=job.request_id,
+            variant=job.variant.name,
+            grid=job.scored.grid,
+            relevance=relevance.tolist(),
+            kept=kept,
+            kept_tokens=len(kept),
+            total_tokens=relevance.numel(),
+            request_id=job.request_id,
             heatmap_png=await asyncio.to_thread(heatmap_png, job.image, relevance, kept),
-        )  # fmt: skip
+        )
 
     @app.get("/v1/models")
     def openai_models(self) -> dict:
         """The variants, as OpenAI models."""
         return openai_chat.model_list()
 
-    @app.post("/v1/chat/completions", responses=openapi.EVENT_STREAM,
-              openapi_extra=request_body_openapi(openai_chat.ChatRequest, forms=False))  # fmt: skip
+    @app.post(
+        "/v1/chat/completions",
+        responses=openapi.EVENT_STREAM,
+        openapi_extra=request_body_openapi(openai_chat.ChatRequest, forms=False),
+    )
     async def openai_chat_completions(self, http: Request):
         """OpenAI's chat completion: one image, one question, the answer from the variant's kept tokens."""
         job = Job(settings.default_variant)
@@ -133,9 +139,7 @@ class ARRCOC:
         return JSONResponse(openai_chat.completion(output, job.variant.name, job.request_id))
 
 
-app.mount("/static", pages.static_files(), name="static")
-app.add_api_route("/", pages.index, include_in_schema=False)
-app.add_api_route("/{path:path}", errors.not_found, methods=errors.ALL_METHODS, include_in_schema=False)  # JSON 404s
+add_fallbacks(app)
 
 if keys := auth.parse_keys(settings.api_key.get_secret_value()):
     ARRCOC.add_asgi_middleware(auth.BearerAuth, keys=keys)

@@ -40,8 +40,11 @@ class AutoBudget(BaseModel):
 
     def __str__(self) -> str:
         """``auto``, or e.g. ``auto(coverage=0.9,min=4)`` with what differs from the defaults."""
-        changed = [f"{name.removesuffix('_tokens')}={value:g}" for name, value in self.model_dump().items()
-                   if value is not None and value != AutoBudget.model_fields[name].default]  # fmt: skip
+        changed = [
+            f"{name.removesuffix('_tokens')}={value:g}"
+            for name, value in self.model_dump().items()
+            if value is not None and value != AutoBudget.model_fields[name].default
+        ]
         return f"{AUTO}({','.join(changed)})" if changed else AUTO
 
 
@@ -51,8 +54,12 @@ def auto_budget(
     """An :class:`AutoBudget`, or :class:`InvalidBudgetError` naming the bad field."""
     coverage = DEFAULT_COVERAGE if coverage is None else coverage
     min_tokens = 1 if min_tokens is None else min_tokens
-    if isinstance(coverage, bool) or not isinstance(coverage, (int, float)) or not math.isfinite(coverage) \
-            or not 0.0 < coverage <= 1.0:  # fmt: skip
+    if (
+        isinstance(coverage, bool)
+        or not isinstance(coverage, (int, float))
+        or not math.isfinite(coverage)
+        or not 0.0 < coverage <= 1.0
+    ):
         raise InvalidBudgetError(f"coverage must be a number in (0, 1], got {coverage!r}", field="coverage")
     for name, value in (("min_tokens", min_tokens), ("max_tokens", max_tokens)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

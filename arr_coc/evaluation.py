@@ -57,8 +57,16 @@ def sample_count(dataset: Dataset, limit: int | None) -> int:
     return len(dataset) if limit is None else min(limit, len(dataset))
 
 
-def evaluate_variant(pipeline: VLMPipeline, variant: Variant, dataset: Dataset, *, limit: int | None = None,
-                     batch_size: int = 1, max_new_tokens: int = 8, seed: int = 0) -> Iterator[EvalRecord]:  # fmt: skip
+def evaluate_variant(
+    pipeline: VLMPipeline,
+    variant: Variant,
+    dataset: Dataset,
+    *,
+    limit: int | None = None,
+    batch_size: int = 1,
+    max_new_tokens: int = 8,
+    seed: int = 0,
+) -> Iterator[EvalRecord]:
     """Yield a record per sample (in dataset order) for ``variant``'s method, budget and stage.
 
     Greedy decoding; ``seed + index`` seeds the ``random`` method per sample.
@@ -70,10 +78,16 @@ def evaluate_variant(pipeline: VLMPipeline, variant: Variant, dataset: Dataset, 
         indices = list(range(start, min(count, start + batch_size)))
         samples = [dataset[i] for i in indices]
         requests = [
-            AnswerRequest(image=s.image, question=s.question, method=variant.method, budget=variant.budget,
-                          stage=variant.stage, generation=GenerationParams(max_new_tokens=max_new_tokens, seed=seed + i))
+            AnswerRequest(
+                image=s.image,
+                question=s.question,
+                method=variant.method,
+                budget=variant.budget,
+                stage=variant.stage,
+                generation=GenerationParams(max_new_tokens=max_new_tokens, seed=seed + i),
+            )
             for i, s in zip(indices, samples)
-        ]  # fmt: skip
+        ]
         for i, sample, result in zip(indices, samples, pipeline.answer_batch(requests)):
             recall = recall_at_budget(result.kept, sample.target_mask) if sample.target_mask.any() else float("nan")
             yield EvalRecord(i, sample, result, answer_matches(result.answer, sample.answer), recall, len(indices))

@@ -7,8 +7,18 @@ in a batch agree within float noise (1e-5), not bitwise: kernels are picked by
 batch size. :meth:`RelevanceScorer.score_images` scores images of mixed sizes,
 one call per distinct size.
 
-A checkpoint is a directory with ``config.json`` (the constructor arguments) and
-``model.safetensors`` (the weights); nothing is ever unpickled.
+A checkpoint is a directory with ``config.json`` (the constructor arguments, the
+calibration for ``auto`` budgets among them) and ``model.safetensors`` (the
+weights); nothing is ever unpickled.
+
+Why not ``huggingface_hub.PyTorchModelHubMixin``: it writes the same two files, but
+its ``from_pretrained`` accepts any ``config.json`` whose keys fit the constructor
+and reports a missing or foreign checkpoint as the hub's own exceptions. Here a
+checkpoint carries a ``format`` tag and loading raises the library's typed errors
+(``ModelNotFoundError``, ``CheckpointFormatError`` with ``field="scorer"``), which
+the service and the CLI turn into clear messages; the W&B artifact and the
+BentoML model store copy the directory as it is. Adopting the mixin would mean
+wrapping its loader in those checks, about what ``load`` is now.
 """
 
 from __future__ import annotations

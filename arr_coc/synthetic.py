@@ -120,9 +120,20 @@ def _shape_polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[flo
         return [(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)]
     if shape == "cross":
         w = r * 0.38
-        return [(cx - w, cy - r), (cx + w, cy - r), (cx + w, cy - w), (cx + r, cy - w), (cx + r, cy + w),
-                (cx + w, cy + w), (cx + w, cy + r), (cx - w, cy + r), (cx - w, cy + w), (cx - r, cy + w),
-                (cx - r, cy - w), (cx - w, cy - w)]  # fmt: skip
+        return [
+            (cx - w, cy - r),
+            (cx + w, cy - r),
+            (cx + w, cy - w),
+            (cx + r, cy - w),
+            (cx + r, cy + w),
+            (cx + w, cy + w),
+            (cx + w, cy + r),
+            (cx - w, cy + r),
+            (cx - w, cy + w),
+            (cx - r, cy + w),
+            (cx - r, cy - w),
+            (cx - w, cy - w),
+        ]
     raise ValueError(f"unknown shape {shape!r}")
 
 
@@ -157,8 +168,9 @@ class SyntheticShapes:
         grid_for: the VLM's token grid of an image (default: 28-pixel tokens).
     """
 
-    def __init__(self, size: int, split: str = "train", seed: int = 0, image_size: int = 336,
-                 grid_for: GridFn | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, size: int, split: str = "train", seed: int = 0, image_size: int = 336, grid_for: GridFn | None = None
+    ) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise EmptyDatasetError(f"a dataset needs at least one sample, got size={size!r}", field="size")
         if split not in SPLITS:

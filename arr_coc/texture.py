@@ -43,9 +43,20 @@ from arr_coc.errors import InvalidGridError, InvalidImageError
 
 NUM_CHANNELS = 13
 CHANNELS = (
-    "red", "green", "blue", "lightness", "green_red", "sobel_x", "sobel_y",
-    "edge_magnitude", "position_y", "position_x", "eccentricity", "blue_yellow", "local_contrast",
-)  # fmt: skip
+    "red",
+    "green",
+    "blue",
+    "lightness",
+    "green_red",
+    "sobel_x",
+    "sobel_y",
+    "edge_magnitude",
+    "position_y",
+    "position_x",
+    "eccentricity",
+    "blue_yellow",
+    "local_contrast",
+)
 DEFAULT_PIXELS_PER_CELL = 4
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
 

@@ -50,8 +50,16 @@ class Variant(BaseModel):
         """Flat dict for a W&B run config."""
         budget = AUTO if isinstance(self.budget, AutoBudget) else self.budget
         adaptive = self.budget.model_dump() if isinstance(self.budget, AutoBudget) else {}
-        return {"variant": self.name, "method": self.method, "budget": budget, "stage": self.stage,
-                "vlm": self.vlm, "scorer": self.scorer, **adaptive, **extra}  # fmt: skip
+        return {
+            "variant": self.name,
+            "method": self.method,
+            "budget": budget,
+            "stage": self.stage,
+            "vlm": self.vlm,
+            "scorer": self.scorer,
+            **adaptive,
+            **extra,
+        }
 
 
 def _builtin() -> dict[str, Variant]:

@@ -19,7 +19,7 @@ from arr_coc_cli.commands import (
     quality,
     relevance,
     testbed,
-    train_scorer,  # fmt: skip
+    train_scorer,
     train_testbed,
 )
 

@@ -58,8 +58,10 @@ def main() -> None:
     for budget in args.budgets:
         single = None
         for batch in args.batches:
-            requests = [AnswerRequest(scene(448, 448), f"What is in part {i}?", "arr-coc", budget, generation)
-                        for i in range(batch)]  # fmt: skip
+            requests = [
+                AnswerRequest(scene(448, 448), f"What is in part {i}?", "arr-coc", budget, generation)
+                for i in range(batch)
+            ]
             best, stages = float("inf"), {}
             for _ in range(args.repeats):
                 start = time.perf_counter()
@@ -69,8 +71,10 @@ def main() -> None:
                     best, stages = elapsed, results[0].timings_ms
             rate = batch / best
             single = single or rate
-            print(f"{budget:>6.0%} {batch:>5} {rate:>8.1f} {rate / single:>7.2f} "
-                  + " ".join(f"{stages.get(s, 0.0):>11.1f}" for s in STAGES))  # fmt: skip
+            print(
+                f"{budget:>6.0%} {batch:>5} {rate:>8.1f} {rate / single:>7.2f} "
+                + " ".join(f"{stages.get(s, 0.0):>11.1f}" for s in STAGES)
+            )
 
 
 if __name__ == "__main__":

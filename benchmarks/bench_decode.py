@@ -65,8 +65,10 @@ def main() -> None:
         vlm = load_vlm(ensure_testbed("qwen2.5-vl"), device=device, dtype=dtype)
     else:
         vlm = random_real_size_model(args.model, device, dtype)
-    print(f"{args.model}, {dtype}, {device}, torch {torch.__version__}, loaded in {time.perf_counter() - start:.1f} s, "
-          f"{args.steps} decode steps per run")  # fmt: skip
+    print(
+        f"{args.model}, {dtype}, {device}, torch {torch.__version__}, loaded in {time.perf_counter() - start:.1f} s, "
+        f"{args.steps} decode steps per run"
+    )
     print(f"{'mode':>7} {'batch':>5} {'ms/step':>8} {'vs eager':>8} {'ids = eager':>11} {'first run s':>11}")
     eager_ms: dict[int, float] = {}
     eager_ids: dict[int, list] = {}

@@ -31,8 +31,14 @@ from arr_coc.vlm.pipeline import VLMPipeline  # noqa: E402
 from arr_coc.vlm.testbed import ensure_testbed  # noqa: E402
 from arr_coc.vlm.types import AnswerRequest, GenerationParams  # noqa: E402
 
-QUESTIONS = ["Where is the red house?", "What is in the sky?", "How many windows are there?",
-             "What colour is the roof?", "Is there a tree?", "What is on the left?"]  # fmt: skip
+QUESTIONS = [
+    "Where is the red house?",
+    "What is in the sky?",
+    "How many windows are there?",
+    "What colour is the roof?",
+    "Is there a tree?",
+    "What is on the left?",
+]
 
 
 def ttft(result) -> float:
@@ -66,15 +72,21 @@ def main() -> None:
         with_cache = [cached.answer(r) for r in requests]
         cached_s = time.perf_counter() - start
         without = [plain.answer(r) for r in requests]
-        print(f"\n{name}, {dtype}, {device}, {args.image}x{args.image}, arr-coc {args.budget:.0%}, post; "
-              f"{args.questions} questions in {cached_s:.1f} s with the cache")  # fmt: skip
-        print(f"{'question':>8} {'cached':>6} {'TTFT ms':>9} {'vs first':>8} {'vision ms':>9} {'uncached TTFT':>13} "
-              f"{'same answer':>11}")  # fmt: skip
+        print(
+            f"\n{name}, {dtype}, {device}, {args.image}x{args.image}, arr-coc {args.budget:.0%}, post; "
+            f"{args.questions} questions in {cached_s:.1f} s with the cache"
+        )
+        print(
+            f"{'question':>8} {'cached':>6} {'TTFT ms':>9} {'vs first':>8} {'vision ms':>9} {'uncached TTFT':>13} "
+            f"{'same answer':>11}"
+        )
         first = ttft(with_cache[0])
         for i, (a, b) in enumerate(zip(with_cache, without), start=1):
             same = "yes" if a.token_ids == b.token_ids else "NO"
-            print(f"{i:>8} {str(a.vision_cached):>6} {ttft(a):>9.1f} {ttft(a) / first:>8.2f} "
-                  f"{a.timings_ms['vision']:>9.1f} {ttft(b):>13.1f} {same:>11}")  # fmt: skip
+            print(
+                f"{i:>8} {str(a.vision_cached):>6} {ttft(a):>9.1f} {ttft(a) / first:>8.2f} "
+                f"{a.timings_ms['vision']:>9.1f} {ttft(b):>13.1f} {same:>11}"
+            )
         del cached, plain, vlm
 
 

@@ -48,22 +48,54 @@ QUESTION = "Where is the red house, and what is next to it?"
 REAL_CONFIGS = {
     "qwen2-vl-2b": (
         "qwen2-vl",
-        dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-             num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768,
-             rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}),
-        dict(depth=32, embed_dim=1280, hidden_size=1536, num_heads=16, mlp_ratio=4, patch_size=14,
-             spatial_merge_size=2, temporal_patch_size=2),
+        dict(
+            hidden_size=1536,
+            intermediate_size=8960,
+            num_hidden_layers=28,
+            num_attention_heads=12,
+            num_key_value_heads=2,
+            vocab_size=151936,
+            max_position_embeddings=32768,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+        ),
+        dict(
+            depth=32,
+            embed_dim=1280,
+            hidden_size=1536,
+            num_heads=16,
+            mlp_ratio=4,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+        ),
     ),
     "qwen2.5-vl-3b": (
         "qwen2.5-vl",
-        dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
-             num_key_value_heads=2, vocab_size=151936, max_position_embeddings=128000,
-             rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}),
-        dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
-             window_size=112, fullatt_block_indexes=[7, 15, 23, 31], patch_size=14, spatial_merge_size=2,
-             temporal_patch_size=2, tokens_per_second=2),
+        dict(
+            hidden_size=2048,
+            intermediate_size=11008,
+            num_hidden_layers=36,
+            num_attention_heads=16,
+            num_key_value_heads=2,
+            vocab_size=151936,
+            max_position_embeddings=128000,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+        ),
+        dict(
+            depth=32,
+            hidden_size=1280,
+            intermediate_size=3420,
+            num_heads=16,
+            out_hidden_size=2048,
+            window_size=112,
+            fullatt_block_indexes=[7, 15, 23, 31],
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            tokens_per_second=2,
+        ),
     ),
-}  # fmt: skip
+}
 
 
 def random_real_size_model(name: str, device: torch.device, dtype: torch.dtype) -> LoadedVLM:
@@ -71,8 +103,10 @@ def random_real_size_model(name: str, device: torch.device, dtype: torch.dtype) 
     family_name, text, vision = REAL_CONFIGS[name]
     family = family_by_name(family_name)
     tokenizer = build_tokenizer()
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>",
-                                                           "<|vision_end|>", "<|im_end|>", "<|endoftext|>")}  # fmt: skip
+    ids = {
+        t: tokenizer.convert_tokens_to_ids(t)
+        for t in ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_end|>", "<|endoftext|>")
+    }
     config = family.config_cls()(
         text_config=dict(text, eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"]),
         vision_config=vision,
@@ -105,8 +139,15 @@ def measure(pipeline: VLMPipeline, requests: list[AnswerRequest], repeats: int) 
     for results in runs:
         best = min(results, key=lambda r: r.timings_ms["total"])
         ttft = min(r.timings_ms["total"] - r.timings_ms["decode"] for r in results)
-        rows.append({"ttft": ttft, **best.timings_ms, "kept": best.kept_tokens, "n": best.total_tokens,
-                     "new": len(best.token_ids)})  # fmt: skip
+        rows.append(
+            {
+                "ttft": ttft,
+                **best.timings_ms,
+                "kept": best.kept_tokens,
+                "n": best.total_tokens,
+                "new": len(best.token_ids),
+            }
+        )
     return rows
 
 
@@ -132,12 +173,17 @@ def bench(name: str, args: argparse.Namespace) -> None:
     image = scene(args.image, args.image)
     generation = GenerationParams(max_new_tokens=args.new_tokens)
     pipeline.answer(AnswerRequest(image, QUESTION, args.method, 1.0, GenerationParams(max_new_tokens=2)))  # warm-up
-    requests = [AnswerRequest(image, QUESTION, args.method, b, generation, stage=stage)
-                for stage in args.stage for b in args.budgets]  # fmt: skip
+    requests = [
+        AnswerRequest(image, QUESTION, args.method, b, generation, stage=stage)
+        for stage in args.stage
+        for b in args.budgets
+    ]
     rows = measure(pipeline, requests, args.repeats)
     base = rows[0]  # the first stage at the first budget (100 % by default)
-    print(f"{'stage':>5} {'budget':>6} {'kept':>9} {'new':>4} {'TTFT ms':>9} {'total ms':>9} {'TTFT/100%':>9}"
-          f" {'total/100%':>10} {'vision':>8} {'scoring':>8} {'prefill':>8} {'decode':>8} {'scoring/TTFT':>12}")  # fmt: skip
+    print(
+        f"{'stage':>5} {'budget':>6} {'kept':>9} {'new':>4} {'TTFT ms':>9} {'total ms':>9} {'TTFT/100%':>9}"
+        f" {'total/100%':>10} {'vision':>8} {'scoring':>8} {'prefill':>8} {'decode':>8} {'scoring/TTFT':>12}"
+    )
     for request, row in zip(requests, rows):
         print(
             f"{request.stage:>5} {budget_label(request.budget):>6} {row['kept']:>4}/{row['n']:<4} {row['new']:>4} "
@@ -160,16 +206,23 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="rounds over the budgets (fastest run reported)")
     parser.add_argument("--method", default="arr-coc")
     parser.add_argument("--stage", nargs="+", choices=["post", "pre"], default=["post", "pre"])
-    parser.add_argument("--budgets", type=parse_budget, nargs="+", default=BUDGETS,
-                        help="kept ratios, or auto (as many as the question needs, at --coverage)")  # fmt: skip
+    parser.add_argument(
+        "--budgets",
+        type=parse_budget,
+        nargs="+",
+        default=BUDGETS,
+        help="kept ratios, or auto (as many as the question needs, at --coverage)",
+    )
     parser.add_argument("--coverage", type=float, default=None, help="coverage of the auto budget")
     parser.add_argument("--decode", default="auto", help="decode loop: auto, eager, static, graph")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     args.budgets = [auto_budget(args.coverage) if b == "auto" else b for b in args.budgets]
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads, image {args.image}x{args.image}, method {args.method}, "
-          f"{args.new_tokens} new tokens, budgets {', '.join(budget_label(b) for b in args.budgets)}")  # fmt: skip
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, image {args.image}x{args.image}, method {args.method}, "
+        f"{args.new_tokens} new tokens, budgets {', '.join(budget_label(b) for b in args.budgets)}"
+    )
     with torch.inference_mode():
         for name in args.models.split(","):
             bench(name.strip(), args)

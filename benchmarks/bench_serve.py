@@ -31,8 +31,10 @@ IMAGES = [scene(448, 336), shapes(300, 200, seed=1), gradient(200, 260), noise(2
 
 
 def payloads(count: int) -> list[dict]:
-    return [{"image": b64_png(IMAGES[i % 4]), "question": f"What is in part {i}?", "budget": 0.25,
-             "max_new_tokens": 8} for i in range(count)]  # fmt: skip
+    return [
+        {"image": b64_png(IMAGES[i % 4]), "question": f"What is in part {i}?", "budget": 0.25, "max_new_tokens": 8}
+        for i in range(count)
+    ]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -77,8 +79,15 @@ def in_process(requests: list[dict]) -> dict[str, tuple[float, float, float]]:
     from arr_coc.vlm.types import AnswerRequest, GenerationParams
 
     pipeline = VLMPipeline.from_pretrained()  # the embedded default, as the server serves it
-    library = [AnswerRequest(load_image(base64.b64decode(r["image"])), r["question"], budget=r["budget"],
-                             generation=GenerationParams(max_new_tokens=r["max_new_tokens"])) for r in requests]  # fmt: skip
+    library = [
+        AnswerRequest(
+            load_image(base64.b64decode(r["image"])),
+            r["question"],
+            budget=r["budget"],
+            generation=GenerationParams(max_new_tokens=r["max_new_tokens"]),
+        )
+        for r in requests
+    ]
     pipeline.answer(library[0])
     latencies, start = [], time.perf_counter()
     for request in library:
@@ -105,15 +114,25 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=48)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--batching", nargs="+", choices=["off", "on"], default=["off", "on"])
-    parser.add_argument("--no-in-process", dest="in_process", action="store_false",
-                        help="skip the in-process rows (the served rows only)")  # fmt: skip
+    parser.add_argument(
+        "--no-in-process",
+        dest="in_process",
+        action="store_false",
+        help="skip the in-process rows (the served rows only)",
+    )
     args = parser.parse_args()
     requests = payloads(args.requests)
     rows = []
     configs = {
-        "off": ("served, batching off (max_batch_size 1)", {"ARR_COC_VLM_MAX_BATCH_SIZE": "1", "ARR_COC_RELEVANCE_MAX_BATCH_SIZE": "1"}),
-        "on": ("served, batching on (16 / 8)", {"ARR_COC_VLM_MAX_BATCH_SIZE": "8", "ARR_COC_RELEVANCE_MAX_BATCH_SIZE": "16"}),
-    }  # fmt: skip
+        "off": (
+            "served, batching off (max_batch_size 1)",
+            {"ARR_COC_VLM_MAX_BATCH_SIZE": "1", "ARR_COC_RELEVANCE_MAX_BATCH_SIZE": "1"},
+        ),
+        "on": (
+            "served, batching on (16 / 8)",
+            {"ARR_COC_VLM_MAX_BATCH_SIZE": "8", "ARR_COC_RELEVANCE_MAX_BATCH_SIZE": "16"},
+        ),
+    }
     for name, env in (configs[choice] for choice in args.batching):
         server = Server(Path(tempfile.mkdtemp()), **env)
         try:

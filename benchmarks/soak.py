@@ -78,13 +78,18 @@ def malformed_bodies() -> list[tuple[str, dict | bytes, str]]:
         "seed": [-1, 2**70, "s"],
         "surprise": [1],
     }
-    cases = [(f"{field}={str(value)[:24]!r}", {"image": good, "question": QUESTION, field: value}, "application/json")
-             for field, values in bad_values.items() for value in values]  # fmt: skip
+    cases = [
+        (f"{field}={str(value)[:24]!r}", {"image": good, "question": QUESTION, field: value}, "application/json")
+        for field, values in bad_values.items()
+        for value in values
+    ]
     cases += [
-        ("not json", b'{"image": ', "application/json"), ("text body", b"hello", "text/plain"),
-        ("empty", b"", "application/json"), ("list body", b"[1, 2]", "application/json"),
+        ("not json", b'{"image": ', "application/json"),
+        ("text body", b"hello", "text/plain"),
+        ("empty", b"", "application/json"),
+        ("list body", b"[1, 2]", "application/json"),
         ("broken form", b"--x\r\nnot a form", "multipart/form-data; boundary=x"),
-    ]  # fmt: skip
+    ]
     return cases
 
 
@@ -95,10 +100,23 @@ def check_corpus(url: str) -> Counter:
         for route in ROUTES:
             for _, body, kind in malformed_bodies():
                 if route == "/v1/chat/completions" and isinstance(body, dict):
-                    body = {"model": "arr-coc-25", "messages": [{"role": "user", "content": [
-                        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{body.get('image')}"}},
-                        {"type": "text", "text": str(body.get("question"))}]}], "max_tokens": body.get("max_new_tokens", 2),
-                        "arr_coc": {k: v for k, v in body.items() if k in ("budget", "method", "stage", "coverage")}}  # fmt: skip
+                    body = {
+                        "model": "arr-coc-25",
+                        "messages": [
+                            {
+                                "role": "user",
+                                "content": [
+                                    {
+                                        "type": "image_url",
+                                        "image_url": {"url": f"data:image/png;base64,{body.get('image')}"},
+                                    },
+                                    {"type": "text", "text": str(body.get("question"))},
+                                ],
+                            }
+                        ],
+                        "max_tokens": body.get("max_new_tokens", 2),
+                        "arr_coc": {k: v for k, v in body.items() if k in ("budget", "method", "stage", "coverage")},
+                    }
                 content = json.dumps(body).encode() if isinstance(body, dict) else body
                 response = client.post(route, content=content, headers={"content-type": kind})
                 if response.status_code >= 500:
@@ -139,8 +157,11 @@ class Load:
                 response.status_code
             )
         if kind == "multipart":
-            response = client.post("/answer", files={"image": ("i.png", png, "image/png")},
-                                   data={"question": QUESTION, "max_new_tokens": "8"})  # fmt: skip
+            response = client.post(
+                "/answer",
+                files={"image": ("i.png", png, "image/png")},
+                data={"question": QUESTION, "max_new_tokens": "8"},
+            )
             return kind, None if response.status_code == 200 else str(response.status_code)
         if kind == "relevance":
             response = client.post("/relevance", json={k: v for k, v in body.items() if k != "max_new_tokens"})
@@ -228,8 +249,19 @@ def kill_vlm_runner(server: Server, url: str):
 
 
 def run_schemathesis(url: str) -> str:
-    command = [sys.executable, "-m", "schemathesis.cli", "run", f"{url}/docs.json", "--checks", "not_a_server_error",
-               "--max-examples", "20", "--request-timeout", "120"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "run",
+        f"{url}/docs.json",
+        "--checks",
+        "not_a_server_error",
+        "--max-examples",
+        "20",
+        "--request-timeout",
+        "120",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=1200)
     return "passed" if result.returncode == 0 else f"FAILED\n{result.stdout[-3000:]}"
 
@@ -274,9 +306,22 @@ def main() -> int:
     ok = failed == 0 and corpus["5xx"] == 0 and corpus["4xx not json"] == 0 and corpus["alive after"]
     ok = ok and schema in ("passed", "not run")
     if args.json:
-        args.json.write_text(json.dumps({"corpus": corpus, "cases": cases, "requests": load.outcomes, "failed": failed,
-                                         "failures": load.failures, "rss_mb_before": before, "rss_mb_after": after,
-                                         "schemathesis": schema, "ok": ok}, indent=2))  # fmt: skip
+        args.json.write_text(
+            json.dumps(
+                {
+                    "corpus": corpus,
+                    "cases": cases,
+                    "requests": load.outcomes,
+                    "failed": failed,
+                    "failures": load.failures,
+                    "rss_mb_before": before,
+                    "rss_mb_after": after,
+                    "schemathesis": schema,
+                    "ok": ok,
+                },
+                indent=2,
+            )
+        )
     return 0 if ok else 1
 
 

@@ -28,9 +28,16 @@ from arr_coc import errors
 
 logger = logging.getLogger("arr_coc.service")
 
-_STATUS_BY_KIND = {"image_too_large": 413, "invalid_image": 400, "request_too_large": 413,
-                   "malformed_json": 400, "malformed_form": 400, "unsupported_media_type": 415, "overloaded": 429,
-                   "draining": 503}  # fmt: skip
+_STATUS_BY_KIND = {
+    "image_too_large": 413,
+    "invalid_image": 400,
+    "request_too_large": 413,
+    "malformed_json": 400,
+    "malformed_form": 400,
+    "unsupported_media_type": 415,
+    "overloaded": 429,
+    "draining": 503,
+}
 _OBJECT_REPR = re.compile(r"\s*<[^<>]*\bat 0x[0-9a-fA-F]+>")
 _KIND_BY_STATUS = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 415: "unsupported_media_type"}
 

@@ -81,14 +81,20 @@ class ChatRequest(BaseModel):
 
 
 def _image_and_question(messages: list[ChatMessage], url_hosts: frozenset[str]) -> tuple[str, str]:
-    images = [part.image_url.url for m in messages if m.role == "user" and isinstance(m.content, list)
-              for part in m.content if isinstance(part, ImagePart)]  # fmt: skip
+    images = [
+        part.image_url.url
+        for m in messages
+        if m.role == "user" and isinstance(m.content, list)
+        for part in m.content
+        if isinstance(part, ImagePart)
+    ]
     if len(images) != 1:
         raise InvalidImageError(f"send exactly one image_url part, got {len(images)}", field="messages")
     url = images[0]
     if url.startswith(("http://", "https://")) and urlsplit(url).hostname not in url_hosts:
-        raise InvalidImageError("remote image URLs of this host are not fetched; send the image as a base64 data URI",
-                                field="messages")  # fmt: skip
+        raise InvalidImageError(
+            "remote image URLs of this host are not fetched; send the image as a base64 data URI", field="messages"
+        )
     last = next((m for m in reversed(messages) if m.role == "user"), None)
     content = last.content if last is not None else None
     texts = [content] if isinstance(content, str) else [p.text for p in content or [] if isinstance(p, TextPart)]
@@ -112,38 +118,71 @@ def answer_body(
         raise UnknownVariantError(f"unknown model {request.model!r}; GET /v1/models lists them", field="model")
     variant = variant or request.model
     stop = [request.stop] if isinstance(request.stop, str) else list(request.stop or [])
-    return AnswerRequestBody.model_validate({
-        "image": image, "question": question, "variant": variant, "method": options.method,
-        "budget": options.budget, "stage": options.stage, "coverage": options.coverage,
-        "min_tokens": options.min_tokens, "max_tokens": options.max_tokens,
-        "max_new_tokens": request.max_completion_tokens or request.max_tokens or default_max_tokens,
-        "temperature": request.temperature, "top_p": request.top_p, "stop": stop, "seed": request.seed or 0,
-    })  # fmt: skip
+    return AnswerRequestBody.model_validate(
+        {
+            "image": image,
+            "question": question,
+            "variant": variant,
+            "method": options.method,
+            "budget": options.budget,
+            "stage": options.stage,
+            "coverage": options.coverage,
+            "min_tokens": options.min_tokens,
+            "max_tokens": options.max_tokens,
+            "max_new_tokens": request.max_completion_tokens or request.max_tokens or default_max_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "stop": stop,
+            "seed": request.seed or 0,
+        }
+    )
 
 
 def usage(output: AnswerOutput) -> dict[str, int]:
     """Token counts, with the visual tokens the LLM saw (``visual_tokens_kept``) out of the image's."""
     completion = len(output.token_ids)
-    return {"prompt_tokens": output.prompt_tokens, "completion_tokens": completion,
-            "total_tokens": output.prompt_tokens + completion, "visual_tokens_kept": len(output.kept),
-            "visual_tokens_total": output.total_tokens}  # fmt: skip
+    return {
+        "prompt_tokens": output.prompt_tokens,
+        "completion_tokens": completion,
+        "total_tokens": output.prompt_tokens + completion,
+        "visual_tokens_kept": len(output.kept),
+        "visual_tokens_total": output.total_tokens,
+    }
 
 
 def completion(output: AnswerOutput, model: str, request_id: str) -> dict[str, Any]:
     """A ``chat.completion`` object."""
     return {
-        "id": f"chatcmpl-{request_id}", "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": output.answer},
-                     "finish_reason": FINISH_REASONS.get(output.finish_reason, "stop")}],
+        "id": f"chatcmpl-{request_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": output.answer},
+                "finish_reason": FINISH_REASONS.get(output.finish_reason, "stop"),
+            }
+        ],
         "usage": usage(output),
-    }  # fmt: skip
+    }
 
 
-def chunk(completion_id: str, model: str, delta: dict[str, str], finish_reason: str | None = None,
-          output: AnswerOutput | None = None) -> dict[str, Any]:  # fmt: skip
+def chunk(
+    completion_id: str,
+    model: str,
+    delta: dict[str, str],
+    finish_reason: str | None = None,
+    output: AnswerOutput | None = None,
+) -> dict[str, Any]:
     """A ``chat.completion.chunk`` object; the last one carries ``finish_reason`` and ``usage``."""
-    body = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}  # fmt: skip
+    body = {
+        "id": completion_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    }
     if output is not None:
         body["usage"] = usage(output)
     return body
@@ -151,5 +190,7 @@ def chunk(completion_id: str, model: str, delta: dict[str, str], finish_reason: 
 
 def model_list() -> dict[str, Any]:
     """``/v1/models``: every registered variant, as a model."""
-    return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "arr-coc"}
-                                       for name in VARIANTS]}  # fmt: skip
+    return {
+        "object": "list",
+        "data": [{"id": name, "object": "model", "created": 0, "owned_by": "arr-coc"} for name in VARIANTS],
+    }

@@ -18,8 +18,9 @@ ERROR_RESPONSES = {
     429: {"model": ErrorBody, "description": "overloaded: too many requests in flight; retry after Retry-After s"},
     503: {"model": ErrorBody, "description": "a model runner failed or is unreachable; the server keeps serving"},
 }
-EVENT_STREAM = {200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
-                      "description": "server-sent events"}}  # fmt: skip
+EVENT_STREAM = {
+    200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "server-sent events"}
+}
 PROBES = {
     "/livez": "200 while the server process is alive",
     "/readyz": "200 once both runners have loaded (and warmed up) their models, else 503",
@@ -32,11 +33,17 @@ def document(app: FastAPI) -> Callable[[], dict]:
 
     def openapi() -> dict:
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                                 routes=app.routes, openapi_version=app.openapi_version)  # fmt: skip
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+                openapi_version=app.openapi_version,
+            )
             for path, description in PROBES.items():
-                schema["paths"][path] = {"get": {"summary": description, "tags": ["probes"],
-                                                 "responses": {"200": {"description": "OK"}}}}  # fmt: skip
+                schema["paths"][path] = {
+                    "get": {"summary": description, "tags": ["probes"], "responses": {"200": {"description": "OK"}}}
+                }
             app.openapi_schema = schema
         return app.openapi_schema
 

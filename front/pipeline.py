@@ -99,8 +99,9 @@ class Pipeline:
             return base
         method = body.method or base.method
         if method == "none" and body.budget is not None:
-            raise InvalidBudgetError("the method 'none' keeps every token; name another method to use a budget",
-                                     field="budget")  # fmt: skip
+            raise InvalidBudgetError(
+                "the method 'none' keeps every token; name another method to use a budget", field="budget"
+            )
         budget = as_budget(body.budget if body.budget is not None else base.budget)
         if any(value is not None for value in bounds.values()):
             if not isinstance(budget, AutoBudget):
@@ -122,10 +123,15 @@ class Pipeline:
     def answer_item(self, job: Job, generation: GenerationFields) -> AnswerItem:
         variant, scored = job.variant, job.scored
         return AnswerItem(
-            pixels=Pixels.of(job.image), question=job.question, method=variant.method, budget=variant.budget,
-            stage=variant.stage, relevance=scored.relevance, grid=scored.grid,
+            pixels=Pixels.of(job.image),
+            question=job.question,
+            method=variant.method,
+            budget=variant.budget,
+            stage=variant.stage,
+            relevance=scored.relevance,
+            grid=scored.grid,
             **{name: getattr(generation, name) for name in GenerationFields.model_fields},
-        )  # fmt: skip
+        )
 
     async def answer(self, job: Job, generation: GenerationFields) -> AnswerOutput:
         item = self.answer_item(job, generation)
@@ -147,8 +153,9 @@ class Pipeline:
         for attempt in range(RETRIES + 1):
             replayed = ""
             try:
-                async for event in _stream_events(self.vlm_runner.to_async.stream(item),
-                                                  self.settings.stream_idle_timeout_s):  # fmt: skip
+                async for event in _stream_events(
+                    self.vlm_runner.to_async.stream(item), self.settings.stream_idle_timeout_s
+                ):
                     if "delta" not in event:
                         yield event
                         continue
@@ -185,14 +192,25 @@ class Pipeline:
         cached = output.vision_cached if variant.stage == "post" else None
         if cached is not None:
             metrics.VISION_CACHE.labels(result="hit" if cached else "miss").inc()
-        self.tracking.record(variant, job.elapsed_ms, stages_ms=timings, vision_cached=cached,
-                             kept_ratio=kept_ratio, batch_sizes={"relevance": scored.batch_size, "vlm": output.batch_size},
-                             example=(job.image, scored, output, job.question))  # fmt: skip
+        self.tracking.record(
+            variant,
+            job.elapsed_ms,
+            stages_ms=timings,
+            vision_cached=cached,
+            kept_ratio=kept_ratio,
+            batch_sizes={"relevance": scored.batch_size, "vlm": output.batch_size},
+            example=(job.image, scored, output, job.question),
+        )
         return AnswerResponse(
-            answer=output.answer, variant=variant.name, kept_tokens=len(output.kept), total_tokens=output.total_tokens,
-            kept_ratio=kept_ratio, timings_ms=timings, finish_reason=output.finish_reason,
+            answer=output.answer,
+            variant=variant.name,
+            kept_tokens=len(output.kept),
+            total_tokens=output.total_tokens,
+            kept_ratio=kept_ratio,
+            timings_ms=timings,
+            finish_reason=output.finish_reason,
             request_id=job.request_id,
-        )  # fmt: skip
+        )
 
     def failed(self, job: Job, error: Exception) -> None:
         """Count a failed request by its error kind, in ``/metrics`` and W&B."""

@@ -50,10 +50,18 @@ class ImageQuestion(_Strict):
         f"{_settings.max_image_bytes} bytes and {_settings.max_image_pixels} pixels once decoded (else 413)",
     )
     question: str = Field(..., min_length=1, max_length=_settings.max_question_chars)
-    variant: str | None = Field(None, max_length=64, description="a registered variant; default: the deployment's",
-                                json_schema_extra={"enum": sorted(VARIANTS)})  # fmt: skip
-    method: str | None = Field(None, max_length=64, description="overrides the variant's method (with budget)",
-                               json_schema_extra={"enum": sorted(SELECTORS)})  # fmt: skip
+    variant: str | None = Field(
+        None,
+        max_length=64,
+        description="a registered variant; default: the deployment's",
+        json_schema_extra={"enum": sorted(VARIANTS)},
+    )
+    method: str | None = Field(
+        None,
+        max_length=64,
+        description="overrides the variant's method (with budget)",
+        json_schema_extra={"enum": sorted(SELECTORS)},
+    )
     budget: Budget | None = None
     coverage: StrictFloat | StrictInt | None = Field(
         None, description="with budget 'auto': the share of the image's relevance mass to keep, in (0, 1]"

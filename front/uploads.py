@@ -58,8 +58,11 @@ def body_limit(settings: Settings) -> int:
 
 
 def _too_large(size: str, max_bytes: int) -> RequestError:
-    return RequestError("request_too_large", f"the body{size} is over the limit of {max_bytes} bytes: the largest "
-                        "accepted image, base64-encoded, plus the other fields")  # fmt: skip
+    return RequestError(
+        "request_too_large",
+        f"the body{size} is over the limit of {max_bytes} bytes: the largest "
+        "accepted image, base64-encoded, plus the other fields",
+    )
 
 
 async def read_limited(request: Request, max_bytes: int) -> bytes:
@@ -128,12 +131,22 @@ def request_body_openapi(model: type[BaseModel], forms: bool = True) -> dict:
     schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
     if not forms:
         return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-    form = {**schema, "properties": {**schema["properties"], "image": {"type": "string", "format": "binary",
-                                                                         "description": "the image file"}}}  # fmt: skip
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": schema},
-        "multipart/form-data": {"schema": form},
-    }}}  # fmt: skip
+    form = {
+        **schema,
+        "properties": {
+            **schema["properties"],
+            "image": {"type": "string", "format": "binary", "description": "the image file"},
+        },
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": schema},
+                "multipart/form-data": {"schema": form},
+            },
+        }
+    }
 
 
 def url_hosts(settings: Settings) -> frozenset[str]:
@@ -158,14 +171,16 @@ async def fetch_image(url: str, settings: Settings, timeout_s: float = 10.0) -> 
             async with client.stream("GET", url) as response:
                 kind = response.headers.get("content-type", "")
                 if response.status_code != 200 or not kind.startswith("image/"):
-                    raise InvalidImageError(f"fetching the image URL gave {response.status_code} {kind or 'no type'}",
-                                            field="messages")  # fmt: skip
+                    raise InvalidImageError(
+                        f"fetching the image URL gave {response.status_code} {kind or 'no type'}", field="messages"
+                    )
                 data = bytearray()
                 async for chunk in response.aiter_bytes():
                     data += chunk
                     if len(data) > settings.max_image_bytes:
-                        raise ImageTooLargeError(f"the image URL sent more than {settings.max_image_bytes} bytes",
-                                                 field="messages")  # fmt: skip
+                        raise ImageTooLargeError(
+                            f"the image URL sent more than {settings.max_image_bytes} bytes", field="messages"
+                        )
     except httpx.HTTPError as error:
         raise InvalidImageError(f"cannot fetch the image URL ({type(error).__name__})", field="messages") from error
     return base64.b64encode(bytes(data)).decode()

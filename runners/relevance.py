@@ -156,9 +156,15 @@ class RelevanceRunner:
                     ScoreOutput(error=RunnerError(kind=result.kind, field=result.field, detail=result.detail))
                 )
                 continue
-            outputs.append(ScoreOutput(grid=maps[i].grid, relevance=maps[i].relevance.flatten().tolist(),
-                                       calibration=self.model.scorer.calibration, timings_ms={"relevance": elapsed_ms},
-                                       batch_size=len(items)))  # fmt: skip
+            outputs.append(
+                ScoreOutput(
+                    grid=maps[i].grid,
+                    relevance=maps[i].relevance.flatten().tolist(),
+                    calibration=self.model.scorer.calibration,
+                    timings_ms={"relevance": elapsed_ms},
+                    batch_size=len(items),
+                )
+            )
         return outputs
 
 

@@ -77,7 +77,7 @@ def to_request(item: AnswerItem) -> AnswerRequest:
             top_p=item.top_p,
             stop=tuple(item.stop),
             seed=item.seed,
-        ),  # fmt: skip
+        ),
     )
 
 
@@ -125,8 +125,11 @@ class VLMRunner:
             graphs = self.pipeline.static is not None and self.pipeline.static.graphs
             sizes = tuple(b for b in BATCH_BUCKETS if b <= settings.vlm_max_batch_size) if graphs else (1,)
             spent = self.pipeline.warm_up(sizes, cache_tokens=settings.warm_cache_tokens)
-            logger.info("VLM runner warmed up (%s decode): %s ms per batch size", self.pipeline.decode,
-                        {size: round(ms) for size, ms in spent.items()})  # fmt: skip
+            logger.info(
+                "VLM runner warmed up (%s decode): %s ms per batch size",
+                self.pipeline.decode,
+                {size: round(ms) for size, ms in spent.items()},
+            )
 
     def _one_by_one(self, items: list[AnswerItem]) -> list[AnswerOutput]:
         outputs = []
@@ -155,8 +158,14 @@ class VLMRunner:
             except ArrCocInputError as error:
                 outputs.append(error_output(error))
                 continue
-            outputs.append(AnswerOutput(kept=prepared.kept.tolist(), total_tokens=prepared.total_tokens,
-                                        grid=prepared.grid, batch_size=len(items)))  # fmt: skip
+            outputs.append(
+                AnswerOutput(
+                    kept=prepared.kept.tolist(),
+                    total_tokens=prepared.total_tokens,
+                    grid=prepared.grid,
+                    batch_size=len(items),
+                )
+            )
         return outputs
 
     @bentoml.api

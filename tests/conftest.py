@@ -16,6 +16,36 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest  # noqa: E402
 
+SERVER_MODULES = {
+    "test_auth",
+    "test_bento",
+    "test_openai_api",
+    "test_serve_tracking",
+    "test_service",
+    "test_soak",
+    "test_vlm_testbed",
+    "test_web_page",
+}
+SLOW_MODULES = {
+    "test_testbed_training",
+    "test_train_scorer_job",
+    "test_eval_compare_jobs",
+    "test_vlm_equivalence",
+    "test_embedded_model",
+    "test_feature_cache",
+    "test_gpu_check",
+}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Mark whole modules ``server`` or ``slow``: ``make test-fast`` deselects both."""
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        if module in SERVER_MODULES:
+            item.add_marker(pytest.mark.server)
+        if module in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def testbed_root(tmp_path_factory):

@@ -62,8 +62,12 @@ class Server:
         self.log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bentoml", "serve", target, "--port", str(self.port), "--host", "127.0.0.1"],
-            cwd=cwd, env=environment, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            cwd=cwd,
+            env=environment,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + SERVE_TIMEOUT_S

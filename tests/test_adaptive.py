@@ -58,11 +58,19 @@ def test_an_easy_map_keeps_fewer_tokens_than_a_flat_one():
     assert auto_count(peaked, budget, CALIBRATION) < 10 < auto_count(flat, budget, CALIBRATION)
 
 
-@pytest.mark.parametrize("coverage, low, high, field", [
-    (0.0, None, None, "coverage"), (1.5, None, None, "coverage"), (math.nan, None, None, "coverage"),
-    ("0.5", None, None, "coverage"), (True, None, None, "coverage"), (0.5, 0, None, "min_tokens"),
-    (0.5, 8, 4, "max_tokens"), (0.5, None, 2.5, "max_tokens"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "coverage, low, high, field",
+    [
+        (0.0, None, None, "coverage"),
+        (1.5, None, None, "coverage"),
+        (math.nan, None, None, "coverage"),
+        ("0.5", None, None, "coverage"),
+        (True, None, None, "coverage"),
+        (0.5, 0, None, "min_tokens"),
+        (0.5, 8, 4, "max_tokens"),
+        (0.5, None, 2.5, "max_tokens"),
+    ],
+)
 def test_bad_auto_budgets_get_typed_errors(coverage, low, high, field):
     with pytest.raises(InvalidBudgetError) as caught:
         auto_budget(coverage, low, high)
@@ -90,10 +98,14 @@ def test_auto_variants_are_registered_and_carry_their_bounds():
 def test_batching_does_not_change_an_auto_selection(testbed_pipeline):
     pipeline = testbed_pipeline()
     requests = [
-        AnswerRequest(scene(300, 200), "Where is the red house?", "arr-coc", auto_budget(0.7), GenerationParams(max_new_tokens=3)),
-        AnswerRequest(shapes(160, 240, seed=2), "How many shapes?", "arr-coc", "auto", GenerationParams(max_new_tokens=3)),
+        AnswerRequest(
+            scene(300, 200), "Where is the red house?", "arr-coc", auto_budget(0.7), GenerationParams(max_new_tokens=3)
+        ),
+        AnswerRequest(
+            shapes(160, 240, seed=2), "How many shapes?", "arr-coc", "auto", GenerationParams(max_new_tokens=3)
+        ),
         AnswerRequest(scene(224, 224), "Where?", "uniform", 0.5, GenerationParams(max_new_tokens=3)),
-    ]  # fmt: skip
+    ]
     alone = [pipeline.answer(r) for r in requests]
     batched = pipeline.answer_batch(requests)
     for one, many in zip(alone, batched):

@@ -60,9 +60,20 @@ def test_requests_beyond_the_limit_get_429_with_retry_after_and_the_error_body()
 
 async def open_stream(app: FastAPI, chunks: list[bytes], first: asyncio.Event) -> None:
     """Drive ``POST /answer_stream`` on ``app`` by hand (httpx's ASGI transport would wait for the whole body)."""
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": "/answer_stream", "raw_path": b"/answer_stream", "root_path": "", "query_string": b"",
-             "headers": [(b"host", b"front")], "client": ("127.0.0.1", 1), "server": ("front", 80)}  # fmt: skip
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/answer_stream",
+        "raw_path": b"/answer_stream",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"front")],
+        "client": ("127.0.0.1", 1),
+        "server": ("front", 80),
+    }
     requested = False
 
     async def receive():

@@ -72,8 +72,9 @@ def test_the_served_api_with_keys(tmp_path):
         assert httpx.get(f"{server.url}/livez").status_code == 200
         refused = httpx.post(f"{server.url}/answer", json=body, timeout=120)
         assert refused.status_code == 401 and refused.json()["error"] == "unauthorized"
-        answered = httpx.post(f"{server.url}/answer", json=body, timeout=120,
-                              headers={"Authorization": "Bearer second-key"})  # fmt: skip
+        answered = httpx.post(
+            f"{server.url}/answer", json=body, timeout=120, headers={"Authorization": "Bearer second-key"}
+        )
         assert answered.status_code == 200, answered.text
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{server.url}/v1", api_key="nope", max_retries=0).models.list()

@@ -32,15 +32,25 @@ def run(*args: str, env: dict) -> str:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     home = tmp_path_factory.mktemp("bento")
-    env = {**os.environ, "BENTOML_HOME": str(home / "bentoml"), "ARR_COC_HOME": str(home / "arr-coc"),
-           "BENTOML_DO_NOT_TRACK": "true", "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(home / "bentoml"),
+        "ARR_COC_HOME": str(home / "arr-coc"),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "HF_HUB_OFFLINE": "1",
+    }
     # no flags: the embedded trained testbed and its scorer, nothing trained or built here
     model_tags = run(sys.executable, "-m", "arr_coc_cli", "models", "import", env=env).split()
     bento_tag = run(sys.executable, "-m", "bentoml", "build", "-o", "tag", env=env).strip().splitlines()[-1]
     bento_tag = bento_tag.removeprefix("__tag__:")
     name, version = bento_tag.split(":")
-    return {"env": env, "home": home, "models": model_tags, "tag": bento_tag,
-            "path": home / "bentoml" / "bentos" / name / version}  # fmt: skip
+    return {
+        "env": env,
+        "home": home,
+        "models": model_tags,
+        "tag": bento_tag,
+        "path": home / "bentoml" / "bentos" / name / version,
+    }
 
 
 def test_models_are_in_the_store(built):
@@ -61,9 +71,18 @@ def test_bento_holds_service_models_and_dockerfile(built):
     assert info["service"] == "service:ARRCOC"
     assert sorted(m["tag"] for m in info["models"]) == sorted(built["models"])
     assert {s["name"] for s in info["services"]} == {"arr-coc", "relevance-runner", "vlm-runner"}
-    for path in ("service.py", "runners/vlm.py", "runners/relevance.py", "front/pipeline.py", "front/static/index.html",
-                 "arr_coc/scorer.py", "arr_coc/vlm/pipeline.py",
-                 "arr_coc/assets/sample.png", "training_hooks/tracking/tracker.py", "training_hooks/comparison/compare.py"):  # fmt: skip
+    for path in (
+        "service.py",
+        "runners/vlm.py",
+        "runners/relevance.py",
+        "front/pipeline.py",
+        "front/static/index.html",
+        "arr_coc/scorer.py",
+        "arr_coc/vlm/pipeline.py",
+        "arr_coc/assets/sample.png",
+        "training_hooks/tracking/tracker.py",
+        "training_hooks/comparison/compare.py",
+    ):
         assert (bento / "src" / path).is_file(), path
     assert not (bento / "src" / "tests").exists()
     dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()
@@ -84,11 +103,21 @@ def test_exported_bento_carries_the_model_files(built, tmp_path):
 
 def test_import_refuses_missing_checkpoints(built, tmp_path):
     env = built["env"]
-    result = subprocess.run([sys.executable, "-m", "arr_coc_cli", "models", "import", "--vlm", str(tmp_path / "nope")],
-                            cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "arr_coc_cli", "models", "import", "--vlm", str(tmp_path / "nope")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "model" in result.stderr
-    result = subprocess.run([sys.executable, "-m", "arr_coc_cli", "models", "import", "--testbed", "qwen2.5-vl",
-                             "--scorer", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "arr_coc_cli", "models", "import", "--testbed", "qwen2.5-vl", "--scorer", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "scorer" in result.stderr
     # the shipped scorer takes the shipped model's 128-d queries, not the random testbed's 64-d ones
     result = subprocess.run(
@@ -124,13 +153,23 @@ def test_import_refuses_missing_checkpoints(built, tmp_path):
 def test_built_bento_serves_its_bundled_models(built, tmp_path):
     """`bentoml serve <bento>` from outside the repo, models from the bento's store references: the trained
     testbed answers held-out questions of the synthetic VQA task, exactly as the embedded default does in-process."""
-    server = Server(tmp_path, target=built["tag"], cwd=tmp_path, BENTOML_HOME=built["env"]["BENTOML_HOME"],
-                    ARR_COC_MODEL="model-store:arr-coc-vlm:latest", ARR_COC_SCORER="model-store:arr-coc-scorer:latest",
-                    ARR_COC_HOME=str(tmp_path / "no-testbed-here"), ARR_COC_DEVICE="cpu")  # fmt: skip
+    server = Server(
+        tmp_path,
+        target=built["tag"],
+        cwd=tmp_path,
+        BENTOML_HOME=built["env"]["BENTOML_HOME"],
+        ARR_COC_MODEL="model-store:arr-coc-vlm:latest",
+        ARR_COC_SCORER="model-store:arr-coc-scorer:latest",
+        ARR_COC_HOME=str(tmp_path / "no-testbed-here"),
+        ARR_COC_DEVICE="cpu",
+    )
     try:
         server.wait_ready()
-        response = httpx.post(f"{server.url}/answer", json={"image": b64_png(scene(224, 168)), "question": "Where?",
-                                                            "max_new_tokens": 2}, timeout=120)  # fmt: skip
+        response = httpx.post(
+            f"{server.url}/answer",
+            json={"image": b64_png(scene(224, 168)), "question": "Where?", "max_new_tokens": 2},
+            timeout=120,
+        )
         assert response.status_code == 200, response.text
         samples = [ShapesVQA(8, "heldout", seed=11)[i] for i in range(8)]
         served = []
@@ -150,8 +189,10 @@ def test_built_bento_serves_its_bundled_models(built, tmp_path):
     finally:
         server.stop()
     embedded = VLMPipeline.from_pretrained(device="cpu")
-    local = [embedded.answer(AnswerRequest(s.image, s.question, "none", 1.0, GenerationParams(max_new_tokens=4))).answer
-             for s in samples]  # fmt: skip
+    local = [
+        embedded.answer(AnswerRequest(s.image, s.question, "none", 1.0, GenerationParams(max_new_tokens=4))).answer
+        for s in samples
+    ]
     assert served == local, "the bento serves the embedded trained testbed and its scorer"
     right = sum(answer_matches(a, s.answer) for a, s in zip(served, samples))
     assert right >= 3, (served, [s.answer for s in samples])  # chance is about 1.4 of 8

@@ -87,7 +87,10 @@ def test_deploy_script_is_valid_bash_and_complete():
 def test_the_deploy_is_private_by_default():
     manifest = yaml.safe_load((DEPLOY.parents[1] / "deploy" / "cloudrun" / "service.yaml").read_text())
     assert manifest["metadata"]["annotations"]["run.googleapis.com/ingress"] in (
-        "all", "internal", "internal-and-cloud-load-balancing")  # fmt: skip
+        "all",
+        "internal",
+        "internal-and-cloud-load-balancing",
+    )
     script = (DEPLOY.parents[1] / "deploy" / "cloudrun" / "deploy.sh").read_text()
     commands = [line for line in script.splitlines() if not line.lstrip().startswith("#")]
     assert not any("allUsers" in line or "--allow-unauthenticated" in line for line in commands)

@@ -32,9 +32,16 @@ def test_environment_overrides(monkeypatch):
     assert settings.decode == "graph"
 
 
-@pytest.mark.parametrize("key, value", [("ARR_COC_VLM_MAX_BATCH_SIZE", "0"), ("ARR_COC_TESTBED_FAMILY", "llava"),
-                                        ("ARR_COC_WANDB_SAMPLE_RATE", "2"), ("ARR_COC_DECODE", "fast"),
-                                        ("ARR_COC_WARM_CACHE_TOKENS", "0")])  # fmt: skip
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("ARR_COC_VLM_MAX_BATCH_SIZE", "0"),
+        ("ARR_COC_TESTBED_FAMILY", "llava"),
+        ("ARR_COC_WANDB_SAMPLE_RATE", "2"),
+        ("ARR_COC_DECODE", "fast"),
+        ("ARR_COC_WARM_CACHE_TOKENS", "0"),
+    ],
+)
 def test_bad_settings_are_refused(monkeypatch, key, value):
     monkeypatch.setenv(key, value)
     with pytest.raises(ValidationError):
@@ -67,8 +74,11 @@ def test_status_codes_by_kind():
 def test_unexpected_failure_is_503_in_both_shapes():
     response = error_response("/answer", RuntimeError("CUDA error at 0x7f00"))
     assert response.status_code == 503
-    assert json.loads(response.body) == {"error": "runner_unavailable", "field": None,
-                                         "detail": "a model runner failed: RuntimeError"}  # fmt: skip
+    assert json.loads(response.body) == {
+        "error": "runner_unavailable",
+        "field": None,
+        "detail": "a model runner failed: RuntimeError",
+    }
     openai = json.loads(error_response("/v1/chat/completions", RuntimeError("x")).body)
     assert openai["error"]["type"] == "server_error" and openai["error"]["code"] == "runner_unavailable"
 

@@ -23,8 +23,9 @@ def eval_runs(tmp_path_factory, testbed_dir):
     plain = arr_coc(["eval", "--variant", "arr-coc-25", "--model", model, *EVAL_ARGS], offline_env(root), root)
     assert plain.returncode == 0, plain.stderr[-3000:]
     overrides = {"method": "uniform", "budget": 0.5, "limit": 3}
-    launched = arr_coc(["eval", "--variant", "arr-coc-25", "--model", model, *EVAL_ARGS],
-                       launch_env(root, overrides), root)  # fmt: skip
+    launched = arr_coc(
+        ["eval", "--variant", "arr-coc-25", "--model", model, *EVAL_ARGS], launch_env(root, overrides), root
+    )
     assert launched.returncode == 0, launched.stderr[-3000:]
     runs = {run.group: run for run in map(read_run, find_run_files(root / "dir"))}
     return root, runs, plain.stdout + launched.stdout
@@ -105,8 +106,12 @@ def test_bad_config_files_exit_2(tmp_path: Path, capsys) -> None:
     unknown.write_text('{"stepz": 3}')
     listing = tmp_path / "list.json"
     listing.write_text("[1, 2]")
-    for path, message in ((broken, "does not parse"), (unknown, "stepz"), (listing, "must hold a mapping"),
-                          (tmp_path / "missing.yaml", "cannot read")):  # fmt: skip
+    for path, message in (
+        (broken, "does not parse"),
+        (unknown, "stepz"),
+        (listing, "must hold a mapping"),
+        (tmp_path / "missing.yaml", "cannot read"),
+    ):
         assert main(["train-scorer", "--config", str(path)]) == 2
         assert message in capsys.readouterr().err
 

@@ -108,9 +108,11 @@ def test_a_batch_mixing_cached_and_new_images_answers_as_uncached(testbed_pipeli
     params = GenerationParams(max_new_tokens=6)
     seen = scene(300, 200)
     cached.answer(AnswerRequest(seen, QUESTIONS[0], "none", 1.0, params))
-    batch = [AnswerRequest(seen, QUESTIONS[1], "cdpruner", 0.3, params),
-             AnswerRequest(shapes(200, 260, seed=1), QUESTIONS[2], "arr-coc", 0.25, params),
-             AnswerRequest(seen, QUESTIONS[2], "uniform", 0.4, params, stage="pre")]  # fmt: skip
+    batch = [
+        AnswerRequest(seen, QUESTIONS[1], "cdpruner", 0.3, params),
+        AnswerRequest(shapes(200, 260, seed=1), QUESTIONS[2], "arr-coc", 0.25, params),
+        AnswerRequest(seen, QUESTIONS[2], "uniform", 0.4, params, stage="pre"),
+    ]
     got = cached.answer_batch(batch)
     expected = [uncached.answer(r) for r in batch]
     assert [r.token_ids for r in got] == [r.token_ids for r in expected]

@@ -95,8 +95,9 @@ def test_a_stream_that_broke_before_its_first_event_is_reopened_once_whole():
 
 def test_a_stream_that_broke_after_sending_text_is_replayed_without_repeating_it():
     done = json.dumps({"done": DONE}) + "\n"
-    runner, calls = streaming_runner([delta("r"), delta("e"), RuntimeError("Connection closed.")],
-                                     [delta("re"), delta("d"), done])  # fmt: skip
+    runner, calls = streaming_runner(
+        [delta("r"), delta("e"), RuntimeError("Connection closed.")], [delta("re"), delta("d"), done]
+    )
     pipeline, job = pipeline_with(runner)
     events = run(collect(pipeline, job))
     assert [e["delta"] for e in events if "delta" in e] == ["r", "e", "d"] and events[-1]["done"].answer == "red"

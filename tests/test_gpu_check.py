@@ -12,8 +12,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_check_smoke_runs_every_step(tmp_path):
     out = tmp_path / "gpu_check.txt"
     env = {**os.environ, "PYTHON": sys.executable, "ARR_COC_HOME": str(tmp_path / "home")}
-    run = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--smoke", str(out)],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)  # fmt: skip
+    run = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--smoke", str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     report = out.read_text()
     assert run.returncode == 0, report[-6000:]
     started = re.findall(r"^== (.+?) \(limit", report, flags=re.M)

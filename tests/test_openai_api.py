@@ -48,8 +48,15 @@ def sample():
 
 
 def messages(image_b64: str, question: str) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image_b64}"}},
-                                         {"type": "text", "text": question}]}]  # fmt: skip
+    return [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image_b64}"}},
+                {"type": "text", "text": question},
+            ],
+        }
+    ]
 
 
 def test_models_are_the_variants(client):
@@ -79,8 +86,9 @@ def test_chat_completion_answers_like_answer(client, server, sample):
 def test_streaming_chunks_concatenate_to_the_answer(client, sample):
     image = b64_png(sample.image)
     whole = client.chat.completions.create(model="full", messages=messages(image, sample.question), max_tokens=6)
-    stream = client.chat.completions.create(model="full", messages=messages(image, sample.question), max_tokens=6,
-                                            stream=True)  # fmt: skip
+    stream = client.chat.completions.create(
+        model="full", messages=messages(image, sample.question), max_tokens=6, stream=True
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks)
     assert text == whole.choices[0].message.content
@@ -92,28 +100,54 @@ def test_streaming_chunks_concatenate_to_the_answer(client, sample):
 def test_the_arr_coc_extension_picks_method_budget_and_stage(client, sample):
     image = b64_png(sample.image)
     done = client.chat.completions.create(
-        model="arr-coc-25", messages=messages(image, sample.question), max_tokens=3,
+        model="arr-coc-25",
+        messages=messages(image, sample.question),
+        max_tokens=3,
         extra_body={"arr_coc": {"method": "uniform", "budget": 10, "stage": "pre"}},
-    )  # fmt: skip
+    )
     assert done.model == "uniform@10@pre" and done.usage.model_dump()["visual_tokens_kept"] == 10
 
 
 BAD = [
     ("unknown model", {"model": "gpt-4o"}, 422, "model", "unknown_variant"),
-    ("remote image", {"messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
-        {"type": "text", "text": "What?"}]}]}, 400, "messages", "invalid_image"),
-    ("no image", {"messages": [{"role": "user", "content": "What colour is the star?"}]}, 400, "messages",
-     "invalid_image"),
+    (
+        "remote image",
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+                        {"type": "text", "text": "What?"},
+                    ],
+                }
+            ]
+        },
+        400,
+        "messages",
+        "invalid_image",
+    ),
+    (
+        "no image",
+        {"messages": [{"role": "user", "content": "What colour is the star?"}]},
+        400,
+        "messages",
+        "invalid_image",
+    ),
     ("corrupt image", {"messages": messages("aGVsbG8gd29ybGQ=", "What?")}, 400, "image", "invalid_image"),
     ("no question", {"messages": messages(b64_png(scene(64, 64)), "   ")}, 422, "messages", "invalid_question"),
     ("two choices", {"n": 2}, 422, "n", "validation_error"),
     ("temperature", {"temperature": 5}, 422, "temperature", "validation_error"),
     ("too many tokens", {"max_tokens": 10**6}, 422, "max_new_tokens", "validation_error"),
     ("bad budget", {"arr_coc": {"method": "arr-coc", "budget": 1.5}}, 422, "budget", "invalid_budget"),
-    ("pre with divprune", {"arr_coc": {"method": "divprune", "budget": 0.2, "stage": "pre"}}, 422, "stage",
-     "invalid_stage"),
-]  # fmt: skip
+    (
+        "pre with divprune",
+        {"arr_coc": {"method": "divprune", "budget": 0.2, "stage": "pre"}},
+        422,
+        "stage",
+        "invalid_stage",
+    ),
+]
 
 
 @pytest.mark.parametrize("name, change, status, param, code", BAD, ids=[b[0] for b in BAD])
@@ -130,13 +164,22 @@ def test_bad_input_gets_openai_errors(client, server, sample, name, change, stat
 
 def test_image_urls_of_allowed_hosts_are_fetched(client, image_host, sample):
     def url_message(url: str) -> list[dict]:
-        return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                             {"type": "text", "text": sample.question}]}]  # fmt: skip
+        return [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": url}},
+                    {"type": "text", "text": sample.question},
+                ],
+            }
+        ]
 
-    fetched = client.chat.completions.create(model="arr-coc-25", messages=url_message(f"{image_host}/sample.png"),
-                                             max_tokens=4)  # fmt: skip
-    inline = client.chat.completions.create(model="arr-coc-25", messages=messages(b64_png(sample.image), sample.question),
-                                            max_tokens=4)  # fmt: skip
+    fetched = client.chat.completions.create(
+        model="arr-coc-25", messages=url_message(f"{image_host}/sample.png"), max_tokens=4
+    )
+    inline = client.chat.completions.create(
+        model="arr-coc-25", messages=messages(b64_png(sample.image), sample.question), max_tokens=4
+    )
     assert fetched.choices[0].message.content == inline.choices[0].message.content
     other_host = image_host.replace("127.0.0.1", "localhost")  # same server, a host name not on the list
     for url in (f"{image_host}/missing.png", f"{image_host}/notes.txt", f"{other_host}/sample.png"):

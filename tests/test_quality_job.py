@@ -80,9 +80,21 @@ def test_a_small_table_is_written_and_logged(tmp_path) -> None:
 
 
 def test_markdown_rows_carry_per_kind_accuracy() -> None:
-    row = {"variant": "v", "method": "arr-coc", "budget": 0.1, "accuracy": 0.5, "accuracy/colour": 1.0,
-           "accuracy/count": 0.25, "recall": 0.75, "kept_tokens_mean": 12.0, "kept_ratio": 0.1, "latency_p50_ms": 9.0,
-           "kept_ratio_p95": 0.125, "kept_ratio/colour": 0.05, "kept_ratio/count": 0.2}  # fmt: skip
+    row = {
+        "variant": "v",
+        "method": "arr-coc",
+        "budget": 0.1,
+        "accuracy": 0.5,
+        "accuracy/colour": 1.0,
+        "accuracy/count": 0.25,
+        "recall": 0.75,
+        "kept_tokens_mean": 12.0,
+        "kept_ratio": 0.1,
+        "latency_p50_ms": 9.0,
+        "kept_ratio_p95": 0.125,
+        "kept_ratio/colour": 0.05,
+        "kept_ratio/count": 0.2,
+    }
     line = format_markdown([row]).splitlines()[2]
     assert line == (
         "| v | arr-coc | post | 0.1 | 0.500 | 1.000 | nan | 0.250 | 0.750 | 12.0 | 0.100 | 0.125 | 0.050 | nan "
@@ -123,11 +135,19 @@ def test_cli_reports_bad_flags_with_exit_code_2(tmp_path) -> None:
 
 
 def test_auto_budgets_give_one_variant_per_coverage() -> None:
-    variants = quality_variants(QualityParams(methods=["arr-coc"], budgets=["auto", 0.1], coverages=[0.6, 0.7],
-                                              stages=["post", "pre"]))  # fmt: skip
+    variants = quality_variants(
+        QualityParams(methods=["arr-coc"], budgets=["auto", 0.1], coverages=[0.6, 0.7], stages=["post", "pre"])
+    )
     names = [v.name for v in variants]
-    assert names == ["full", "arr-coc-auto", "arr-coc@auto(coverage=0.7)", "arr-coc-10",
-                     "arr-coc-pre-auto", "arr-coc@auto(coverage=0.7)@pre", "arr-coc-pre-10"]  # fmt: skip
+    assert names == [
+        "full",
+        "arr-coc-auto",
+        "arr-coc@auto(coverage=0.7)",
+        "arr-coc-10",
+        "arr-coc-pre-auto",
+        "arr-coc@auto(coverage=0.7)@pre",
+        "arr-coc-pre-10",
+    ]
 
 
 def test_plots_skip_non_finite_points_and_keep_their_size(tmp_path) -> None:
@@ -135,7 +155,13 @@ def test_plots_skip_non_finite_points_and_keep_their_size(tmp_path) -> None:
 
     from training_hooks.comparison.plots import Series, scatter_plot
 
-    path = scatter_plot([Series("a", [(0.1, 0.5), (0.2, float("nan")), (0.3, 0.7)], labels=["x", "y", "z"])],
-                        tmp_path / "deep" / "plot.png", title="t", xlabel="x", ylabel="y", xrange=(0, 1))  # fmt: skip
+    path = scatter_plot(
+        [Series("a", [(0.1, 0.5), (0.2, float("nan")), (0.3, 0.7)], labels=["x", "y", "z"])],
+        tmp_path / "deep" / "plot.png",
+        title="t",
+        xlabel="x",
+        ylabel="y",
+        xrange=(0, 1),
+    )
     with Image.open(path) as image:
         assert image.size == (800, 520) and image.format == "PNG"

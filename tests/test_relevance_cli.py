@@ -28,8 +28,21 @@ def test_json_output_with_grid_budget_and_heatmap(tmp_path, capsys):
     image = tmp_path / "shapes.png"
     shapes(224, 168).save(image)
     heatmap = tmp_path / "heat.png"
-    code = main(["relevance", str(image), "what is red?", "--grid", "6", "8", "--budget", "10",
-                 "--json", "--heatmap", str(heatmap)])  # fmt: skip
+    code = main(
+        [
+            "relevance",
+            str(image),
+            "what is red?",
+            "--grid",
+            "6",
+            "8",
+            "--budget",
+            "10",
+            "--json",
+            "--heatmap",
+            str(heatmap),
+        ]
+    )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert result["grid"] == [6, 8] and result["total_tokens"] == 48 and result["kept_tokens"] == 10
@@ -82,8 +95,9 @@ def test_model_grid_and_embeddings(testbed_dir, capsys):
     model = str(testbed_dir("qwen2.5-vl"))
     assert main(["relevance", "--model", model, "--json", "--budget", "0.5"]) == 0
     result = json.loads(capsys.readouterr().out)
-    expected = RelevanceModel.from_pretrained(model).score([Image.open("arr_coc/assets/sample.png").convert("RGB")],
-                                                           ["Where is the red house?"])[0]  # fmt: skip
+    expected = RelevanceModel.from_pretrained(model).score(
+        [Image.open("arr_coc/assets/sample.png").convert("RGB")], ["Where is the red house?"]
+    )[0]
     assert tuple(result["grid"]) == expected.grid
     assert torch.allclose(torch.tensor(result["relevance"]), expected.relevance, atol=1e-6)
     assert result["kept_tokens"] == round(0.5 * expected.grid[0] * expected.grid[1])

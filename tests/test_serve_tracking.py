@@ -20,16 +20,30 @@ pytestmark = pytest.mark.timeout(600)
 def test_serve_run_records_windows_and_variant_config(tmp_path):
     width = json.loads((EMBEDDED_MODEL / "config.json").read_text())["text_config"]["hidden_size"]
     scorer = RelevanceScorer(width, seed=3).save(tmp_path / "scorer")  # another scorer for the embedded model
-    server = Server(tmp_path, ARR_COC_WANDB="1", ARR_COC_WANDB_WINDOW_S="1", ARR_COC_WANDB_SAMPLE_RATE="1",
-                    ARR_COC_DEPLOYMENT="ci", ARR_COC_SCORER=str(scorer),
-                    ARR_COC_SCORER_ARTIFACT="arr-coc/relevance-scorer:v3")  # fmt: skip
+    server = Server(
+        tmp_path,
+        ARR_COC_WANDB="1",
+        ARR_COC_WANDB_WINDOW_S="1",
+        ARR_COC_WANDB_SAMPLE_RATE="1",
+        ARR_COC_DEPLOYMENT="ci",
+        ARR_COC_SCORER=str(scorer),
+        ARR_COC_SCORER_ARTIFACT="arr-coc/relevance-scorer:v3",
+    )
     image = b64_png(scene(224, 168))
     try:
         server.wait_ready()
         with httpx.Client(base_url=server.url, timeout=120) as http:
             for budget in (0.25, 0.25, 0.5):
-                response = http.post("/answer", json={"image": image, "question": "Where?", "budget": budget,
-                                                      "max_new_tokens": 3, "variant": "uniform-25"})  # fmt: skip
+                response = http.post(
+                    "/answer",
+                    json={
+                        "image": image,
+                        "question": "Where?",
+                        "budget": budget,
+                        "max_new_tokens": 3,
+                        "variant": "uniform-25",
+                    },
+                )
                 assert response.status_code == 200, response.text
             assert http.post("/answer", json={"image": image, "question": "Where?", "budget": 0}).status_code == 422
             time.sleep(2.5)  # let a window close
@@ -56,14 +70,22 @@ def test_serve_run_records_windows_and_variant_config(tmp_path):
 def test_unreachable_wandb_never_fails_a_request(tmp_path):
     """Tracking on, online, but W&B's server is a closed loopback port: wandb.init hangs and fails
     in the owner thread while every request is answered."""
-    server = Server(tmp_path, ARR_COC_WANDB="1", WANDB_MODE="online", WANDB_API_KEY="x" * 40,
-                    WANDB_BASE_URL="http://127.0.0.1:9", WANDB_INIT_TIMEOUT="30")  # fmt: skip
+    server = Server(
+        tmp_path,
+        ARR_COC_WANDB="1",
+        WANDB_MODE="online",
+        WANDB_API_KEY="x" * 40,
+        WANDB_BASE_URL="http://127.0.0.1:9",
+        WANDB_INIT_TIMEOUT="30",
+    )
     image = b64_png(scene(224, 168))
     try:
         server.wait_ready()
         with httpx.Client(base_url=server.url, timeout=120) as http:
-            statuses = [http.post("/answer", json={"image": image, "question": "Where?", "max_new_tokens": 2}).status_code
-                        for _ in range(6)]  # fmt: skip
+            statuses = [
+                http.post("/answer", json={"image": image, "question": "Where?", "max_new_tokens": 2}).status_code
+                for _ in range(6)
+            ]
             assert statuses == [200] * 6
             assert http.get("/livez").status_code == 200
     finally:

@@ -83,8 +83,11 @@ def test_a_second_question_about_an_image_is_served_from_the_vision_cache(http):
     first = http.post("/answer", json=body(image=image, question="What is red?", variant="divprune-25")).json()
     second = http.post("/answer", json=body(image=image, question="What is blue?", variant="divprune-25")).json()
     assert first["kept_tokens"] == second["kept_tokens"]
-    hits = [line for line in http.get("/metrics").text.splitlines()
-            if line.startswith('arr_coc_vision_cache_total{result="hit"}')]  # fmt: skip
+    hits = [
+        line
+        for line in http.get("/metrics").text.splitlines()
+        if line.startswith('arr_coc_vision_cache_total{result="hit"}')
+    ]
     assert hits and float(hits[0].split()[-1]) >= 1
 
 
@@ -100,8 +103,11 @@ def test_pre_encoder_variants_and_stage_field(http):
 
 def test_multipart_upload_equals_json(http):
     image = base64.b64decode(SAMPLE)
-    upload = http.post("/answer", files={"image": ("scene.png", image, "image/png")},
-                       data={"question": "Where is the red house?", "max_new_tokens": "6", "budget": "0.5"})  # fmt: skip
+    upload = http.post(
+        "/answer",
+        files={"image": ("scene.png", image, "image/png")},
+        data={"question": "Where is the red house?", "max_new_tokens": "6", "budget": "0.5"},
+    )
     assert upload.status_code == 200, upload.text
     assert upload.json()["answer"] == http.post("/answer", json=body(budget=0.5)).json()["answer"]
     relevance = http.post("/relevance", files={"image": ("s.png", image, "image/png")}, data={"question": "42"})
@@ -131,8 +137,20 @@ def test_uploaded_form_streams_and_ends_with_the_public_answer_body(http):
     deltas = [data["delta"] for name, data in events if name == "message"]
     (done,) = [data for name, data in events if name == "done"]
     assert "".join(deltas) == done["answer"] == plain.json()["answer"]
-    assert set(done) == set(plain.json()) == {"answer", "variant", "kept_tokens", "total_tokens", "kept_ratio",
-                                              "timings_ms", "finish_reason", "request_id"}  # fmt: skip
+    assert (
+        set(done)
+        == set(plain.json())
+        == {
+            "answer",
+            "variant",
+            "kept_tokens",
+            "total_tokens",
+            "kept_ratio",
+            "timings_ms",
+            "finish_reason",
+            "request_id",
+        }
+    )
     assert done["kept_tokens"] == 48 and done["kept_ratio"] == 0.25 and done["request_id"] != plain.json()["request_id"]
 
 
@@ -193,12 +211,18 @@ def test_bodies_over_the_limit_get_413_and_the_server_keeps_answering(http):
     raw = os.urandom(IMAGE_LIMIT + 1000)  # the module's server takes images of up to IMAGE_LIMIT bytes
     in_json = http.post("/answer", json=body(image=base64.b64encode(raw * 2).decode()))
     assert in_json.status_code == 413 and in_json.json()["error"] == "request_too_large", in_json.text
-    chunked = http.post("/answer", content=iter([b'{"image": "', b"A" * IMAGE_LIMIT, b"A" * IMAGE_LIMIT, b'"}']),
-                        headers={"content-type": "application/json"})  # fmt: skip
+    chunked = http.post(
+        "/answer",
+        content=iter([b'{"image": "', b"A" * IMAGE_LIMIT, b"A" * IMAGE_LIMIT, b'"}']),
+        headers={"content-type": "application/json"},
+    )
     assert chunked.status_code == 413 and chunked.json()["error"] == "request_too_large"
     upload = http.post("/answer", files={"image": ("big.png", raw, "image/png")}, data={"question": "q"})
-    assert upload.status_code == 413 and upload.json() == {"error": "image_too_large", "field": "image",
-                                                           "detail": upload.json()["detail"]}  # fmt: skip
+    assert upload.status_code == 413 and upload.json() == {
+        "error": "image_too_large",
+        "field": "image",
+        "detail": upload.json()["detail"],
+    }
     assert http.post("/answer", json=body()).status_code == 200
 
 
@@ -255,7 +279,7 @@ def test_concurrent_requests_form_batches_and_match_one_by_one(http):
             question=f"What is in part {i}?",
             budget=[0.1, 0.25, 0.5, 20][i % 4],
             max_new_tokens=3 + i % 4,
-        )  # fmt: skip
+        )
         for i in range(16)
     ]
     sequential = [http.post("/answer", json=r).json() for r in requests]
@@ -328,8 +352,9 @@ BAD_CASES = [
 ]
 
 
-@pytest.mark.parametrize("route, name, payload, status, kind, field", BAD_CASES,
-                         ids=[f"{c[0]}-{c[1]}" for c in BAD_CASES])  # fmt: skip
+@pytest.mark.parametrize(
+    "route, name, payload, status, kind, field", BAD_CASES, ids=[f"{c[0]}-{c[1]}" for c in BAD_CASES]
+)
 def test_bad_input_gets_a_clear_4xx(http, route, name, payload, status, kind, field):
     if route == "/relevance":
         payload = {k: v for k, v in payload.items() if k != "max_new_tokens"}

@@ -14,8 +14,23 @@ pytestmark = pytest.mark.timeout(420)
 
 def test_short_soak_loses_nothing_but_the_fault_window(tmp_path):
     figures = tmp_path / "soak.json"
-    result = subprocess.run([sys.executable, "benchmarks/soak.py", "--seconds", "60", "--concurrency", "12", "--fault",
-                             "--json", str(figures)], cwd=ROOT, capture_output=True, text=True, timeout=400)  # fmt: skip
+    result = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/soak.py",
+            "--seconds",
+            "60",
+            "--concurrency",
+            "12",
+            "--fault",
+            "--json",
+            str(figures),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     soak = json.loads(figures.read_text())
     assert soak["cases"] >= 100 and soak["corpus"]["4xx json"] + soak["corpus"].get("2xx", 0) == soak["cases"]

@@ -10,10 +10,20 @@ from arr_coc.errors import InvalidGridError, InvalidImageError
 from arr_coc.texture import CHANNELS, NUM_CHANNELS, texture_array
 
 RANGES = {
-    "red": (0, 1), "green": (0, 1), "blue": (0, 1), "lightness": (0, 1), "green_red": (-1, 1),
-    "sobel_x": (-1, 1), "sobel_y": (-1, 1), "edge_magnitude": (0, 1), "position_y": (0, 1),
-    "position_x": (0, 1), "eccentricity": (0, 1), "blue_yellow": (-1, 1), "local_contrast": (0, 0.5),
-}  # fmt: skip
+    "red": (0, 1),
+    "green": (0, 1),
+    "blue": (0, 1),
+    "lightness": (0, 1),
+    "green_red": (-1, 1),
+    "sobel_x": (-1, 1),
+    "sobel_y": (-1, 1),
+    "edge_magnitude": (0, 1),
+    "position_y": (0, 1),
+    "position_x": (0, 1),
+    "eccentricity": (0, 1),
+    "blue_yellow": (-1, 1),
+    "local_contrast": (0, 0.5),
+}
 
 
 @pytest.mark.parametrize("draw", [gradient, shapes, text, noise, scene])
@@ -88,10 +98,14 @@ def test_grid_as_fine_as_the_pixels_works():
 
 @pytest.mark.parametrize(
     "images",
-    [torch.rand(3, 64, 64), torch.rand(1, 4, 64, 64), torch.randint(0, 255, (1, 3, 8, 8)),
-     torch.full((1, 3, 8, 8), float("nan"))],
+    [
+        torch.rand(3, 64, 64),
+        torch.rand(1, 4, 64, 64),
+        torch.randint(0, 255, (1, 3, 8, 8)),
+        torch.full((1, 3, 8, 8), float("nan")),
+    ],
     ids=["no-batch", "four-channels", "integers", "nan"],
-)  # fmt: skip
+)
 def test_bad_images(images):
     with pytest.raises(InvalidImageError):
         texture_array(images, (2, 2))

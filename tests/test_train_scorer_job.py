@@ -13,8 +13,19 @@ from arr_coc.scorer import RelevanceScorer
 from training_hooks.comparison.runfile import find_run_files, read_run
 
 # A short CPU budget: 224-pixel images (8 x 8 tokens), 80 steps of 8.
-TRAIN_ARGS = ["--steps", "80", "--batch-size", "8", "--train-size", "96", "--heldout-size", "32",
-              "--image-size", "224", "--no-progress"]  # fmt: skip
+TRAIN_ARGS = [
+    "--steps",
+    "80",
+    "--batch-size",
+    "8",
+    "--train-size",
+    "96",
+    "--heldout-size",
+    "32",
+    "--image-size",
+    "224",
+    "--no-progress",
+]
 MARGIN = 0.3  # recall@25 % above uniform and random, in absolute terms
 
 
@@ -24,8 +35,11 @@ def trained(tmp_path_factory, testbed_dir):
     config = root / "train.yaml"
     config.write_text("lr: 0.005\nheatmap_every: 40\nseed: 0\n")
     out = root / "scorer"
-    done = arr_coc(["train-scorer", "--config", str(config), "--out", str(out), "--model", str(testbed_dir()),
-                    *TRAIN_ARGS], offline_env(root), root)  # fmt: skip
+    done = arr_coc(
+        ["train-scorer", "--config", str(config), "--out", str(out), "--model", str(testbed_dir()), *TRAIN_ARGS],
+        offline_env(root),
+        root,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (run_file,) = find_run_files(root / "dir")
     return read_run(run_file), out, done.stdout
@@ -65,10 +79,20 @@ def test_checkpoint_is_a_model_artifact_and_beats_the_baselines(trained) -> None
 
 
 def test_launch_overrides_reach_the_training_job(tmp_path: Path, testbed_dir) -> None:
-    overrides = {"steps": 3, "train_size": 4, "heldout_size": 2, "image_size": 112, "methods": ["arr-coc", "random"],
-                 "budgets": [0.5], "out": str(tmp_path / "launched")}  # fmt: skip
-    done = arr_coc(["train-scorer", "--steps", "500", "--model", str(testbed_dir()), "--no-progress"],
-                   launch_env(tmp_path, overrides), tmp_path)  # fmt: skip
+    overrides = {
+        "steps": 3,
+        "train_size": 4,
+        "heldout_size": 2,
+        "image_size": 112,
+        "methods": ["arr-coc", "random"],
+        "budgets": [0.5],
+        "out": str(tmp_path / "launched"),
+    }
+    done = arr_coc(
+        ["train-scorer", "--steps", "500", "--model", str(testbed_dir()), "--no-progress"],
+        launch_env(tmp_path, overrides),
+        tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (run_file,) = find_run_files(tmp_path / "dir")
     run = read_run(run_file)

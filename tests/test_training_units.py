@@ -82,8 +82,12 @@ def test_loss_prefers_the_target_and_recall_counts_it() -> None:
 def test_config_layers_and_errors() -> None:
     config = train_config({"steps": 10, "lr": 0.1}, {"steps": 20, "seed": None}, {"lr": 0.2})
     assert (config.steps, config.lr, config.seed) == (20, 0.2, 0)
-    for bad, field in (({"stepz": 1}, "stepz"), ({"budgets": [0.0]}, "budgets"), ({"methods": ["blur"]}, "methods"),
-                       ({"dataset": "coco"}, "dataset")):  # fmt: skip
+    for bad, field in (
+        ({"stepz": 1}, "stepz"),
+        ({"budgets": [0.0]}, "budgets"),
+        ({"methods": ["blur"]}, "methods"),
+        ({"dataset": "coco"}, "dataset"),
+    ):
         with pytest.raises(InvalidConfigError) as caught:
             train_config(bad)
         assert caught.value.field.startswith(field)
@@ -115,9 +119,11 @@ def test_eval_variant_resolution() -> None:
 
 
 def test_arr_coc_and_the_cli_parser_never_import_wandb_or_bentoml() -> None:
-    code = ("import sys, arr_coc_cli.main, arr_coc.synthetic, arr_coc.evaluation, arr_coc.training.loop, "
-            "arr_coc.vlm.pipeline, arr_coc.relevance_model, arr_coc.variants, arr_coc.settings; "
-            "arr_coc_cli.main.build_parser(); "
-            "assert not {'wandb', 'bentoml'} & set(sys.modules), {'wandb', 'bentoml'} & set(sys.modules)")  # fmt: skip
+    code = (
+        "import sys, arr_coc_cli.main, arr_coc.synthetic, arr_coc.evaluation, arr_coc.training.loop, "
+        "arr_coc.vlm.pipeline, arr_coc.relevance_model, arr_coc.variants, arr_coc.settings; "
+        "arr_coc_cli.main.build_parser(); "
+        "assert not {'wandb', 'bentoml'} & set(sys.modules), {'wandb', 'bentoml'} & set(sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -29,11 +29,14 @@ def mixed_requests() -> list[AnswerRequest]:
     return [
         AnswerRequest(scene(300, 200), QUESTION, "arr-coc", 0.25, GenerationParams(max_new_tokens=9)),
         AnswerRequest(
-            shapes(120, 260, seed=1), "How many shapes are there?", "cdpruner", 5,
+            shapes(120, 260, seed=1),
+            "How many shapes are there?",
+            "cdpruner",
+            5,
             GenerationParams(max_new_tokens=6, temperature=0.8, top_p=0.9, seed=3),
         ),
         AnswerRequest(text(200, 100), "Read the text.", "random", 0.6, GenerationParams(max_new_tokens=12, seed=11)),
-    ]  # fmt: skip
+    ]
 
 
 @pytest.mark.parametrize("family", ["qwen2.5-vl", "qwen3-vl"])

@@ -134,8 +134,20 @@ def test_cli_testbed_build_then_answer_json(tmp_path, capsys, monkeypatch):
 
     scene(160, 120).save(tmp_path / "image.png")
     capsys.readouterr()
-    argv = ["answer", str(tmp_path / "image.png"), "Where?", "--model", str(tmp_path / "tb"), "--method", "divprune",
-            "--budget", "3", "--max-new-tokens", "4", "--json"]  # fmt: skip
+    argv = [
+        "answer",
+        str(tmp_path / "image.png"),
+        "Where?",
+        "--model",
+        str(tmp_path / "tb"),
+        "--method",
+        "divprune",
+        "--budget",
+        "3",
+        "--max-new-tokens",
+        "4",
+        "--json",
+    ]
     assert main(argv) == 0
     payload = json.loads(capsys.readouterr().out)
     assert set(payload) >= {"answer", "token_ids", "kept_tokens", "total_tokens", "kept", "timings_ms"}

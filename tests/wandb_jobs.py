@@ -19,8 +19,14 @@ def offline_env(root: Path, **extra: str) -> dict[str, str]:
         path = root / name.lower()
         path.mkdir(parents=True, exist_ok=True)
         env[f"WANDB_{name}"] = str(path)
-    env.update(WANDB_MODE="offline", WANDB_SILENT="true", HF_HUB_OFFLINE="1", ARR_COC_HOME=str(root / "home"),
-               ARR_COC_WANDB_PROJECT="arr-coc-test", TQDM_DISABLE="1")  # fmt: skip
+    env.update(
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+        HF_HUB_OFFLINE="1",
+        ARR_COC_HOME=str(root / "home"),
+        ARR_COC_WANDB_PROJECT="arr-coc-test",
+        TQDM_DISABLE="1",
+    )
     env.update(extra)
     return env
 
@@ -32,5 +38,11 @@ def launch_env(root: Path, overrides: dict) -> dict[str, str]:
 
 def arr_coc(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     """``python -m arr_coc_cli ARGS`` to completion (the run file is complete once it returns)."""
-    return subprocess.run([sys.executable, "-m", "arr_coc_cli", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=JOB_TIMEOUT_S)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "arr_coc_cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=JOB_TIMEOUT_S,
+    )

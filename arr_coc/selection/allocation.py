@@ -32,8 +32,12 @@ def as_budget(budget: Budget | str) -> Budget:
     return AutoBudget() if budget == AUTO else budget
 
 
-def resolve_budget(budget: Budget | str, num_tokens: int, relevance: torch.Tensor | None = None,
-                   calibration: tuple[float, float] = IDENTITY) -> int:  # fmt: skip
+def resolve_budget(
+    budget: Budget | str,
+    num_tokens: int,
+    relevance: torch.Tensor | None = None,
+    calibration: tuple[float, float] = IDENTITY,
+) -> int:
     """Number of tokens to keep out of ``num_tokens``.
 
     ``budget`` is a count (int >= 1, capped at ``num_tokens``), a ratio (float in
@@ -57,8 +61,9 @@ def resolve_budget(budget: Budget | str, num_tokens: int, relevance: torch.Tenso
         if not math.isfinite(ratio) or not 0.0 < ratio <= 1.0:
             raise InvalidBudgetError(f"a ratio must be a finite float in (0, 1], got {budget!r}", field="budget")
         return max(1, min(num_tokens, round(ratio * num_tokens)))
-    raise InvalidBudgetError(f"expected an int >= 1, a float in (0, 1] or 'auto', got {type(budget).__name__}",
-                             field="budget")  # fmt: skip
+    raise InvalidBudgetError(
+        f"expected an int >= 1, a float in (0, 1] or 'auto', got {type(budget).__name__}", field="budget"
+    )
 
 
 def check_stage(stage: str, method: str) -> str:

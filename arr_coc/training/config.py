@@ -105,7 +105,8 @@ def validate(model: type[BaseModel], *layers: Mapping[str, Any]) -> BaseModel:
         raise InvalidConfigError(error.detail, field=error.field or "config") from None
 
 
-def train_config(file_values: Mapping[str, Any] = {}, cli_values: Mapping[str, Any] = {},
-                 overrides: Mapping[str, Any] = {}) -> TrainConfig:  # fmt: skip
+def train_config(
+    file_values: Mapping[str, Any] = {}, cli_values: Mapping[str, Any] = {}, overrides: Mapping[str, Any] = {}
+) -> TrainConfig:
     """The validated :class:`TrainConfig` of defaults < file < command line < overrides."""
     return validate(TrainConfig, file_values, cli_values, overrides)

@@ -104,8 +104,9 @@ def encode_sample(pipeline: VLMPipeline, sample, with_features: bool) -> CachedS
     )
 
 
-def encode_dataset(pipeline: VLMPipeline, dataset: Dataset, *, with_features: bool = False,
-                   desc: str = "encode", progress: bool = True) -> list[CachedSample]:  # fmt: skip
+def encode_dataset(
+    pipeline: VLMPipeline, dataset: Dataset, *, with_features: bool = False, desc: str = "encode", progress: bool = True
+) -> list[CachedSample]:
     """Every sample of ``dataset`` through :func:`encode_sample`, with a tqdm bar."""
     if len(dataset) == 0:
         raise EmptyDatasetError("the dataset has no samples", field="dataset")

@@ -131,8 +131,14 @@ def batch_loss(scorer: RelevanceScorer, batch: Sequence[CachedSample], config: T
     return total, parts
 
 
-def train_scorer(config: TrainConfig, train: Sequence[CachedSample], heldout: Sequence[CachedSample],
-                 query_dim: int, logger: TrainLogger | None = None, progress: bool = True) -> TrainResult:  # fmt: skip
+def train_scorer(
+    config: TrainConfig,
+    train: Sequence[CachedSample],
+    heldout: Sequence[CachedSample],
+    query_dim: int,
+    logger: TrainLogger | None = None,
+    progress: bool = True,
+) -> TrainResult:
     """Train a fresh :class:`RelevanceScorer` for ``config.steps`` steps; returns it with its held-out recall."""
     logger = logger or NullLogger()
     torch.manual_seed(config.seed)

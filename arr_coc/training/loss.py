@@ -39,8 +39,14 @@ def pairwise_ranking(relevance: torch.Tensor, target: torch.Tensor, temperature:
     return (F.softplus(gaps) * pairs).sum((1, 2)) / pairs.sum((1, 2)).clamp_min(1)
 
 
-def relevance_loss(relevance: torch.Tensor, target: torch.Tensor, *, bce_weight: float = 1.0,
-                   rank_weight: float = 1.0, temperature: float = 0.1) -> tuple[torch.Tensor, dict[str, float]]:  # fmt: skip
+def relevance_loss(
+    relevance: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    bce_weight: float = 1.0,
+    rank_weight: float = 1.0,
+    temperature: float = 0.1,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Scalar loss and its parts ``{"bce", "rank"}`` (batch means, as floats)."""
     bce = balanced_bce(relevance, target).mean()
     rank = pairwise_ranking(relevance, target, temperature).mean()

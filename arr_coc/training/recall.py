@@ -24,8 +24,13 @@ RecallTable = dict[str, dict[float, float]]
 
 
 @torch.no_grad()
-def recall_table(scorer: RelevanceScorer, samples: Sequence[CachedSample], methods: Sequence[str],
-                 budgets: Sequence[float], seed: int = 0) -> RecallTable:  # fmt: skip
+def recall_table(
+    scorer: RelevanceScorer,
+    samples: Sequence[CachedSample],
+    methods: Sequence[str],
+    budgets: Sequence[float],
+    seed: int = 0,
+) -> RecallTable:
     """Mean recall@budget of ``methods`` x ``budgets`` over ``samples``.
 
     Feature methods need ``features``; ``cdpruner`` also ``question_tokens``.

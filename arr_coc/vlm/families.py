@@ -52,19 +52,37 @@ FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
         Family(
-            "qwen2-vl", "qwen2_vl", "Qwen2VLForConditionalGeneration", "Qwen2VLConfig",
-            "Qwen2VLProcessor", "Qwen2VLVideoProcessor", patch_size=14, deepstack=False,
+            "qwen2-vl",
+            "qwen2_vl",
+            "Qwen2VLForConditionalGeneration",
+            "Qwen2VLConfig",
+            "Qwen2VLProcessor",
+            "Qwen2VLVideoProcessor",
+            patch_size=14,
+            deepstack=False,
         ),
         Family(
-            "qwen2.5-vl", "qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLConfig",
-            "Qwen2_5_VLProcessor", "Qwen2VLVideoProcessor", patch_size=14, deepstack=False,
+            "qwen2.5-vl",
+            "qwen2_5_vl",
+            "Qwen2_5_VLForConditionalGeneration",
+            "Qwen2_5_VLConfig",
+            "Qwen2_5_VLProcessor",
+            "Qwen2VLVideoProcessor",
+            patch_size=14,
+            deepstack=False,
         ),
         Family(
-            "qwen3-vl", "qwen3_vl", "Qwen3VLForConditionalGeneration", "Qwen3VLConfig",
-            "Qwen3VLProcessor", "Qwen3VLVideoProcessor", patch_size=16, deepstack=True,
+            "qwen3-vl",
+            "qwen3_vl",
+            "Qwen3VLForConditionalGeneration",
+            "Qwen3VLConfig",
+            "Qwen3VLProcessor",
+            "Qwen3VLVideoProcessor",
+            patch_size=16,
+            deepstack=True,
         ),
     )
-}  # fmt: skip
+}
 
 BY_MODEL_TYPE: dict[str, Family] = {f.model_type: f for f in FAMILIES.values()}
 

@@ -92,8 +92,10 @@ class FeatureCache:
             entry = self._entries.pop(key, None) or CachedImage()
             self._bytes -= entry.nbytes
             if features is not None:
-                entry.features = VisionFeatures(features.features.detach(),
-                                                None if features.deepstack is None else [d.detach() for d in features.deepstack])  # fmt: skip
+                entry.features = VisionFeatures(
+                    features.features.detach(),
+                    None if features.deepstack is None else [d.detach() for d in features.deepstack],
+                )
             if texture is not None:
                 entry.texture = texture.detach()
             if entry.nbytes > self.max_bytes:

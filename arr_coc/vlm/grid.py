@@ -95,8 +95,9 @@ def resized_token_grid(image_processor, image: Image.Image) -> TokenGrid:
     image = prepare_image(image_processor, image)
     pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None]  # [1, 3, H, W] uint8
     patch, merge = int(image_processor.patch_size), int(image_processor.merge_size)
-    resized = image_processor.resize(pixels, size=image_processor.size, resample=image_processor.resample,
-                                     factor=patch * merge)[0]  # fmt: skip
+    resized = image_processor.resize(
+        pixels, size=image_processor.size, resample=image_processor.resample, factor=patch * merge
+    )[0]
     height, width = resized.shape[-2:]
     thw = (1, height // patch, width // patch)
     return TokenGrid(grid=merged_grid(thw, merge), image=resized.float() / 255.0, image_grid_thw=thw)

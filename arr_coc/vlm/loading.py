@@ -93,9 +93,15 @@ def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.
     if isinstance(dtype, torch.dtype):
         return dtype
     names = {
-        "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-        "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-    }  # fmt: skip
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "half": torch.float16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "float": torch.float32,
+    }
     try:
         return names[str(dtype).lower()]
     except KeyError:

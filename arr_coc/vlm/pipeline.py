@@ -49,7 +49,7 @@ from arr_coc.vlm.static_decoding import (
     StaticDecoder,
     batch_bucket,
     length_bucket,
-    resolve_decode,  # fmt: skip
+    resolve_decode,
     static_decode_supported,
 )
 from arr_coc.vlm.testbed import EMBEDDED_MODEL, EMBEDDED_SCORER

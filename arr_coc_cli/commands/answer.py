@@ -83,10 +83,18 @@ def register(subparsers) -> None:
     parser.add_argument("question")
     parser.add_argument("--model", help="hub id or checkpoint directory (default: the embedded trained VQA testbed)")
     parser.add_argument("--method", default="arr-coc", help="none, uniform, random, arr-coc, divprune, cdpruner")
-    parser.add_argument("--budget", type=parse_budget, default=0.25,
-                        help="tokens kept: a count, a ratio, or auto (as many as the question needs)")  # fmt: skip
-    parser.add_argument("--coverage", type=float, default=None,
-                        help="with --budget auto: share of the relevance mass to keep, in (0, 1]")  # fmt: skip
+    parser.add_argument(
+        "--budget",
+        type=parse_budget,
+        default=0.25,
+        help="tokens kept: a count, a ratio, or auto (as many as the question needs)",
+    )
+    parser.add_argument(
+        "--coverage",
+        type=float,
+        default=None,
+        help="with --budget auto: share of the relevance mass to keep, in (0, 1]",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -95,11 +103,19 @@ def register(subparsers) -> None:
     parser.add_argument("--scorer", help="relevance scorer checkpoint directory (default: untrained, seeded)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda when available)")
     parser.add_argument("--dtype", help="bf16, fp16, fp32 (default: bf16 on CUDA, fp32 on CPU)")
-    parser.add_argument("--stage", choices=STAGES, default="post",
-                        help="post: select from the vision tower's outputs; pre: select first, run the tower on the "
-                        "kept tokens only (none, uniform, random, arr-coc)")  # fmt: skip
-    parser.add_argument("--decode", choices=DECODE_MODES, default="auto",
-                        help="decode loop: auto (CUDA graphs on CUDA, eager on CPU), eager, static, graph")  # fmt: skip
+    parser.add_argument(
+        "--stage",
+        choices=STAGES,
+        default="post",
+        help="post: select from the vision tower's outputs; pre: select first, run the tower on the "
+        "kept tokens only (none, uniform, random, arr-coc)",
+    )
+    parser.add_argument(
+        "--decode",
+        choices=DECODE_MODES,
+        default="auto",
+        help="decode loop: auto (CUDA graphs on CUDA, eager on CPU), eager, static, graph",
+    )
     parser.add_argument("--stream", action="store_true", help="print the answer as it is generated")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)

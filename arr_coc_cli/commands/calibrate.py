@@ -15,8 +15,9 @@ from pathlib import Path
 COVERAGES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 
-def coverage_table(maps: list, targets: list, calibration: tuple[float, float],
-                   coverages=COVERAGES) -> list[tuple[float, float, float]]:  # fmt: skip
+def coverage_table(
+    maps: list, targets: list, calibration: tuple[float, float], coverages=COVERAGES
+) -> list[tuple[float, float, float]]:
     """``(coverage, mean target recall, mean kept ratio)`` of the top-``K(auto)`` tokens of each ``[N]`` map."""
     import torch
 

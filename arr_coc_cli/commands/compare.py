@@ -13,7 +13,11 @@ def run(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("compare", help="compare variants across W&B runs (table + PNG plots)")
-    parser.add_argument("sources", nargs="+", metavar="RUN_DIR_OR_PROJECT",
-                        help="offline run folder, .wandb file, folder of runs, or entity/project (online)")  # fmt: skip
+    parser.add_argument(
+        "sources",
+        nargs="+",
+        metavar="RUN_DIR_OR_PROJECT",
+        help="offline run folder, .wandb file, folder of runs, or entity/project (online)",
+    )
     parser.add_argument("--out", default="compare-plots", help="folder for the PNG plots")
     parser.set_defaults(func=run)

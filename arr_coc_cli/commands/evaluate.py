@@ -10,11 +10,22 @@ from arr_coc_cli.commands.options import parse_budget
 def run(args: argparse.Namespace) -> int:
     from training_hooks.jobs.eval_job import run_eval_job
 
-    values = {"variant": args.variant or "", "method": args.method or "", "budget": args.budget, "coverage": args.coverage,
-              "stage": args.stage,
-              "dataset": args.dataset, "size": args.size, "limit": args.limit, "seed": args.seed,
-              "image_size": args.image_size, "batch_size": args.batch_size,
-              "max_new_tokens": args.max_new_tokens, "model": args.model or "", "scorer": args.scorer or ""}  # fmt: skip
+    values = {
+        "variant": args.variant or "",
+        "method": args.method or "",
+        "budget": args.budget,
+        "coverage": args.coverage,
+        "stage": args.stage,
+        "dataset": args.dataset,
+        "size": args.size,
+        "limit": args.limit,
+        "seed": args.seed,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
+        "max_new_tokens": args.max_new_tokens,
+        "model": args.model or "",
+        "scorer": args.scorer or "",
+    }
     return run_eval_job({k: v for k, v in values.items() if v is not None}, wandb_mode=args.wandb, device=args.device)
 
 
@@ -24,8 +35,11 @@ def register(subparsers) -> None:
     parser.add_argument("--method", help="ad-hoc variant: none, uniform, random, arr-coc, divprune, cdpruner")
     parser.add_argument("--budget", type=parse_budget, help="ad-hoc variant: tokens kept, a count, a ratio or auto")
     parser.add_argument("--coverage", type=float, help="with an auto budget: the share of relevance mass kept")
-    parser.add_argument("--stage", choices=["post", "pre"],
-                        help="ad-hoc variant: select after the vision tower (post) or before it (pre)")  # fmt: skip
+    parser.add_argument(
+        "--stage",
+        choices=["post", "pre"],
+        help="ad-hoc variant: select after the vision tower (post) or before it (pre)",
+    )
     parser.add_argument("--dataset", default="vqa", help="dataset name (built in: vqa, synthetic)")
     parser.add_argument("--size", type=int, default=64, help="samples in the held-out split")
     parser.add_argument("--limit", type=int, help="evaluate only the first N samples")
@@ -36,6 +50,10 @@ def register(subparsers) -> None:
     parser.add_argument("--model", help="VLM hub id or directory (default: the embedded trained VQA testbed)")
     parser.add_argument("--scorer", help="relevance scorer checkpoint directory (default: the variant's)")
     parser.add_argument("--device", help="cpu (default), cuda, cuda:N")
-    parser.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "off"],
-                        help="auto: online with WANDB_API_KEY, else offline (WANDB_MODE wins)")  # fmt: skip
+    parser.add_argument(
+        "--wandb",
+        default="auto",
+        choices=["auto", "online", "offline", "off"],
+        help="auto: online with WANDB_API_KEY, else offline (WANDB_MODE wins)",
+    )
     parser.set_defaults(func=run)

@@ -39,10 +39,17 @@ def register(subparsers) -> None:
     parser.add_argument("--methods", nargs="+", help="methods besides full (default: all five)")
     parser.add_argument("--budgets", nargs="+", type=_budget, help="kept ratios or auto (default 0.1 0.25 0.5)")
     parser.add_argument("--coverages", nargs="+", type=float, help="coverages of the auto budget (default 0.8)")
-    parser.add_argument("--split", choices=["heldout", "train"],
-                        help="heldout (default) for the table; train with an unused --seed to tune settings")  # fmt: skip
-    parser.add_argument("--stages", nargs="+", choices=["post", "pre"],
-                        help="pruning stages (default both; pre only for arr-coc, uniform, random)")  # fmt: skip
+    parser.add_argument(
+        "--split",
+        choices=["heldout", "train"],
+        help="heldout (default) for the table; train with an unused --seed to tune settings",
+    )
+    parser.add_argument(
+        "--stages",
+        nargs="+",
+        choices=["post", "pre"],
+        help="pruning stages (default both; pre only for arr-coc, uniform, random)",
+    )
     parser.add_argument("--dataset", help="dataset name (default vqa)")
     parser.add_argument("--model", help="VLM directory or hub id (default: the embedded trained testbed)")
     parser.add_argument("--scorer", help="scorer checkpoint (default: the embedded one with the embedded model)")

@@ -12,12 +12,21 @@ import argparse
 def run(args: argparse.Namespace) -> int:
     from training_hooks.jobs.train_job import run_train_job
 
-    cli_values = {"steps": args.steps, "out": args.out, "model": args.model, "seed": args.seed,
-                  "batch_size": args.batch_size, "train_size": args.train_size,
-                  "heldout_size": args.heldout_size, "image_size": args.image_size,
-                  "dataset": args.dataset, "lr": args.lr}  # fmt: skip
-    return run_train_job(args.config, cli_values, wandb_mode=args.wandb, device=args.device,
-                         progress=not args.no_progress)  # fmt: skip
+    cli_values = {
+        "steps": args.steps,
+        "out": args.out,
+        "model": args.model,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "train_size": args.train_size,
+        "heldout_size": args.heldout_size,
+        "image_size": args.image_size,
+        "dataset": args.dataset,
+        "lr": args.lr,
+    }
+    return run_train_job(
+        args.config, cli_values, wandb_mode=args.wandb, device=args.device, progress=not args.no_progress
+    )
 
 
 def register(subparsers) -> None:
@@ -34,7 +43,11 @@ def register(subparsers) -> None:
     parser.add_argument("--dataset", help="training data: vqa (default, the synthetic VQA task) or synthetic")
     parser.add_argument("--lr", type=float, help="peak learning rate")
     parser.add_argument("--device", help="cpu (default), cuda, cuda:N")
-    parser.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "off"],
-                        help="auto: online with WANDB_API_KEY, else offline (WANDB_MODE wins)")  # fmt: skip
+    parser.add_argument(
+        "--wandb",
+        default="auto",
+        choices=["auto", "online", "offline", "off"],
+        help="auto: online with WANDB_API_KEY, else offline (WANDB_MODE wins)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     parser.set_defaults(func=run)

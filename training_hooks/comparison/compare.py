@@ -87,8 +87,10 @@ def read_online(project: str) -> list[RunSummary]:
         raise NoRunsError(f"cannot read W&B project {project!r}: {error}", field="runs") from error
     if not found:
         raise NoRunsError(f"W&B project {project!r} has no eval, serve or train runs", field="runs")
-    return [RunSummary(run.url, run.job_type or "", run.group or "", dict(run.config),
-                       dict(run.summary._json_dict)) for run in found]  # fmt: skip
+    return [
+        RunSummary(run.url, run.job_type or "", run.group or "", dict(run.config), dict(run.summary._json_dict))
+        for run in found
+    ]
 
 
 def read_sources(sources: Iterable[str]) -> list[RunSummary]:
@@ -169,8 +171,10 @@ def format_rows(rows: list[Row]) -> str:
         cells += [f"{row.metrics[c]:.4g}" if c in row.metrics else "-" for c in columns]
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                               for i, (cell, w) in enumerate(zip(line, widths))) for line in lines)  # fmt: skip
+    return "\n".join(
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+        for line in lines
+    )
 
 
 def _series(rows: list[Row], metric: str, marker: str, suffix: str) -> list[Series]:
@@ -184,11 +188,15 @@ def _series(rows: list[Row], metric: str, marker: str, suffix: str) -> list[Seri
         if metric in row.metrics and "kept_ratio" in row.metrics:
             by_method[(row.method or row.variant, row.job_type)].append(row)
     return [
-        Series(f"{method} ({job}){suffix}", [(r.metrics["kept_ratio"], r.metrics[metric]) for r in group],
-               [r.variant if job != "train" else "" for r in group],
-               PALETTE[methods.index(method) % len(PALETTE)], marker)
+        Series(
+            f"{method} ({job}){suffix}",
+            [(r.metrics["kept_ratio"], r.metrics[metric]) for r in group],
+            [r.variant if job != "train" else "" for r in group],
+            PALETTE[methods.index(method) % len(PALETTE)],
+            marker,
+        )
         for (method, job), group in sorted(by_method.items())
-    ]  # fmt: skip
+    ]
 
 
 def write_plots(rows: list[Row], out: str | Path) -> list[Path]:
@@ -197,11 +205,24 @@ def write_plots(rows: list[Row], out: str | Path) -> list[Path]:
     quality = _series(rows, "recall", "circle", " recall") + _series(rows, "accuracy", "square", " accuracy")
     latency = _series(rows, "latency_p50_ms", "circle", " p50") + _series(rows, "latency_p95_ms", "triangle", " p95")
     return [
-        scatter_plot(quality, out / "quality_vs_kept_ratio.png", title="Quality vs kept visual tokens",
-                     xlabel="kept ratio", ylabel="recall / accuracy", xrange=(0.0, 1.0), yrange=(0.0, 1.0)),
-        scatter_plot(latency, out / "latency_vs_kept_ratio.png", title="Latency vs kept visual tokens",
-                     xlabel="kept ratio", ylabel="latency, ms", xrange=(0.0, 1.0)),
-    ]  # fmt: skip
+        scatter_plot(
+            quality,
+            out / "quality_vs_kept_ratio.png",
+            title="Quality vs kept visual tokens",
+            xlabel="kept ratio",
+            ylabel="recall / accuracy",
+            xrange=(0.0, 1.0),
+            yrange=(0.0, 1.0),
+        ),
+        scatter_plot(
+            latency,
+            out / "latency_vs_kept_ratio.png",
+            title="Latency vs kept visual tokens",
+            xlabel="kept ratio",
+            ylabel="latency, ms",
+            xrange=(0.0, 1.0),
+        ),
+    ]
 
 
 def run_compare(sources: list[str], out: str | Path) -> int:

@@ -12,8 +12,18 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PALETTE = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]  # fmt: skip
+PALETTE = [
+    (31, 119, 180),
+    (214, 39, 40),
+    (44, 160, 44),
+    (255, 127, 14),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+    (188, 189, 34),
+    (23, 190, 207),
+]
 MARKERS = {"circle": "o", "square": "s", "triangle": "^"}
 SIZE_INCHES, DPI = (8.0, 5.2), 100  # 800 x 520 pixels
 
@@ -30,8 +40,16 @@ class Series:
     line: bool = True
 
 
-def scatter_plot(series: list[Series], path: str | Path, *, title: str, xlabel: str, ylabel: str,
-                 xrange: tuple[float, float] | None = None, yrange: tuple[float, float] | None = None) -> Path:  # fmt: skip
+def scatter_plot(
+    series: list[Series],
+    path: str | Path,
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    xrange: tuple[float, float] | None = None,
+    yrange: tuple[float, float] | None = None,
+) -> Path:
     """Draw ``series`` into a PNG at ``path`` (parent folders created); returns the path. Non-finite points are skipped."""
     import matplotlib
 
@@ -45,8 +63,14 @@ def scatter_plot(series: list[Series], path: str | Path, *, title: str, xlabel: 
             finite = sorted((p, label) for p, label in zip(s.points, labels) if all(math.isfinite(v) for v in p))
             xs, ys = [p[0] for p, _ in finite], [p[1] for p, _ in finite]
             colour = tuple(c / 255 for c in s.colour)
-            axes.plot(xs, ys, linestyle="-" if s.line else "none", marker=MARKERS.get(s.marker, "o"), color=colour,
-                      label=s.name)  # fmt: skip
+            axes.plot(
+                xs,
+                ys,
+                linestyle="-" if s.line else "none",
+                marker=MARKERS.get(s.marker, "o"),
+                color=colour,
+                label=s.name,
+            )
             for (x, y), label in finite:
                 if label:
                     axes.annotate(label, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8, color="0.25")

@@ -97,8 +97,14 @@ def run_eval_job(values: dict[str, Any], *, wandb_mode: str = "auto", device: st
     variant = resolve_variant(params)
     if params.limit is not None and params.limit < 1:
         raise EmptyDatasetError(f"limit must be >= 1, got {params.limit}: nothing to evaluate", field="limit")
-    run = start_run(job_type="eval", config=run_config(variant, params), mode=resolve_mode(wandb_mode),
-                    group=variant.name, name=f"eval-{variant.name}", tags=(variant.method,))  # fmt: skip
+    run = start_run(
+        job_type="eval",
+        config=run_config(variant, params),
+        mode=resolve_mode(wandb_mode),
+        group=variant.name,
+        name=f"eval-{variant.name}",
+        tags=(variant.method,),
+    )
     with finishing(run):
         declare_launch_inputs(["variant", "method", "budget", "stage", "limit", "size", "model", "batch_size"])
         summary = _evaluate_and_log(run, variant, params, device)
@@ -117,27 +123,52 @@ def _evaluate_and_log(run, variant: Variant, params: EvalParams, device: str | N
     from arr_coc.training.data import processor_grid
     from arr_coc.vlm.pipeline import VLMPipeline
 
-    pipeline = VLMPipeline.from_pretrained(params.model or None, scorer=variant.scorer or None,
-                                           device=device or "cpu", dtype="fp32")  # fmt: skip
-    dataset = load_dataset(params.dataset, "heldout", params.size, seed=params.seed, image_size=params.image_size,
-                           grid_for=processor_grid(pipeline.vlm.processor))  # fmt: skip
+    pipeline = VLMPipeline.from_pretrained(
+        params.model or None, scorer=variant.scorer or None, device=device or "cpu", dtype="fp32"
+    )
+    dataset = load_dataset(
+        params.dataset,
+        "heldout",
+        params.size,
+        seed=params.seed,
+        image_size=params.image_size,
+        grid_for=processor_grid(pipeline.vlm.processor),
+    )
     count = sample_count(dataset, params.limit)
     table = wandb.Table(columns=["question", "expected", "answer", "correct", "recall", "kept", "heatmap"])
     records = []
     clock = Stopwatch()
-    stream = evaluate_variant(pipeline, variant, dataset, limit=count, batch_size=params.batch_size,
-                              max_new_tokens=params.max_new_tokens, seed=params.seed)  # fmt: skip
+    stream = evaluate_variant(
+        pipeline,
+        variant,
+        dataset,
+        limit=count,
+        batch_size=params.batch_size,
+        max_new_tokens=params.max_new_tokens,
+        seed=params.seed,
+    )
     for record in tqdm(stream, total=count, desc=f"eval {variant.name}", leave=False):
         records.append(record)
         result = record.result
-        row = {"eval/correct": float(record.correct), "eval/recall": record.recall,
-               "eval/kept_ratio": result.kept_ratio, "eval/kept_tokens": result.kept_tokens}  # fmt: skip
+        row = {
+            "eval/correct": float(record.correct),
+            "eval/recall": record.recall,
+            "eval/kept_ratio": result.kept_ratio,
+            "eval/kept_tokens": result.kept_tokens,
+        }
         row.update({f"eval/latency_ms/{stage}": ms for stage, ms in result.timings_ms.items()})
         run.log(row, step=record.index)
         if record.index < EXAMPLES:
             heatmap = overlay(record.sample.image, result.relevance, result.kept)
-            table.add_data(record.sample.question, record.sample.answer, result.answer, record.correct,
-                           record.recall, result.kept_tokens, wandb.Image(heatmap))  # fmt: skip
+            table.add_data(
+                record.sample.question,
+                record.sample.answer,
+                result.answer,
+                record.correct,
+                record.recall,
+                result.kept_tokens,
+                wandb.Image(heatmap),
+            )
     summary = summarize(records, clock.elapsed_s)
     run.log({"examples": table})
     run.summary.update(summary)

@@ -81,14 +81,28 @@ def launch_overrides(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     return overrides
 
 
-def start_run(*, job_type: str, config: Mapping[str, Any], mode: str, group: str | None = None,
-              name: str | None = None, tags: tuple[str, ...] = ()):  # fmt: skip
+def start_run(
+    *,
+    job_type: str,
+    config: Mapping[str, Any],
+    mode: str,
+    group: str | None = None,
+    name: str | None = None,
+    tags: tuple[str, ...] = (),
+):
     """``wandb.init`` for a job; a failing init falls back to a disabled run (logged, never raised)."""
     import wandb
 
     settings = get_settings()
-    kwargs = dict(project=settings.wandb_project, job_type=job_type, group=group, name=name, tags=list(tags),
-                  config=dict(config), reinit="finish_previous")  # fmt: skip
+    kwargs = dict(
+        project=settings.wandb_project,
+        job_type=job_type,
+        group=group,
+        name=name,
+        tags=list(tags),
+        config=dict(config),
+        reinit="finish_previous",
+    )
     try:
         return wandb.init(mode=mode, **kwargs)
     except Exception as error:  # W&B down, bad credentials, ...: the job itself must go on

@@ -111,8 +111,10 @@ def per_kind_accuracy(records) -> dict[str, float]:
     for record in records:
         right[record.sample.kind].append(record.correct)
         kept[record.sample.kind].append(record.result.kept_ratio)
-    return {**{f"accuracy/{kind}": sum(v) / len(v) for kind, v in sorted(right.items())},
-            **{f"kept_ratio/{kind}": sum(v) / len(v) for kind, v in sorted(kept.items())}}  # fmt: skip
+    return {
+        **{f"accuracy/{kind}": sum(v) / len(v) for kind, v in sorted(right.items())},
+        **{f"kept_ratio/{kind}": sum(v) / len(v) for kind, v in sorted(kept.items())},
+    }
 
 
 def format_markdown(rows: list[dict[str, Any]]) -> str:
@@ -242,6 +244,7 @@ def evaluate_all(params: QualityParams, variants: list[Variant], mode: str, devi
         budget = (
             f"auto@{variant.budget.coverage:g}" if isinstance(variant.budget, AutoBudget) else float(variant.budget)
         )
-        rows.append({"variant": variant.name, "method": variant.method, "stage": variant.stage, "budget": budget,
-                     **summary})  # fmt: skip
+        rows.append(
+            {"variant": variant.name, "method": variant.method, "stage": variant.stage, "budget": budget, **summary}
+        )
     return rows

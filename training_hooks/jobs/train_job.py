@@ -26,7 +26,7 @@ from training_hooks.jobs.jobrun import (
     launch_overrides,
     resolve_mode,
     run_config,
-    start_run,  # fmt: skip
+    start_run,
 )
 
 ARTIFACT_NAME = "relevance-scorer"
@@ -73,8 +73,14 @@ def summary_values(config: TrainConfig, table: RecallTable, losses: list[float])
     return values
 
 
-def run_train_job(config_file: str | None, cli_values: dict[str, Any], *, wandb_mode: str = "auto",
-                  device: str | None = None, progress: bool = True) -> int:  # fmt: skip
+def run_train_job(
+    config_file: str | None,
+    cli_values: dict[str, Any],
+    *,
+    wandb_mode: str = "auto",
+    device: str | None = None,
+    progress: bool = True,
+) -> int:
     """Resolve the parameters, train, save, log; returns the exit code (0)."""
     config = resolve_config(config_file, cli_values)
     mode = resolve_mode(wandb_mode)
@@ -107,8 +113,12 @@ def _train_and_log(run, config: TrainConfig, device: str | None, progress: bool)
     out = result.scorer.save(config.out)
     summary = summary_values(config, result.recall, result.losses)
     run.summary.update(summary)
-    artifact = wandb.Artifact(ARTIFACT_NAME, type="model", metadata={"config": config.model_dump(), **summary},
-                              description="ARR-COC relevance scorer (config.json + model.safetensors)")  # fmt: skip
+    artifact = wandb.Artifact(
+        ARTIFACT_NAME,
+        type="model",
+        metadata={"config": config.model_dump(), **summary},
+        description="ARR-COC relevance scorer (config.json + model.safetensors)",
+    )
     artifact.add_dir(str(out))
     run.log_artifact(artifact, aliases=["latest", f"steps-{config.steps}"])
     print(format_table(result.recall), file=sys.stdout)

@@ -20,7 +20,7 @@ from training_hooks.jobs.jobrun import (
     launch_overrides,
     resolve_mode,
     run_config,
-    start_run,  # fmt: skip
+    start_run,
 )
 from training_hooks.jobs.train_job import WandbTrainLogger
 

@@ -45,8 +45,14 @@ def tracking_name(variant: Variant | str) -> str:
 def git_commit() -> str:
     """The commit of the serving code, or '' outside a git checkout (e.g. in a bento)."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5, check=False)  # fmt: skip
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
     except (OSError, subprocess.SubprocessError):
         return ""
     return out.stdout.strip() if out.returncode == 0 else ""
@@ -59,9 +65,11 @@ class Tracking:
         self.settings = settings
         self.trackers: dict[str, Any] = {}
         self.tracker_settings = TrackerSettings(
-            project=settings.wandb_project, deployment=settings.deployment, window_s=settings.wandb_window_s,
+            project=settings.wandb_project,
+            deployment=settings.deployment,
+            window_s=settings.wandb_window_s,
             example_rate=settings.wandb_sample_rate,
-        )  # fmt: skip
+        )
         env = dict(os.environ)
         if settings.wandb:
             env["ARR_COC_WANDB"] = "1"
@@ -113,6 +121,7 @@ class Tracking:
         end = time.monotonic() + deadline_s
         abandoned = sum(not tracker.close(timeout_s=max(0.0, end - time.monotonic())) for tracker in trackers)
         if abandoned:
-            logger.warning("W&B tracking: %d of %d runs not finished within %.0f s; dropped", abandoned,
-                           len(trackers), deadline_s)  # fmt: skip
+            logger.warning(
+                "W&B tracking: %d of %d runs not finished within %.0f s; dropped", abandoned, len(trackers), deadline_s
+            )
         return abandoned

@@ -262,8 +262,9 @@ class InferenceTracker:
                 return False
             if self._pid != os.getpid():
                 self.start()
-            event = RequestEvent(latency_ms, stages_ms or {}, kept_ratio, error_kind, batch_sizes or {}, example,
-                                 vision_cached)  # fmt: skip
+            event = RequestEvent(
+                latency_ms, stages_ms or {}, kept_ratio, error_kind, batch_sizes or {}, example, vision_cached
+            )
             self._queue.put_nowait(event)
             return True
         except queue.Full:
