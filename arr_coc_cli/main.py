@@ -14,6 +14,7 @@ from arr_coc_cli.commands import (
     answer,
     calibrate,
     compare,
+    dashboard,
     evaluate,
     models,
     quality,
@@ -23,7 +24,19 @@ from arr_coc_cli.commands import (
     train_testbed,
 )
 
-COMMANDS = [relevance, testbed, answer, models, calibrate, train_scorer, train_testbed, evaluate, compare, quality]
+COMMANDS = [
+    relevance,
+    testbed,
+    answer,
+    models,
+    calibrate,
+    train_scorer,
+    train_testbed,
+    evaluate,
+    compare,
+    quality,
+    dashboard,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
