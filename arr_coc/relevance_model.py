@@ -27,7 +27,7 @@ from arr_coc.errors import CheckpointFormatError, ModelNotFoundError
 from arr_coc.query import check_question
 from arr_coc.scorer import RelevanceScorer
 from arr_coc.vlm.grid import resized_token_grid
-from arr_coc.vlm.loading import _resolve_source, default_device, parse_dtype, read_family
+from arr_coc.vlm.loading import default_device, parse_dtype, read_family, resolve_source
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -98,7 +98,7 @@ class RelevanceModel:
         device = torch.device(device) if device is not None else default_device()
         dtype = parse_dtype(dtype, device)
         read_family(model)  # typed errors for missing or unsupported checkpoints
-        source = _resolve_source(model)
+        source = resolve_source(model)
         embeddings = load_input_embeddings(source)
         if isinstance(scorer, (str, Path)):
             scorer = RelevanceScorer.load(scorer)

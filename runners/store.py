@@ -17,7 +17,7 @@ import bentoml
 
 from arr_coc.errors import CheckpointFormatError, ModelNotFoundError
 from arr_coc.scorer import RelevanceScorer
-from arr_coc.vlm.loading import _resolve_source, read_family
+from arr_coc.vlm.loading import read_family, resolve_source
 from runners.models import SCORER_MODEL_NAME, VLM_MODEL_NAME
 
 CHECKPOINT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktoken"]
@@ -25,7 +25,7 @@ CHECKPOINT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model",
 
 def local_checkpoint(source: str) -> Path:
     """A checkpoint directory for ``source``: itself, or a hub snapshot (safetensors and configs only)."""
-    resolved = _resolve_source(source)
+    resolved = resolve_source(source)
     if Path(resolved).is_dir():
         return Path(resolved)
     from huggingface_hub import snapshot_download

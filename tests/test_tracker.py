@@ -23,7 +23,7 @@ from training_hooks.tracking.serve_events import Example
 from training_hooks.tracking.tracker import (
     DisabledTracker,
     InferenceTracker,
-    TrackerSettings,
+    TrackerConfig,
     create_tracker,
     tracking_enabled,
 )
@@ -111,7 +111,7 @@ class BlockingBackend(RecordingBackend):
 def make_tracker(backend: RecordingBackend, **settings: Any) -> InferenceTracker:
     config = {"variant": {"name": "arr-coc-25", "budget": 0.25}, "git_commit": "abc123"}
     return InferenceTracker(
-        "arr-coc-25", config, TrackerSettings(**settings), worker_id=3, backend_factory=lambda: backend
+        "arr-coc-25", config, TrackerConfig(**settings), worker_id=3, backend_factory=lambda: backend
     )
 
 
@@ -127,9 +127,9 @@ def test_tracking_switch_reads_the_environment() -> None:
     assert isinstance(tracker, InferenceTracker)
     assert tracker.close() is True  # never started: nothing to wait for
     with pytest.raises(ValidationError):
-        TrackerSettings(window_s=0)
+        TrackerConfig(window_s=0)
     with pytest.raises(ValidationError):
-        TrackerSettings(example_rate=1.5)
+        TrackerConfig(example_rate=1.5)
 
 
 def test_events_become_windows_summary_and_a_finished_run() -> None:
@@ -203,7 +203,7 @@ def test_raising_backend_is_swallowed_and_counted(failing: set[str], caplog: pyt
 
 def test_missing_wandb_is_swallowed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
-    tracker = InferenceTracker("v", {}, TrackerSettings(window_s=0.01))
+    tracker = InferenceTracker("v", {}, TrackerConfig(window_s=0.01))
     assert all(tracker.record(1.0) for _ in range(5))
     assert tracker.close() is True
     assert tracker.backend_errors == 1
@@ -245,7 +245,7 @@ def test_a_forked_child_gets_its_own_owner_thread() -> None:
         return backend
 
     parent_pid = os.getpid()
-    tracker = InferenceTracker("v", {}, TrackerSettings(window_s=3600), backend_factory=factory)
+    tracker = InferenceTracker("v", {}, TrackerConfig(window_s=3600), backend_factory=factory)
     tracker.record(1.0)
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -282,7 +282,7 @@ SERVE_SCRIPT = """
     import sys, threading
     import numpy as np
     from training_hooks.tracking.serve_events import Example
-    from training_hooks.tracking.tracker import InferenceTracker, TrackerSettings, WandbBackend
+    from training_hooks.tracking.tracker import InferenceTracker, TrackerConfig, WandbBackend
 
     class Observed(WandbBackend):  # the real backend, telling when a busy window was logged
         logged = threading.Event()
@@ -293,7 +293,7 @@ SERVE_SCRIPT = """
 
     config = {"variant": {"name": "arr-coc-25", "method": "arr-coc", "budget": 0.25},
               "vlm": "testbed/qwen2-vl", "git_commit": "abc123", "bento_tag": "arr-coc:dev"}
-    settings = TrackerSettings(project="arr-coc-test", deployment="ci", window_s=0.2,
+    settings = TrackerConfig(project="arr-coc-test", deployment="ci", window_s=0.2,
                                example_rate=1.0, max_examples=2)
     tracker = InferenceTracker("arr-coc-25", config, settings, worker_id=0, backend_factory=Observed)
     image = np.full((32, 32, 3), 90, np.uint8)
@@ -342,7 +342,7 @@ def test_serve_run_reads_back_from_an_offline_run_file(tmp_path: Path) -> None:
 def test_summary_is_written_at_exit_without_close(tmp_path: Path) -> None:
     script = """
         import threading
-        from training_hooks.tracking.tracker import InferenceTracker, TrackerSettings, WandbBackend
+        from training_hooks.tracking.tracker import InferenceTracker, TrackerConfig, WandbBackend
 
         class Observed(WandbBackend):
             started = threading.Event()
@@ -351,7 +351,7 @@ def test_summary_is_written_at_exit_without_close(tmp_path: Path) -> None:
                 self.started.set()
 
         tracker = InferenceTracker("uniform-50", {"variant": {"name": "uniform-50"}},
-                                   TrackerSettings(project="arr-coc-test", window_s=3600), worker_id=1,
+                                   TrackerConfig(project="arr-coc-test", window_s=3600), worker_id=1,
                                    backend_factory=Observed)
         for i in range(4):
             tracker.record(100.0 + i)

@@ -108,7 +108,8 @@ def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.
         raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(names)} or 'auto'") from None
 
 
-def _resolve_source(source: str | Path) -> str:
+def resolve_source(source: str | Path) -> str:
+    """A checkpoint directory (checked to hold ``config.json``) or a hub id; :class:`ModelNotFoundError` otherwise."""
     path = Path(source).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -124,7 +125,7 @@ def _resolve_source(source: str | Path) -> str:
 
 def read_family(source: str | Path) -> Family:
     """The family of the checkpoint at ``source``, from its config alone."""
-    resolved = _resolve_source(source)
+    resolved = resolve_source(source)
     try:
         config = AutoConfig.from_pretrained(resolved)
     except ValueError as error:
@@ -155,7 +156,7 @@ def load_vlm(
     device = torch.device(device) if device is not None else default_device()
     dtype = parse_dtype(dtype, device)
     family = read_family(source)
-    resolved = _resolve_source(source)
+    resolved = resolve_source(source)
     try:
         processor = AutoProcessor.from_pretrained(resolved)
     except OSError as error:

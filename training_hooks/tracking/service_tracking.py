@@ -26,7 +26,7 @@ import numpy as np
 from arr_coc.settings import Settings
 from arr_coc.variants import VARIANTS, Variant
 from training_hooks.tracking.serve_events import Example
-from training_hooks.tracking.tracker import TrackerSettings, create_tracker
+from training_hooks.tracking.tracker import TrackerConfig, create_tracker
 
 CLOSE_DEADLINE_S = 8.0
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class Tracking:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.trackers: dict[str, Any] = {}
-        self.tracker_settings = TrackerSettings(
+        self.tracker_config = TrackerConfig(
             project=settings.wandb_project,
             deployment=settings.deployment,
             window_s=settings.wandb_window_s,
@@ -96,7 +96,7 @@ class Tracking:
         name = tracking_name(variant)
         if name not in self.trackers:
             self.trackers[name] = create_tracker(
-                name, self.run_config(variant), self.tracker_settings, worker_id=os.getpid(), env=self.env
+                name, self.run_config(variant), self.tracker_config, worker_id=os.getpid(), env=self.env
             )
         return self.trackers[name]
 

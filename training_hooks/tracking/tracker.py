@@ -71,8 +71,9 @@ def tracking_enabled(env: Mapping[str, str] | None = None) -> bool:
     return bool((os.environ if env is None else env).get("WANDB_API_KEY", "").strip())
 
 
-class TrackerSettings(BaseModel):
-    """How a serving worker tracks itself.
+class TrackerConfig(BaseModel):
+    """How a serving worker tracks itself: a plain config, built from :class:`arr_coc.settings.Settings`
+    (the one object that reads the environment) by ``service_tracking``, or by tests directly.
 
     window_s: length of one aggregation window (one history row), seconds.
     queue_size: events the queue holds before ``record`` drops.
@@ -180,14 +181,14 @@ class InferenceTracker:
         self,
         variant: str,
         run_config: Mapping[str, Any],
-        settings: TrackerSettings | None = None,
+        settings: TrackerConfig | None = None,
         *,
         worker_id: str | int | None = None,
         backend_factory: Callable[[], TrackingBackend] = WandbBackend,
     ) -> None:
         self.variant = variant
         self.run_config = dict(run_config)
-        self.settings = settings or TrackerSettings()
+        self.settings = settings or TrackerConfig()
         self.worker_id = worker_id
         self._backend_factory = backend_factory
         self._rng = random.Random(self.settings.seed)
@@ -394,7 +395,7 @@ class DisabledTracker:
 def create_tracker(
     variant: str,
     run_config: Mapping[str, Any],
-    settings: TrackerSettings | None = None,
+    settings: TrackerConfig | None = None,
     *,
     worker_id: str | int | None = None,
     env: Mapping[str, str] | None = None,
