@@ -189,8 +189,21 @@ def chunk(
 
 
 def model_list() -> dict[str, Any]:
-    """``/v1/models``: every registered variant, as a model."""
+    """``/v1/models``: every registered variant, as a model, with what it keeps under the ``arr_coc`` extension."""
     return {
         "object": "list",
-        "data": [{"id": name, "object": "model", "created": 0, "owned_by": "arr-coc"} for name in VARIANTS],
+        "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": "arr-coc", "arr_coc": variant_details(variant)}
+            for name, variant in VARIANTS.items()
+        ],
+    }
+
+
+def variant_details(variant) -> dict[str, Any]:
+    """``method``, ``budget`` (a number or ``auto``), ``stage`` (and an auto budget's bounds)."""
+    config = variant.as_config()
+    return {
+        key: config[key]
+        for key in ("method", "budget", "stage", "coverage", "min_tokens", "max_tokens")
+        if key in config
     }

@@ -108,6 +108,11 @@ def test_page_loads_and_lists_the_variants(driver, server):
     names = [option.get_attribute("value") for option in variants.options]
     assert "arr-coc-25" in names and "full" in names
     assert variants.first_selected_option.get_attribute("value") == "arr-coc-25"
+    budget = driver.find_element(By.ID, "budget")
+    assert budget.get_attribute("placeholder") == "variant's own: 0.25"  # from /v1/models
+    variants.select_by_value("arr-coc-auto")
+    assert budget.get_attribute("placeholder") == "variant's own: auto"
+    variants.select_by_value("arr-coc-25")
     assert not driver.find_element(By.ID, "error").is_displayed()
     for kind in ("paste", "drop"):  # a pasted or dropped image becomes the preview
         assert driver.execute_async_script(SYNTHETIC_IMAGE_EVENT, kind) == f"{kind}.png (16 bytes)"

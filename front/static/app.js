@@ -82,6 +82,7 @@ document.addEventListener("paste", (e) => {
 
 // --- the API key, kept for this tab only ----------------------------------------
 $("api-key").value = sessionStorage.getItem(KEY_STORAGE) || "";
+$("variant").addEventListener("change", showVariantBudget);
 $("api-key").addEventListener("change", () => {
   const key = $("api-key").value.trim();
   key ? sessionStorage.setItem(KEY_STORAGE, key) : sessionStorage.removeItem(KEY_STORAGE);
@@ -89,15 +90,25 @@ $("api-key").addEventListener("change", () => {
 });
 
 // --- variants from /v1/models ------------------------------------------------
+let budgets = {}; // variant id -> its own budget (a count, a ratio or "auto")
+
+function showVariantBudget() {
+  const own = budgets[$("variant").value];
+  $("budget").placeholder = own === undefined ? "variant's own" : `variant's own: ${own}`;
+}
+
 async function loadVariants() {
   clearError();
   try {
     const response = await fetch("/v1/models", { headers: headers() });
     if (!response.ok) throw await failure(response);
-    const ids = (await response.json()).data.map((model) => model.id);
+    const models = (await response.json()).data;
+    const ids = models.map((model) => model.id);
+    budgets = Object.fromEntries(models.map((model) => [model.id, model.arr_coc?.budget]));
     const current = $("variant").value;
     $("variant").replaceChildren(...ids.map((id) => new Option(id, id)));
     $("variant").value = ids.includes(current) ? current : ids.includes(DEFAULT_VARIANT) ? DEFAULT_VARIANT : ids[0];
+    showVariantBudget();
   } catch (error) {
     showError(error, "loading the variants");
   }
