@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from arr_coc.errors import ArrCocInputError, InvalidImageError
 from arr_coc.query import check_question
 from arr_coc.settings import get_settings
-from runners import models
+from model_store import sources
 
 settings = get_settings()
 
@@ -116,10 +116,10 @@ class RelevanceRunner:
 
         runner_threads(settings.torch_threads)
         self.model = RelevanceModel.from_pretrained(
-            models.vlm_source(settings),
-            scorer=models.scorer_source(settings),
-            device=models.device(settings),
-            dtype=models.dtype(settings),
+            sources.vlm_source(settings),
+            scorer=sources.scorer_source(settings),
+            device=sources.device(settings),
+            dtype=sources.dtype(settings),
         )
         if settings.warm_up:  # before /readyz: the first request is as fast as the tenth
             self.model.warm_up()

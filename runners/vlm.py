@@ -22,7 +22,7 @@ from arr_coc.adaptive import AutoBudget
 from arr_coc.errors import ArrCocInputError
 from arr_coc.settings import get_settings
 from arr_coc.vlm.types import AnswerRequest, AnswerResult, GenerationParams
-from runners import models
+from model_store import sources
 from runners.relevance import Pixels, RunnerError, batching, json_media_type, resources, runner_threads
 
 settings = get_settings()
@@ -114,10 +114,10 @@ class VLMRunner:
 
         runner_threads(settings.torch_threads)
         self.pipeline = VLMPipeline.from_pretrained(
-            models.vlm_source(settings),
-            scorer=models.scorer_source(settings),
-            device=models.device(settings),
-            dtype=models.dtype(settings),
+            sources.vlm_source(settings),
+            scorer=sources.scorer_source(settings),
+            device=sources.device(settings),
+            dtype=sources.dtype(settings),
             decode=settings.decode,
             feature_cache_mb=settings.feature_cache_mb,
         )

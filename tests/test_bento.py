@@ -75,6 +75,7 @@ def test_bento_holds_service_models_and_dockerfile(built):
         "service.py",
         "runners/vlm.py",
         "runners/relevance.py",
+        "model_store/sources.py",
         "front/pipeline.py",
         "front/static/index.html",
         "arr_coc/scorer.py",

@@ -2,7 +2,7 @@
 
 With no flags it imports the embedded default, the trained VQA testbed and its
 trained scorer shipped in the package, so ``bentoml build`` works on a fresh clone
-without training anything. The store lives in the serving layer (``runners.store``),
+without training anything. The store lives in the serving layer (``model_store.store``),
 imported when the command runs.
 """
 
@@ -19,7 +19,7 @@ def run_import(args: argparse.Namespace) -> int:
     testbed = args.testbed or (None if args.vlm else EMBEDDED)
     vlm = args.vlm or str(testbed_source(testbed, get_settings().home / "testbed"))
     scorer = args.scorer or (str(EMBEDDED_SCORER) if testbed == EMBEDDED else None)
-    from runners.store import import_models
+    from model_store.store import import_models
 
     for tag in import_models(vlm, scorer):
         print(tag)

@@ -18,7 +18,7 @@ import bentoml
 from arr_coc.errors import CheckpointFormatError, ModelNotFoundError
 from arr_coc.scorer import RelevanceScorer
 from arr_coc.vlm.loading import read_family, resolve_source
-from runners.models import SCORER_MODEL_NAME, VLM_MODEL_NAME
+from model_store.sources import SCORER_MODEL_NAME, VLM_MODEL_NAME
 
 CHECKPOINT_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktoken"]
 
