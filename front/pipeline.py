@@ -223,13 +223,16 @@ RETRIES = 2
 
 
 def is_connection_failure(error: BaseException) -> bool:
-    """Whether ``error`` is the connection to a runner breaking, not the runner answering.
+    """Whether ``error`` is the way to a runner failing, not the runner answering.
 
     BentoML replaces its client session every 100 requests or 300 s and closes the
     old one under requests still in flight; runner servers also close idle
-    keep-alive connections that the client may still pick from its pool.
+    keep-alive connections that the client may still pick from its pool; a runner
+    that is restarting answers 503 (``ServiceUnavailable``) until it is ready.
     """
-    if isinstance(error, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)):
+    from bentoml.exceptions import ServiceUnavailable
+
+    if isinstance(error, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ServiceUnavailable)):
         return True
     return isinstance(error, RuntimeError) and "closed" in str(error).lower()
 

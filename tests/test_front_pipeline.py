@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import aiohttp
 import pytest
+from bentoml.exceptions import ServiceUnavailable
 from drawing import scene
 from serving import b64_png
 
@@ -40,6 +41,8 @@ class Flaky:
 def test_unary_calls_retry_connection_failures_only():
     broken = Flaky(aiohttp.ServerDisconnectedError(), aiohttp.ClientConnectionError("Connector is closed."))
     assert run(call_runner(broken, [1])) == ["ok"] and broken.calls == 3
+    restarting = Flaky(ServiceUnavailable("runner starting"))  # a runner coming back answers 503 until ready
+    assert run(call_runner(restarting, [1])) == ["ok"] and restarting.calls == 2
     hopeless = Flaky(*[aiohttp.ClientOSError()] * (RETRIES + 1))
     with pytest.raises(aiohttp.ClientOSError):
         run(call_runner(hopeless, [1]))
