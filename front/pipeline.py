@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import torch
+from bentoml.exceptions import ServiceUnavailable
 from PIL import Image
 
 from arr_coc.adaptive import AutoBudget, auto_budget
@@ -67,12 +68,14 @@ def stage_timings(scored: ScoreOutput, output: AnswerOutput) -> dict[str, float]
 
 @dataclass
 class Job:
-    """A validated request on its way: its variant, decoded image and question, and when it began."""
+    """A validated request on its way: its variant, decoded image (and its pixels for the runners), question,
+    and when it began."""
 
     variant: Variant | str
     started: float = field(default_factory=time.perf_counter)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     image: Image.Image | None = None
+    pixels: Pixels | None = None
     question: str = ""
     scored: ScoreOutput | None = None
 
@@ -115,7 +118,8 @@ class Pipeline:
         job.variant = self.pick_variant(body)
         job.question = check_question(body.question, self.settings.max_question_chars)
         _, job.image = await asyncio.to_thread(decode_image_field, body.image, self.settings)
-        item = ScoreItem(pixels=Pixels.of(job.image), question=job.question)
+        job.pixels = Pixels.of(job.image)
+        item = ScoreItem(pixels=job.pixels, question=job.question)
         job.scored = checked((await call_runner(self.relevance_runner.to_async.score, [item]))[0])
         metrics.RUNNER_BATCH_SIZE.labels(runner="relevance").observe(job.scored.batch_size)
         return job
@@ -123,7 +127,7 @@ class Pipeline:
     def answer_item(self, job: Job, generation: GenerationFields) -> AnswerItem:
         variant, scored = job.variant, job.scored
         return AnswerItem(
-            pixels=Pixels.of(job.image),
+            pixels=job.pixels,
             question=job.question,
             method=variant.method,
             budget=variant.budget,
@@ -230,8 +234,6 @@ def is_connection_failure(error: BaseException) -> bool:
     keep-alive connections that the client may still pick from its pool; a runner
     that is restarting answers 503 (``ServiceUnavailable``) until it is ready.
     """
-    from bentoml.exceptions import ServiceUnavailable
-
     if isinstance(error, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ServiceUnavailable)):
         return True
     return isinstance(error, RuntimeError) and "closed" in str(error).lower()

@@ -16,7 +16,7 @@ from arr_coc.errors import InvalidImageError
 from arr_coc.settings import Settings
 from front.pipeline import RETRIES, Job, Pipeline, StreamReplayError, call_runner
 from front.schemas import AnswerRequestBody
-from runners.relevance import ScoreOutput
+from runners.relevance import Pixels, ScoreOutput
 
 DONE = {"answer": "red", "kept": [0, 1], "total_tokens": 4, "grid": [2, 2], "finish_reason": "eos"}
 
@@ -79,6 +79,7 @@ def pipeline_with(vlm_runner, idle_timeout_s: float = 5.0) -> tuple[Pipeline, Jo
     pipeline = Pipeline(None, vlm_runner, tracking=None, settings=Settings(stream_idle_timeout_s=idle_timeout_s))
     job = Job(pipeline.pick_variant(AnswerRequestBody(image="x", question="q")))
     job.image, job.question = scene(64, 64), "q"
+    job.pixels = Pixels.of(job.image)
     job.scored = ScoreOutput(grid=(2, 2), relevance=[0.1, 0.2, 0.3, 0.4])
     return pipeline, job
 

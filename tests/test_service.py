@@ -39,6 +39,16 @@ def http(server):
 
 
 SAMPLE = b64_png(scene(448, 336))
+ANSWER_FIELDS = {
+    "answer",
+    "variant",
+    "kept_tokens",
+    "total_tokens",
+    "kept_ratio",
+    "timings_ms",
+    "finish_reason",
+    "request_id",
+}
 
 
 def body(**overrides):
@@ -54,16 +64,7 @@ def test_answer(http):
     response = http.post("/answer", json=body())
     assert response.status_code == 200, response.text
     result = response.json()
-    assert set(result) == {
-        "answer",
-        "variant",
-        "kept_tokens",
-        "total_tokens",
-        "kept_ratio",
-        "timings_ms",
-        "finish_reason",
-        "request_id",
-    }
+    assert set(result) == ANSWER_FIELDS
     assert result["variant"] == "arr-coc-25" and result["total_tokens"] == 192 and result["kept_tokens"] == 48
     assert result["kept_ratio"] == pytest.approx(0.25)
     assert {"relevance", "vision", "selection", "prefill", "decode"} <= set(result["timings_ms"])
@@ -137,20 +138,7 @@ def test_uploaded_form_streams_and_ends_with_the_public_answer_body(http):
     deltas = [data["delta"] for name, data in events if name == "message"]
     (done,) = [data for name, data in events if name == "done"]
     assert "".join(deltas) == done["answer"] == plain.json()["answer"]
-    assert (
-        set(done)
-        == set(plain.json())
-        == {
-            "answer",
-            "variant",
-            "kept_tokens",
-            "total_tokens",
-            "kept_ratio",
-            "timings_ms",
-            "finish_reason",
-            "request_id",
-        }
-    )
+    assert set(done) == set(plain.json()) == ANSWER_FIELDS
     assert done["kept_tokens"] == 48 and done["kept_ratio"] == 0.25 and done["request_id"] != plain.json()["request_id"]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from arr_coc_cli.commands.options import parse_budget
+from arr_coc_cli.commands.options import add_wandb_mode, parse_budget
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,10 +50,5 @@ def register(subparsers) -> None:
     parser.add_argument("--model", help="VLM hub id or directory (default: the embedded trained VQA testbed)")
     parser.add_argument("--scorer", help="relevance scorer checkpoint directory (default: the variant's)")
     parser.add_argument("--device", help="cpu (default), cuda, cuda:N")
-    parser.add_argument(
-        "--wandb",
-        default="auto",
-        choices=["auto", "online", "offline", "off"],
-        help="auto: online with WANDB_API_KEY, else offline (WANDB_MODE wins)",
-    )
+    add_wandb_mode(parser)
     parser.set_defaults(func=run)

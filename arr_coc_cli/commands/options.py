@@ -16,3 +16,13 @@ def parse_budget(text: str) -> int | float | str:
             return float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"budget must be an int, a float or 'auto', got {text!r}") from None
+
+
+def add_wandb_mode(parser: argparse.ArgumentParser) -> None:
+    """``--wandb auto|online|offline|off`` of the commands that log a W&B run."""
+    parser.add_argument(
+        "--wandb",
+        default="auto",
+        choices=["auto", "online", "offline", "off"],
+        help="auto: online with WANDB_API_KEY, else offline (WANDB_MODE wins)",
+    )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from arr_coc_cli.commands.options import add_wandb_mode
+
 
 def run(args: argparse.Namespace) -> int:
     from training_hooks.jobs.quality_job import run_quality_job
@@ -55,10 +57,5 @@ def register(subparsers) -> None:
     parser.add_argument("--scorer", help="scorer checkpoint (default: the embedded one with the embedded model)")
     parser.add_argument("--out", help="folder for quality.md, quality.json and the plot (default ./quality)")
     parser.add_argument("--device", help="cpu (default), cuda, cuda:N")
-    parser.add_argument(
-        "--wandb",
-        default="auto",
-        choices=["auto", "online", "offline", "off"],
-        help="auto: online with WANDB_API_KEY, else offline (WANDB_MODE wins)",
-    )
+    add_wandb_mode(parser)
     parser.set_defaults(func=run)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from arr_coc_cli.commands.options import add_wandb_mode
+
 
 def run(args: argparse.Namespace) -> int:
     from training_hooks.jobs.train_job import run_train_job
@@ -43,11 +45,6 @@ def register(subparsers) -> None:
     parser.add_argument("--dataset", help="training data: vqa (default, the synthetic VQA task) or synthetic")
     parser.add_argument("--lr", type=float, help="peak learning rate")
     parser.add_argument("--device", help="cpu (default), cuda, cuda:N")
-    parser.add_argument(
-        "--wandb",
-        default="auto",
-        choices=["auto", "online", "offline", "off"],
-        help="auto: online with WANDB_API_KEY, else offline (WANDB_MODE wins)",
-    )
+    add_wandb_mode(parser)
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     parser.set_defaults(func=run)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from arr_coc_cli.commands.options import add_wandb_mode
+
 
 def run(args: argparse.Namespace) -> int:
     from training_hooks.jobs.train_testbed_job import run_train_testbed_job
@@ -40,11 +42,6 @@ def register(subparsers) -> None:
     parser.add_argument("--workers", type=int, help="DataLoader workers drawing scenes")
     parser.add_argument("--pre-share", type=float, help="share of examples whose tokens drop before the tower")
     parser.add_argument("--init", help="checkpoint to fine-tune (default: random weights from --seed)")
-    parser.add_argument(
-        "--wandb",
-        default="auto",
-        choices=["auto", "online", "offline", "off"],
-        help="auto: online with WANDB_API_KEY, else offline (WANDB_MODE wins)",
-    )
+    add_wandb_mode(parser)
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     parser.set_defaults(func=run)
