@@ -9,6 +9,8 @@ Starts ``bentoml serve`` on the embedded testbed (loopback only), then:
 2. **load**: ``--concurrency`` clients for ``--seconds`` sending, in turn, JSON answers,
    multipart answers, streams (read to their ``done`` event) and relevance maps;
    a request fails if it is not 200 with a complete body;
+   the front's runner retries are read from ``/metrics``: a stream that fell silent
+   (replayed after the idle timeout) fails the run, as a failed request does;
 3. **fault** (``--fault``): the VLM runner is killed (SIGKILL) halfway through the
    load; requests during its restart may get 503 (counted apart); afterwards every
    request must succeed again;
@@ -133,6 +135,16 @@ def check_corpus(url: str) -> Counter:
     return outcome
 
 
+def failure(response: httpx.Response) -> str:
+    """A failed response in a line: status, error kind and detail, and how long it took."""
+    try:
+        body = response.json()
+        what = f"{body.get('error')}: {str(body.get('detail'))[:80]}"
+    except ValueError:
+        what = response.text[:80]
+    return f"{response.status_code} {what} after {response.elapsed.total_seconds():.0f} s"
+
+
 class Load:
     """Mixed requests from ``concurrency`` threads until ``stop`` is set; outcomes by kind."""
 
@@ -153,20 +165,18 @@ class Load:
         body = {"image": base64.b64encode(png).decode(), "question": QUESTION, "max_new_tokens": 8}
         if kind == "answer":
             response = client.post("/answer", json=body)
-            return kind, None if response.status_code == 200 and "answer" in response.json() else str(
-                response.status_code
-            )
+            return kind, None if response.status_code == 200 and "answer" in response.json() else failure(response)
         if kind == "multipart":
             response = client.post(
                 "/answer",
                 files={"image": ("i.png", png, "image/png")},
                 data={"question": QUESTION, "max_new_tokens": "8"},
             )
-            return kind, None if response.status_code == 200 else str(response.status_code)
+            return kind, None if response.status_code == 200 else failure(response)
         if kind == "relevance":
             response = client.post("/relevance", json={k: v for k, v in body.items() if k != "max_new_tokens"})
-            return kind, None if response.status_code == 200 and response.json().get("heatmap_png") else str(
-                response.status_code
+            return kind, None if response.status_code == 200 and response.json().get("heatmap_png") else failure(
+                response
             )
         with client.stream("POST", "/answer_stream", json=body) as response:
             text = "".join(response.iter_text())
@@ -207,6 +217,17 @@ class Load:
         for thread in threads:
             thread.join()
         return time.monotonic() - start
+
+
+def runner_retries(url: str) -> Counter:
+    """The front's runner retries by reason (``connection``, ``idle_timeout``), from ``/metrics``."""
+    retries: Counter = Counter()
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        if line.startswith("arr_coc_runner_retries_total{"):
+            labels, value = line.rsplit(" ", 1)
+            reason = labels.split('reason="', 1)[1].split('"', 1)[0]
+            retries[reason] += int(float(value))
+    return retries
 
 
 def server_processes(server: Server) -> dict[str, psutil.Process]:
@@ -282,6 +303,7 @@ def main() -> int:
         load = Load(server.url, args.concurrency)
         elapsed = load.run(args.seconds, kill_vlm_runner(server, server.url) if args.fault else None)
         after = rss_mb(server)
+        retries = runner_retries(server.url)
         schema = run_schemathesis(server.url) if args.schemathesis else "not run"
     finally:
         server.stop()
@@ -298,13 +320,18 @@ def main() -> int:
     print(f"{'  failed':<44} {failed:>28}")
     for key, count in sorted(load.failures.items()):
         print(f"    {key}: {count}")
+    print(f"{'  runner calls retried (broken connection)':<44} {retries['connection']:>28}")
+    print(f"{'  streams that fell silent (idle timeout)':<44} {retries['idle_timeout']:>28}")
     for name in sorted(before):
         print(
             f"{'RSS MB ' + name + ' before -> after':<44} {before[name]:>18.0f} -> {after.get(name, float('nan')):.0f}"
         )
     print(f"{'schemathesis':<44} {schema:>28}")
-    ok = failed == 0 and corpus["5xx"] == 0 and corpus["4xx not json"] == 0 and corpus["alive after"]
+    silent = 0 if args.fault else retries["idle_timeout"]  # a killed runner strands its streams until the timeout
+    ok = failed == 0 and silent == 0 and corpus["5xx"] == 0 and corpus["4xx not json"] == 0 and corpus["alive after"]
     ok = ok and schema in ("passed", "not run")
+    if not ok:
+        print(f"server log: {server.log_path}")
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -314,6 +341,7 @@ def main() -> int:
                     "requests": load.outcomes,
                     "failed": failed,
                     "failures": load.failures,
+                    "runner_retries": retries,
                     "rss_mb_before": before,
                     "rss_mb_after": after,
                     "schemathesis": schema,

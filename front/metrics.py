@@ -46,6 +46,11 @@ RESPONSE_START = bentoml.metrics.Histogram(
     labelnames=["route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
+RUNNER_RETRIES = bentoml.metrics.Counter(
+    name="arr_coc_runner_retries",
+    documentation="Runner calls tried again, by call and reason (a broken connection, or a stream that fell silent)",
+    labelnames=["call", "reason"],
+)
 ERRORS = bentoml.metrics.Counter(
     name="arr_coc_errors",
     documentation="Failed requests by error kind",

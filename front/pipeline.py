@@ -120,7 +120,7 @@ class Pipeline:
         _, job.image = await asyncio.to_thread(decode_image_field, body.image, self.settings)
         job.pixels = Pixels.of(job.image)
         item = ScoreItem(pixels=job.pixels, question=job.question)
-        job.scored = checked((await call_runner(self.relevance_runner.to_async.score, [item]))[0])
+        job.scored = checked((await call_runner(self.relevance_runner, "score", [item]))[0])
         metrics.RUNNER_BATCH_SIZE.labels(runner="relevance").observe(job.scored.batch_size)
         return job
 
@@ -139,7 +139,7 @@ class Pipeline:
 
     async def answer(self, job: Job, generation: GenerationFields) -> AnswerOutput:
         item = self.answer_item(job, generation)
-        return checked((await call_runner(self.vlm_runner.to_async.answer, [item]))[0])
+        return checked((await call_runner(self.vlm_runner, "answer", [item]))[0])
 
     async def events(self, job: Job, generation: GenerationFields) -> AsyncIterator[dict]:
         """The VLM runner's stream as events: ``{"delta": str}``, then ``{"done": AnswerOutput}``.
@@ -174,6 +174,8 @@ class Pipeline:
             except Exception as error:
                 if attempt == RETRIES or not (is_connection_failure(error) or isinstance(error, TimeoutError)):
                     raise
+                reason = "idle_timeout" if isinstance(error, TimeoutError) else "connection"
+                metrics.RUNNER_RETRIES.labels(call="stream", reason=reason).inc()
 
     async def kept(self, job: Job, seed: int) -> tuple[torch.Tensor, list[int]]:
         """``relevance [H', W']`` and the kept indices; feature-based methods ask the VLM runner."""
@@ -183,7 +185,7 @@ class Pipeline:
             kept = allocate(relevance[None], variant.budget, variant.method, seed, calibration=scored.calibration)
             return relevance, kept[0].tolist()
         item = self.answer_item(job, GenerationFields())
-        return relevance, checked((await call_runner(self.vlm_runner.to_async.select, [item]))[0]).kept
+        return relevance, checked((await call_runner(self.vlm_runner, "select", [item]))[0]).kept
 
     def answered(self, job: Job, output: AnswerOutput) -> AnswerResponse:
         """The response of an answered request, recorded in ``/metrics`` and W&B."""
@@ -239,17 +241,18 @@ def is_connection_failure(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and "closed" in str(error).lower()
 
 
-async def call_runner(method, items: list):
-    """``await method(items)``, tried again (up to :data:`RETRIES` times) when the connection breaks.
+async def call_runner(runner, name: str, items: list):
+    """``await runner.to_async.<name>(items)``, tried again (up to :data:`RETRIES` times) when the connection breaks.
 
     Runner calls are pure functions of their items, so a retry is safe.
     """
     for attempt in range(RETRIES + 1):
         try:
-            return await method(items)
+            return await getattr(runner.to_async, name)(items)
         except Exception as error:
             if attempt == RETRIES or not is_connection_failure(error):
                 raise
+            metrics.RUNNER_RETRIES.labels(call=name, reason="connection").inc()
 
 
 async def _stream_events(stream, idle_timeout_s: float) -> AsyncIterator[dict]:

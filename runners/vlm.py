@@ -23,7 +23,15 @@ from arr_coc.errors import ArrCocInputError
 from arr_coc.settings import get_settings
 from arr_coc.vlm.types import AnswerRequest, AnswerResult, GenerationParams
 from model_store import sources
-from runners.relevance import Pixels, RunnerError, batching, json_media_type, resources, runner_threads
+from runners.relevance import (
+    Pixels,
+    RunnerError,
+    batching,
+    json_media_type,
+    kept_connections,
+    resources,
+    runner_threads,
+)
 
 settings = get_settings()
 logger = logging.getLogger(__name__)
@@ -105,6 +113,7 @@ def error_output(error: ArrCocInputError) -> AnswerOutput:
     resources=resources(settings.vlm_gpu),
     workers=settings.vlm_workers,
     traffic={"timeout": settings.runner_timeout_s},
+    runner_connection=kept_connections(),
 )
 class VLMRunner:
     def __init__(self) -> None:

@@ -38,18 +38,23 @@ class Flaky:
         return list(self.result)
 
 
+def runner_of(method) -> SimpleNamespace:
+    """A stand-in runner whose ``score`` is ``method``."""
+    return SimpleNamespace(to_async=SimpleNamespace(score=method))
+
+
 def test_unary_calls_retry_connection_failures_only():
     broken = Flaky(aiohttp.ServerDisconnectedError(), aiohttp.ClientConnectionError("Connector is closed."))
-    assert run(call_runner(broken, [1])) == ["ok"] and broken.calls == 3
+    assert run(call_runner(runner_of(broken), "score", [1])) == ["ok"] and broken.calls == 3
     restarting = Flaky(ServiceUnavailable("runner starting"))  # a runner coming back answers 503 until ready
-    assert run(call_runner(restarting, [1])) == ["ok"] and restarting.calls == 2
+    assert run(call_runner(runner_of(restarting), "score", [1])) == ["ok"] and restarting.calls == 2
     hopeless = Flaky(*[aiohttp.ClientOSError()] * (RETRIES + 1))
     with pytest.raises(aiohttp.ClientOSError):
-        run(call_runner(hopeless, [1]))
+        run(call_runner(runner_of(hopeless), "score", [1]))
     assert hopeless.calls == RETRIES + 1
     wrong = Flaky(ValueError("a bug, not a connection"))
     with pytest.raises(ValueError):
-        run(call_runner(wrong, [1]))
+        run(call_runner(runner_of(wrong), "score", [1]))
     assert wrong.calls == 1
 
 
@@ -143,3 +148,13 @@ def test_bad_input_is_refused_before_any_runner_is_called():
     with pytest.raises(InvalidImageError):
         run(pipeline.start(Job("arr-coc-25"), body))
     assert score.calls == 0
+
+
+def test_the_front_keeps_its_sessions_to_the_runners():
+    """BentoML's session swap (every 100 calls) stalled calls in flight; both runners turn it off."""
+    from runners.relevance import RelevanceRunner
+    from runners.vlm import VLMRunner
+
+    for runner in (RelevanceRunner, VLMRunner):
+        connection = runner.config["runner_connection"]
+        assert connection["max_requests"] >= 2**40 and connection["max_age"] >= 3600 * 24 * 365

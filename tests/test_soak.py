@@ -40,4 +40,4 @@ def test_short_soak_loses_nothing(tmp_path):
     assert soak["corpus"].get("5xx", 0) == 0 and soak["corpus"]["alive after"] == 1
     assert soak["failed"] == 0 and soak["requests"]["stream"] > 0 and soak["requests"]["multipart"] > 0
     assert set(soak["rss_mb_after"]) == {"front", "relevance-runner", "vlm-runner"}
-    assert not soak["failures"]
+    assert not soak["failures"] and soak["runner_retries"].get("idle_timeout", 0) == 0
