@@ -27,7 +27,7 @@ from arr_coc.errors import CheckpointFormatError, ModelNotFoundError
 from arr_coc.query import check_question
 from arr_coc.scorer import RelevanceScorer
 from arr_coc.vlm.grid import resized_token_grid
-from arr_coc.vlm.loading import default_device, parse_dtype, read_family, resolve_source
+from arr_coc.vlm.loading import parse_device, parse_dtype, read_family, resolve_source
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -95,7 +95,7 @@ class RelevanceModel:
         dtype: str | torch.dtype | None = None,
     ) -> RelevanceModel:
         """Load the processor and embeddings of ``model`` (hub id or directory) and a scorer."""
-        device = torch.device(device) if device is not None else default_device()
+        device = parse_device(device)
         dtype = parse_dtype(dtype, device)
         read_family(model)  # typed errors for missing or unsupported checkpoints
         source = resolve_source(model)

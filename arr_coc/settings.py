@@ -10,15 +10,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AfterValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-TESTBED_FAMILIES = ("qwen2.5-vl-vqa", "qwen2-vl", "qwen2.5-vl", "qwen3-vl")
-STAGES = ("post", "pre")
-"""Where selection happens: ``post`` on the tower's outputs, ``pre`` on pixels + question before the tower."""
-DECODE_MODES = ("auto", "eager", "static", "graph")
+from arr_coc.vocabulary import DECODE_MODES, DEVICE_HELP, DTYPE_HELP, TESTBED_FAMILIES, device_name, dtype_name
 
 
 class Settings(BaseSettings):
@@ -28,7 +25,7 @@ class Settings(BaseSettings):
 
     # Models
     model: str = Field("", description="VLM hub id or local directory; empty = the embedded testbed")
-    testbed_family: Literal["qwen2.5-vl-vqa", "qwen2-vl", "qwen2.5-vl", "qwen3-vl"] = Field(
+    testbed_family: Literal[TESTBED_FAMILIES] = Field(
         "qwen2.5-vl-vqa",
         description="the testbed served when no model is named: 'qwen2.5-vl-vqa' (shipped, trained on the "
         "synthetic VQA task, with its trained scorer) or a family's random-weight testbed",
@@ -40,9 +37,9 @@ class Settings(BaseSettings):
         "else untrained (seeded)",
     )
     scorer_artifact: str = Field("", description="W&B artifact name the scorer came from, for run configs")
-    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:N'")
-    dtype: str = Field("auto", description="'auto' (bf16 on CUDA, fp32 on CPU), 'float32', 'bfloat16', 'float16'")
-    decode: Literal["auto", "eager", "static", "graph"] = Field(
+    device: Annotated[str, AfterValidator(device_name)] = Field("auto", description=DEVICE_HELP)
+    dtype: Annotated[str, AfterValidator(dtype_name)] = Field("auto", description=DTYPE_HELP)
+    decode: Literal[DECODE_MODES] = Field(
         "auto",
         description="decode loop: 'auto' (graph on CUDA, eager on CPU), 'eager' (growing KV cache), 'static' "
         "(static KV cache per batch bucket), 'graph' (static cache + one captured CUDA graph per bucket)",

@@ -17,18 +17,17 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from bench_prune import REAL_CONFIGS, random_real_size_model  # noqa: E402
 from drawing import scene  # noqa: E402
 
-from arr_coc.vlm.loading import load_vlm, parse_dtype  # noqa: E402
+from arr_coc.vlm.loading import load_vlm, parse_device, parse_dtype  # noqa: E402
 from arr_coc.vlm.pipeline import VLMPipeline  # noqa: E402
 from arr_coc.vlm.testbed import ensure_testbed  # noqa: E402
 from arr_coc.vlm.types import AnswerRequest, GenerationParams  # noqa: E402
+from arr_coc_cli.commands.options import add_device  # noqa: E402
 
 STAGES = ("vision", "scoring", "prefill", "decode")
 
@@ -36,15 +35,14 @@ STAGES = ("vision", "scoring", "prefill", "decode")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="testbed", choices=["testbed", *REAL_CONFIGS])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="auto")
+    add_device(parser)
     parser.add_argument("--decode", default="auto")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16, 32])
     parser.add_argument("--budgets", type=float, nargs="+", default=[1.0, 0.25, 0.1])
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device = parse_device(args.device)
     dtype = parse_dtype(args.dtype, device)
     if args.model == "testbed":
         vlm = load_vlm(ensure_testbed("qwen2.5-vl"), device=device, dtype=dtype)

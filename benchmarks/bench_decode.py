@@ -30,11 +30,12 @@ from bench_prune import REAL_CONFIGS, random_real_size_model  # noqa: E402
 from drawing import scene  # noqa: E402
 
 from arr_coc.vlm.decoding import generate_rows, synchronize  # noqa: E402
-from arr_coc.vlm.loading import load_vlm, parse_dtype  # noqa: E402
+from arr_coc.vlm.loading import load_vlm, parse_device, parse_dtype  # noqa: E402
 from arr_coc.vlm.pipeline import VLMPipeline  # noqa: E402
 from arr_coc.vlm.sampling import RowDecoder  # noqa: E402
 from arr_coc.vlm.testbed import ensure_testbed  # noqa: E402
 from arr_coc.vlm.types import AnswerRequest, GenerationParams  # noqa: E402
+from arr_coc_cli.commands.options import add_device  # noqa: E402
 
 
 def decode_run(pipeline: VLMPipeline, prepared, steps: int) -> tuple[float, list[list[int]]]:
@@ -51,14 +52,13 @@ def decode_run(pipeline: VLMPipeline, prepared, steps: int) -> tuple[float, list
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="testbed", choices=["testbed", *REAL_CONFIGS])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="auto")
+    add_device(parser)
     parser.add_argument("--modes", nargs="+", default=["eager", "static", "graph"])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device = parse_device(args.device)
     dtype = parse_dtype(args.dtype, device)
     start = time.perf_counter()
     if args.model == "testbed":

@@ -26,10 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from bench_prune import random_real_size_model  # noqa: E402
 from drawing import scene  # noqa: E402
 
-from arr_coc.vlm.loading import load_vlm, parse_dtype  # noqa: E402
+from arr_coc.vlm.loading import load_vlm, parse_device, parse_dtype  # noqa: E402
 from arr_coc.vlm.pipeline import VLMPipeline  # noqa: E402
 from arr_coc.vlm.testbed import ensure_testbed  # noqa: E402
 from arr_coc.vlm.types import AnswerRequest, GenerationParams  # noqa: E402
+from arr_coc_cli.commands.options import add_device  # noqa: E402
 
 QUESTIONS = [
     "Where is the red house?",
@@ -48,13 +49,12 @@ def ttft(result) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="testbed,qwen2.5-vl-3b")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="auto")
+    add_device(parser)
     parser.add_argument("--image", type=int, default=448)
     parser.add_argument("--budget", type=float, default=0.25)
     parser.add_argument("--questions", type=int, default=4, choices=range(2, len(QUESTIONS) + 1))
     args = parser.parse_args()
-    device = torch.device(args.device)
+    device = parse_device(args.device)
     dtype = parse_dtype(args.dtype, device)
     for name in args.models.split(","):
         if name == "testbed":

@@ -29,17 +29,19 @@ from pathlib import Path
 import torch
 
 from arr_coc.adaptive import AutoBudget, auto_budget
+from arr_coc_cli.commands.options import add_device, add_method  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from drawing import scene  # noqa: E402
 
 from arr_coc.vlm.families import family_by_name  # noqa: E402
-from arr_coc.vlm.loading import LoadedVLM, load_vlm, parse_dtype  # noqa: E402
+from arr_coc.vlm.loading import LoadedVLM, load_vlm, parse_device, parse_dtype  # noqa: E402
 from arr_coc.vlm.pipeline import VLMPipeline  # noqa: E402
 from arr_coc.vlm.testbed import ensure_testbed, testbed_processor  # noqa: E402
 from arr_coc.vlm.testbed_tokenizer import build_tokenizer  # noqa: E402
 from arr_coc.vlm.types import AnswerRequest, GenerationParams  # noqa: E402
+from arr_coc.vocabulary import STAGES  # noqa: E402
 
 BUDGETS = [1.0, 0.5, 0.25, 0.1]
 QUESTION = "Where is the red house, and what is next to it?"
@@ -160,7 +162,7 @@ def budget_label(budget) -> str:
 
 
 def bench(name: str, args: argparse.Namespace) -> None:
-    device = torch.device(args.device)
+    device = parse_device(args.device)
     dtype = parse_dtype(args.dtype, device)
     start = time.perf_counter()
     if name == "testbed":
@@ -199,13 +201,12 @@ def main() -> None:
     parser.add_argument(
         "--models", default="testbed,qwen2.5-vl-3b", help=f"comma list of testbed,{','.join(REAL_CONFIGS)}"
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp32")
+    add_device(parser)
     parser.add_argument("--image", type=int, default=448, help="square image side in pixels")
     parser.add_argument("--new-tokens", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3, help="rounds over the budgets (fastest run reported)")
-    parser.add_argument("--method", default="arr-coc")
-    parser.add_argument("--stage", nargs="+", choices=["post", "pre"], default=["post", "pre"])
+    add_method(parser, "arr-coc", "selection method")
+    parser.add_argument("--stage", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument(
         "--budgets",
         type=parse_budget,

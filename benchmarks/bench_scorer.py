@@ -16,6 +16,8 @@ import time
 import torch
 
 from arr_coc.scorer import RelevanceScorer
+from arr_coc.vlm.loading import parse_device
+from arr_coc_cli.commands.options import add_device
 
 CASES = [(448, (16, 16)), (1344, (48, 48))]
 BATCHES = [1, 16, 64]
@@ -45,11 +47,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--device", default="cpu")
+    add_device(parser, dtype=False)
     parser.add_argument("--batches", type=int, nargs="+", default=BATCHES)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = parse_device(args.device)
     scorer = RelevanceScorer(QUERY_DIM).eval().to(device)
     generator = torch.Generator().manual_seed(0)
     print(f"torch {torch.__version__}, {device}, {args.threads} threads, {args.repeats} repeats, query dim {QUERY_DIM}")

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from arr_coc.errors import InvalidImageError, InvalidQuestionError, UnknownVariantError
 from arr_coc.variants import VARIANTS
+from arr_coc.vocabulary import STAGES
 from front.schemas import AnswerRequestBody, Budget
 from runners.vlm import AnswerOutput
 
@@ -59,7 +60,7 @@ class ArrCocOptions(BaseModel):
     coverage: float | None = None
     min_tokens: int | None = None
     max_tokens: int | None = None
-    stage: Literal["post", "pre"] | None = None
+    stage: Literal[STAGES] | None = None
 
 
 class ChatRequest(BaseModel):

@@ -11,9 +11,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
-from arr_coc.selection import SELECTORS
 from arr_coc.settings import get_settings
 from arr_coc.variants import VARIANTS
+from arr_coc.vocabulary import METHODS, STAGES
 
 _settings = get_settings()
 
@@ -60,7 +60,7 @@ class ImageQuestion(_Strict):
         None,
         max_length=64,
         description="overrides the variant's method (with budget)",
-        json_schema_extra={"enum": sorted(SELECTORS)},
+        json_schema_extra={"enum": list(METHODS)},
     )
     budget: Budget | None = None
     coverage: StrictFloat | StrictInt | None = Field(
@@ -68,7 +68,7 @@ class ImageQuestion(_Strict):
     )
     min_tokens: StrictInt | None = Field(None, description="with budget 'auto': keep at least this many tokens")
     max_tokens: StrictInt | None = Field(None, description="with budget 'auto': keep at most this many tokens")
-    stage: Literal["post", "pre"] | None = Field(
+    stage: Literal[STAGES] | None = Field(
         None,
         description="overrides the variant's stage: 'post' selects from the vision tower's outputs, 'pre' before "
         "the tower, which then runs on the kept tokens only (none, uniform, random, arr-coc)",

@@ -45,12 +45,3 @@ def scorer_source(settings: Settings) -> str | None:
     if not settings.model and settings.testbed_family == EMBEDDED:
         return str(EMBEDDED_SCORER)
     return None
-
-
-def device(settings: Settings) -> str | None:
-    """``None`` lets the library pick (CUDA when visible)."""
-    return None if settings.device == "auto" else settings.device
-
-
-def dtype(settings: Settings) -> str | None:
-    return None if settings.dtype == "auto" else settings.dtype

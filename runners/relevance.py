@@ -132,8 +132,8 @@ class RelevanceRunner:
         self.model = RelevanceModel.from_pretrained(
             sources.vlm_source(settings),
             scorer=sources.scorer_source(settings),
-            device=sources.device(settings),
-            dtype=sources.dtype(settings),
+            device=settings.device,
+            dtype=settings.dtype,
         )
         if settings.warm_up:  # before /readyz: the first request is as fast as the tenth
             self.model.warm_up()

@@ -125,8 +125,8 @@ class VLMRunner:
         self.pipeline = VLMPipeline.from_pretrained(
             sources.vlm_source(settings),
             scorer=sources.scorer_source(settings),
-            device=sources.device(settings),
-            dtype=sources.dtype(settings),
+            device=settings.device,
+            dtype=settings.dtype,
             decode=settings.decode,
             feature_cache_mb=settings.feature_cache_mb,
         )

@@ -76,7 +76,7 @@ def testbed_pipeline(testbed_dir):
             loaded[family] = VLMPipeline.from_pretrained(
                 testbed_dir(family),
                 device=os.environ.get("ARR_COC_TEST_DEVICE", "cpu"),
-                dtype=os.environ.get("ARR_COC_TEST_DTYPE", "fp32"),
+                dtype=os.environ.get("ARR_COC_TEST_DTYPE", "float32"),
                 decode="eager",
             )
         return loaded[family]

@@ -20,7 +20,11 @@ def eval_runs(tmp_path_factory, testbed_dir):
     """Two eval runs in one WANDB_DIR: arr-coc-25 from flags, uniform@0.5 from Launch overrides."""
     root = tmp_path_factory.mktemp("eval")
     model = str(testbed_dir())
-    plain = arr_coc(["eval", "--variant", "arr-coc-25", "--model", model, *EVAL_ARGS], offline_env(root), root)
+    plain = arr_coc(
+        ["eval", "--variant", "arr-coc-25", "--model", model, "--device", "cpu", "--dtype", "fp32", *EVAL_ARGS],
+        offline_env(root),
+        root,
+    )
     assert plain.returncode == 0, plain.stderr[-3000:]
     overrides = {"method": "uniform", "budget": 0.5, "limit": 3}
     launched = arr_coc(
@@ -38,6 +42,7 @@ def test_eval_run_holds_variant_config_and_summary(eval_runs, testbed_dir) -> No
     config = run.config
     assert (config["variant"], config["method"], config["budget"]) == ("arr-coc-25", "arr-coc", 0.25)
     assert config["vlm"] == str(testbed_dir()) and config["limit"] == 2
+    assert (config["device"], config["dtype"]) == ("cpu", "float32")  # --dtype fp32, logged by its torch name
     s = run.summary
     assert s["samples"] == 2 and 0.0 <= s["accuracy"] <= 1.0 and 0.0 <= s["recall"] <= 1.0
     assert s["kept_tokens_mean"] == 4 and s["total_tokens_mean"] == 16  # 112 px -> 4 x 4 tokens, 25 % kept
@@ -80,7 +85,7 @@ def test_compare_prints_both_variants_and_writes_plots(eval_runs, tmp_path: Path
     [
         (["eval", "--variant", "nope-25"], "unknown variant 'nope-25'"),
         (["eval", "--method", "arr-coc", "--budget", "1.5"], "budget"),
-        (["eval", "--method", "sharpen", "--budget", "0.5"], "unknown method 'sharpen'"),
+        (["eval", "--method", "sharpen", "--budget", "0.5"], "invalid choice: 'sharpen'"),
         (["eval", "--method", "divprune", "--budget", "0.5", "--stage", "pre"], "runs at stage 'post' only"),
         (["eval"], "name a --variant, or a --method with a --budget"),
         (["eval", "--variant", "full", "--limit", "0"], "limit must be >= 1"),

@@ -22,7 +22,7 @@ from arr_coc.adaptive import AUTO, IDENTITY, AutoBudget, auto_count
 from arr_coc.errors import InvalidBudgetError, InvalidGridError, InvalidStageError, UnknownMethodError
 from arr_coc.selection.registry import FEATURE_METHODS, SELECTORS
 from arr_coc.selection.types import Grid, SelectionInput
-from arr_coc.settings import STAGES
+from arr_coc.vocabulary import STAGES
 
 Budget = int | float | AutoBudget
 

@@ -9,6 +9,7 @@ from arr_coc.selection.random import select_random
 from arr_coc.selection.top_relevance import select_top_relevance
 from arr_coc.selection.types import Selector
 from arr_coc.selection.uniform import select_uniform
+from arr_coc.vocabulary import FEATURE_METHODS
 
 SELECTORS: dict[str, Selector] = {
     "none": select_all,
@@ -18,7 +19,7 @@ SELECTORS: dict[str, Selector] = {
     "divprune": select_divprune,
     "cdpruner": select_cdpruner,
 }
-"""``selector(item, k, seed) -> LongTensor [k]`` of unique indices, by method name."""
+"""``selector(item, k, seed) -> LongTensor [k]`` of unique indices, one per name of
+:data:`arr_coc.vocabulary.METHODS`, in its order."""
 
-FEATURE_METHODS: frozenset[str] = frozenset({"divprune", "cdpruner"})
-"""Methods that select from the vision tower's merged features (stage ``post`` only)."""
+__all__ = ["FEATURE_METHODS", "SELECTORS"]

@@ -17,6 +17,7 @@ from transformers.utils import is_accelerate_available
 
 from arr_coc.errors import CheckpointFormatError, ModelNotFoundError, UnsupportedModelError
 from arr_coc.vlm.families import Family, family_of_model_type
+from arr_coc.vocabulary import device_name, dtype_name
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -86,26 +87,28 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def parse_device(device: str | torch.device | None) -> torch.device:
+    """A name of the vocabulary (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``), a torch device, or ``None`` (auto)."""
+    if isinstance(device, torch.device):
+        return device
+    name = device_name(device or "auto")
+    return default_device() if name == "auto" else torch.device(name)
+
+
 def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """``"bf16"``, ``"bfloat16"``, ``"fp16"``, ``"fp32"``, a torch dtype, or ``None``/``"auto"`` (by device)."""
+    """A name of :data:`arr_coc.vocabulary.DTYPES` or an alias (``"bf16"``), a torch dtype, or ``None`` (by device)."""
     if dtype is None or dtype == "auto":
         return default_dtype(device)
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {
-        "bf16": torch.bfloat16,
-        "bfloat16": torch.bfloat16,
-        "fp16": torch.float16,
-        "float16": torch.float16,
-        "half": torch.float16,
-        "fp32": torch.float32,
-        "float32": torch.float32,
-        "float": torch.float32,
-    }
-    try:
-        return names[str(dtype).lower()]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(names)} or 'auto'") from None
+    name = dtype_name(dtype)
+    return default_dtype(device) if name == "auto" else getattr(torch, name)
+
+
+def resolved_names(device: str | None, dtype: str | None) -> dict[str, str]:
+    """``{"device": "cpu", "dtype": "float32"}``: what ``auto`` (or an alias) means on this machine, for run configs."""
+    resolved = parse_device(device)
+    return {"device": str(resolved), "dtype": str(parse_dtype(dtype, resolved)).removeprefix("torch.")}
 
 
 def resolve_source(source: str | Path) -> str:
@@ -145,7 +148,7 @@ def load_vlm(
 
     Args:
         source: ``owner/name`` hub id (cached or reachable) or a checkpoint directory.
-        device: ``cuda``, ``cuda:0``, ``cpu``...; default CUDA when available.
+        device: see :func:`parse_device`; default CUDA when available.
         dtype: see :func:`parse_dtype`; default bf16 on CUDA, fp32 on CPU.
 
     Raises:
@@ -153,7 +156,7 @@ def load_vlm(
         UnsupportedModelError: the config is not Qwen2-VL, Qwen2.5-VL or Qwen3-VL.
         CheckpointFormatError: no safetensors weights, or weights missing or misshapen.
     """
-    device = torch.device(device) if device is not None else default_device()
+    device = parse_device(device)
     dtype = parse_dtype(dtype, device)
     family = read_family(source)
     resolved = resolve_source(source)

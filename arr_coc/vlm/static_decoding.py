@@ -25,8 +25,8 @@ import warnings
 import torch
 from transformers import StaticCache
 
-from arr_coc.settings import DECODE_MODES
 from arr_coc.vlm.loading import LoadedVLM
+from arr_coc.vocabulary import DECODE_MODES
 
 logger = logging.getLogger(__name__)
 

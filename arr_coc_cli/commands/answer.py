@@ -12,8 +12,8 @@ import argparse
 import json
 import sys
 
-from arr_coc.settings import DECODE_MODES, STAGES
-from arr_coc_cli.commands.options import parse_budget
+from arr_coc.vocabulary import DECODE_MODES, STAGES
+from arr_coc_cli.commands.options import add_device, add_method, parse_budget
 
 
 def result_json(result) -> dict:
@@ -82,7 +82,7 @@ def register(subparsers) -> None:
     parser.add_argument("image", help="image file")
     parser.add_argument("question")
     parser.add_argument("--model", help="hub id or checkpoint directory (default: the embedded trained VQA testbed)")
-    parser.add_argument("--method", default="arr-coc", help="none, uniform, random, arr-coc, divprune, cdpruner")
+    add_method(parser, "arr-coc", "selection method")
     parser.add_argument(
         "--budget",
         type=parse_budget,
@@ -101,8 +101,7 @@ def register(subparsers) -> None:
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     parser.add_argument("--seed", type=int, default=0, help="seed of sampling and of the random method")
     parser.add_argument("--scorer", help="relevance scorer checkpoint directory (default: untrained, seeded)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1... (default: cuda when available)")
-    parser.add_argument("--dtype", help="bf16, fp16, fp32 (default: bf16 on CUDA, fp32 on CPU)")
+    add_device(parser)
     parser.add_argument(
         "--stage",
         choices=STAGES,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from arr_coc_cli.commands.options import add_wandb_mode, parse_budget
+from arr_coc.vocabulary import STAGES
+from arr_coc_cli.commands.options import add_device, add_method, add_wandb_mode, parse_budget
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,18 +27,20 @@ def run(args: argparse.Namespace) -> int:
         "model": args.model or "",
         "scorer": args.scorer or "",
     }
-    return run_eval_job({k: v for k, v in values.items() if v is not None}, wandb_mode=args.wandb, device=args.device)
+    return run_eval_job(
+        {k: v for k, v in values.items() if v is not None}, wandb_mode=args.wandb, device=args.device, dtype=args.dtype
+    )
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("eval", help="evaluate a variant on a dataset (W&B job_type=eval)")
     parser.add_argument("--variant", help="a registered variant, e.g. arr-coc-25, uniform-10, full")
-    parser.add_argument("--method", help="ad-hoc variant: none, uniform, random, arr-coc, divprune, cdpruner")
+    add_method(parser, None, "ad-hoc variant: its selection method")
     parser.add_argument("--budget", type=parse_budget, help="ad-hoc variant: tokens kept, a count, a ratio or auto")
     parser.add_argument("--coverage", type=float, help="with an auto budget: the share of relevance mass kept")
     parser.add_argument(
         "--stage",
-        choices=["post", "pre"],
+        choices=STAGES,
         help="ad-hoc variant: select after the vision tower (post) or before it (pre)",
     )
     parser.add_argument("--dataset", default="vqa", help="dataset name (built in: vqa, synthetic)")
@@ -49,6 +52,6 @@ def register(subparsers) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--model", help="VLM hub id or directory (default: the embedded trained VQA testbed)")
     parser.add_argument("--scorer", help="relevance scorer checkpoint directory (default: the variant's)")
-    parser.add_argument("--device", help="cpu (default), cuda, cuda:N")
+    add_device(parser)
     add_wandb_mode(parser)
     parser.set_defaults(func=run)

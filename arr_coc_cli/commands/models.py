@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from arr_coc.settings import TESTBED_FAMILIES, get_settings
+from arr_coc.settings import get_settings
+from arr_coc.vocabulary import TESTBED_FAMILIES
 
 
 def run_import(args: argparse.Namespace) -> int:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from arr_coc_cli.commands.options import add_wandb_mode
+from arr_coc.vocabulary import METHODS, STAGES
+from arr_coc_cli.commands.options import add_device, add_wandb_mode
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
         "coverages": args.coverages,
     }
     return run_quality_job(
-        {k: v for k, v in values.items() if v is not None}, wandb_mode=args.wandb, device=args.device
+        {k: v for k, v in values.items() if v is not None}, wandb_mode=args.wandb, device=args.device, dtype=args.dtype
     )
 
 
@@ -38,7 +39,7 @@ def register(subparsers) -> None:
     parser.add_argument("--size", type=int, help="held-out samples (default 300)")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--batch-size", type=int, help="requests per answer_batch call (default 8)")
-    parser.add_argument("--methods", nargs="+", help="methods besides full (default: all five)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, help="methods besides full (default: all five)")
     parser.add_argument("--budgets", nargs="+", type=_budget, help="kept ratios or auto (default 0.1 0.25 0.5)")
     parser.add_argument("--coverages", nargs="+", type=float, help="coverages of the auto budget (default 0.8)")
     parser.add_argument(
@@ -49,13 +50,13 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--stages",
         nargs="+",
-        choices=["post", "pre"],
+        choices=STAGES,
         help="pruning stages (default both; pre only for arr-coc, uniform, random)",
     )
     parser.add_argument("--dataset", help="dataset name (default vqa)")
     parser.add_argument("--model", help="VLM directory or hub id (default: the embedded trained testbed)")
     parser.add_argument("--scorer", help="scorer checkpoint (default: the embedded one with the embedded model)")
     parser.add_argument("--out", help="folder for quality.md, quality.json and the plot (default ./quality)")
-    parser.add_argument("--device", help="cpu (default), cuda, cuda:N")
+    add_device(parser)
     add_wandb_mode(parser)
     parser.set_defaults(func=run)

@@ -14,7 +14,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from arr_coc_cli.commands.options import parse_budget
+from arr_coc_cli.commands.options import add_method, parse_budget
 
 PIXELS_PER_TOKEN = 28
 HASH_QUERY_DIM = 64
@@ -67,14 +67,35 @@ def score_with_vlm(args: argparse.Namespace, image):
     return scored.grid, scored.relevance
 
 
+def select_with_vlm_features(args: argparse.Namespace, image):
+    """``(grid, relevance [H', W'], kept [K])`` from the VLM's tower (DivPrune and CDPruner select from its features)."""
+    from arr_coc.errors import InvalidConfigError
+    from arr_coc.vlm.pipeline import VLMPipeline
+    from arr_coc.vlm.types import AnswerRequest, GenerationParams
+
+    if not args.model:
+        raise InvalidConfigError(
+            f"{args.method} selects from the VLM's features: name one with --model", field="method"
+        )
+    pipeline = VLMPipeline.from_pretrained(args.model, scorer=args.scorer or None)
+    request = AnswerRequest(image=image, question=args.question, method=args.method, budget=args.budget)
+    request.generation = GenerationParams(seed=args.seed)
+    prepared = pipeline.prepare([request], {})[0]
+    return prepared.grid, prepared.relevance, prepared.kept
+
+
 def run(args: argparse.Namespace) -> int:
     from arr_coc.heatmap import kept_mask, overlay
     from arr_coc.images import load_image
     from arr_coc.selection import allocate
+    from arr_coc.vocabulary import FEATURE_METHODS
 
     image = load_image(args.image)
-    grid, relevance = (score_with_vlm if args.model else score_without_vlm)(args, image)
-    kept = allocate(relevance[None], args.budget, args.method, args.seed)[0]
+    if args.method in FEATURE_METHODS:
+        grid, relevance, kept = select_with_vlm_features(args, image)
+    else:
+        grid, relevance = (score_with_vlm if args.model else score_without_vlm)(args, image)
+        kept = allocate(relevance[None], args.budget, args.method, args.seed)[0]
     if args.heatmap:
         overlay(image, relevance, kept).save(args.heatmap)
     if args.json:
@@ -101,7 +122,9 @@ def register(subparsers) -> None:
     parser.add_argument("question", nargs="?", default="Where is the red house?")
     parser.add_argument("--grid", type=int, nargs=2, metavar=("ROWS", "COLS"), help="visual-token grid H' W'")
     parser.add_argument("--budget", type=parse_budget, default=0.25, help="tokens kept: a count or a ratio")
-    parser.add_argument("--method", default="arr-coc", help="selection method (none, uniform, random, arr-coc)")
+    add_method(
+        parser, "arr-coc", "selection method (divprune and cdpruner need --model: they select from its features)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random method")
     parser.add_argument("--scorer", help="scorer checkpoint directory (default: untrained, seeded)")
     parser.add_argument("--model", help="VLM directory or hub id: use its token grid and question embeddings")

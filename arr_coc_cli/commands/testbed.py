@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from arr_coc.settings import TESTBED_FAMILIES
+from arr_coc.vocabulary import TESTBED_FAMILIES
 
 FAMILIES = TESTBED_FAMILIES[1:]  # the random-weight testbeds of each family (the embedded one is shipped, not built)
 DEFAULT_FAMILY = "qwen2.5-vl"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from arr_coc_cli.commands.options import add_wandb_mode
+from arr_coc_cli.commands.options import add_device, add_wandb_mode
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,7 +44,7 @@ def register(subparsers) -> None:
     parser.add_argument("--image-size", type=int, help="side of the synthetic images, pixels")
     parser.add_argument("--dataset", help="training data: vqa (default, the synthetic VQA task) or synthetic")
     parser.add_argument("--lr", type=float, help="peak learning rate")
-    parser.add_argument("--device", help="cpu (default), cuda, cuda:N")
+    add_device(parser, dtype=False)  # training runs in float32
     add_wandb_mode(parser)
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     parser.set_defaults(func=run)

@@ -89,8 +89,11 @@ def run_config(variant: Variant, params: EvalParams) -> dict[str, Any]:
     return variant.as_config(**extra)
 
 
-def run_eval_job(values: dict[str, Any], *, wandb_mode: str = "auto", device: str | None = None) -> int:
-    """Resolve the variant, evaluate it, log; returns the exit code (0)."""
+def run_eval_job(values: dict[str, Any], *, wandb_mode: str = "auto", device: str = "auto", dtype: str = "auto") -> int:
+    """Resolve the variant, evaluate it on ``device`` in ``dtype`` (names of :mod:`arr_coc.vocabulary`), log;
+    returns the exit code (0)."""
+    from arr_coc.vlm.loading import resolved_names
+
     params = validate(EvalParams, values)
     resolve_variant(params)  # bad flags are reported as such, before overrides
     params = apply_overrides(params.model_dump(), launch_overrides())
@@ -99,7 +102,7 @@ def run_eval_job(values: dict[str, Any], *, wandb_mode: str = "auto", device: st
         raise EmptyDatasetError(f"limit must be >= 1, got {params.limit}: nothing to evaluate", field="limit")
     run = start_run(
         job_type="eval",
-        config=run_config(variant, params),
+        config={**run_config(variant, params), **resolved_names(device, dtype)},
         mode=resolve_mode(wandb_mode),
         group=variant.name,
         name=f"eval-{variant.name}",
@@ -107,13 +110,13 @@ def run_eval_job(values: dict[str, Any], *, wandb_mode: str = "auto", device: st
     )
     with finishing(run):
         declare_launch_inputs(["variant", "method", "budget", "stage", "limit", "size", "model", "batch_size"])
-        summary = _evaluate_and_log(run, variant, params, device)
+        summary = _evaluate_and_log(run, variant, params, device, dtype)
     shown = ("samples", "accuracy", "recall", "kept_ratio", "latency_p50_ms", "latency_p95_ms", "throughput_rps")
     print(f"{variant.name}: " + ", ".join(f"{key} {summary[key]:.4g}" for key in shown), file=sys.stdout)
     return 0
 
 
-def _evaluate_and_log(run, variant: Variant, params: EvalParams, device: str | None) -> dict[str, float]:
+def _evaluate_and_log(run, variant: Variant, params: EvalParams, device: str, dtype: str) -> dict[str, float]:
     import wandb
     from tqdm.auto import tqdm
 
@@ -124,7 +127,7 @@ def _evaluate_and_log(run, variant: Variant, params: EvalParams, device: str | N
     from arr_coc.vlm.pipeline import VLMPipeline
 
     pipeline = VLMPipeline.from_pretrained(
-        params.model or None, scorer=variant.scorer or None, device=device or "cpu", dtype="fp32"
+        params.model or None, scorer=variant.scorer or None, device=device, dtype=dtype
     )
     dataset = load_dataset(
         params.dataset,

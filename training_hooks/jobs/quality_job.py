@@ -23,10 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from arr_coc.adaptive import AUTO, DEFAULT_COVERAGE, AutoBudget, auto_budget
 from arr_coc.selection import FEATURE_METHODS, check_method, check_stage, resolve_budget
-from arr_coc.settings import STAGES
 from arr_coc.tasks import check_dataset
 from arr_coc.training.config import validate
 from arr_coc.variants import VARIANTS, Variant, ad_hoc, get_variant
+from arr_coc.vocabulary import STAGES
 from training_hooks.comparison.plots import PALETTE, Series, scatter_plot
 from training_hooks.jobs.jobrun import resolve_mode, start_run
 
@@ -184,12 +184,17 @@ def accuracy_plot(rows: list[dict[str, Any]], path: Path) -> Path:
     )
 
 
-def run_quality_job(values: dict[str, Any], *, wandb_mode: str = "auto", device: str | None = None) -> int:
-    """Evaluate every variant, log one W&B eval run each, write the table and plot; exit code 0."""
+def run_quality_job(
+    values: dict[str, Any], *, wandb_mode: str = "auto", device: str = "auto", dtype: str = "auto"
+) -> int:
+    """Evaluate every variant on ``device`` in ``dtype``, log one W&B eval run each, write the table and plot;
+    exit code 0."""
+    from arr_coc.vlm.loading import resolved_names
+
     params = validate(QualityParams, values)
     check_dataset(params.dataset)
     variants = quality_variants(params)
-    rows = evaluate_all(params, variants, resolve_mode(wandb_mode), device)
+    rows = evaluate_all(params, variants, resolve_mode(wandb_mode), **resolved_names(device, dtype))
     out = Path(params.out)
     out.mkdir(parents=True, exist_ok=True)
     table = format_markdown(rows)
@@ -201,7 +206,7 @@ def run_quality_job(values: dict[str, Any], *, wandb_mode: str = "auto", device:
     return 0
 
 
-def evaluate_all(params: QualityParams, variants: list[Variant], mode: str, device: str | None) -> list[dict]:
+def evaluate_all(params: QualityParams, variants: list[Variant], mode: str, device: str, dtype: str) -> list[dict]:
     from tqdm.auto import tqdm
 
     from arr_coc.evaluation import Stopwatch, evaluate_variant, summarize
@@ -210,7 +215,7 @@ def evaluate_all(params: QualityParams, variants: list[Variant], mode: str, devi
     from arr_coc.vlm.pipeline import VLMPipeline
 
     pipeline = VLMPipeline.from_pretrained(
-        params.model or None, scorer=params.scorer or None, device=device or "cpu", dtype="fp32"
+        params.model or None, scorer=params.scorer or None, device=device, dtype=dtype
     )
     dataset = load_dataset(
         params.dataset, params.split, params.size, seed=params.seed, grid_for=processor_grid(pipeline.vlm.processor)
@@ -230,6 +235,8 @@ def evaluate_all(params: QualityParams, variants: list[Variant], mode: str, devi
             seed=params.seed,
             model=params.model or "embedded",
             scorer=params.scorer or "embedded",
+            device=device,
+            dtype=dtype,
         )
         run = start_run(
             job_type="eval",

@@ -78,13 +78,20 @@ def run_train_job(
     cli_values: dict[str, Any],
     *,
     wandb_mode: str = "auto",
-    device: str | None = None,
+    device: str = "auto",
     progress: bool = True,
 ) -> int:
-    """Resolve the parameters, train, save, log; returns the exit code (0)."""
+    """Resolve the parameters, train (in float32, on ``device``), save, log; returns the exit code (0)."""
+    from arr_coc.vlm.loading import resolved_names
+
     config = resolve_config(config_file, cli_values)
     mode = resolve_mode(wandb_mode)
-    run = start_run(job_type="train", config=config.model_dump(), mode=mode, group="scorer-training")
+    run = start_run(
+        job_type="train",
+        config={**config.model_dump(), **resolved_names(device, "float32")},
+        mode=mode,
+        group="scorer-training",
+    )
     with finishing(run):
         declare_launch_inputs(list(TrainConfig.model_fields))
         config = train_config(config.model_dump(), run_config(run, TrainConfig.model_fields))
@@ -93,7 +100,7 @@ def run_train_job(
     return 0
 
 
-def _train_and_log(run, config: TrainConfig, device: str | None, progress: bool) -> Path:
+def _train_and_log(run, config: TrainConfig, device: str, progress: bool) -> Path:
     import wandb
 
     from arr_coc.tasks import load_dataset
@@ -101,7 +108,7 @@ def _train_and_log(run, config: TrainConfig, device: str | None, progress: bool)
     from arr_coc.training.loop import train_scorer
     from arr_coc.vlm.pipeline import VLMPipeline
 
-    pipeline = VLMPipeline.from_pretrained(config.model or None, device=device or "cpu", dtype="fp32")
+    pipeline = VLMPipeline.from_pretrained(config.model or None, device=device, dtype="float32")  # trains in float32
     grid_for = processor_grid(pipeline.vlm.processor)
     common = dict(seed=config.seed, image_size=config.image_size, grid_for=grid_for)
     train_set = load_dataset(config.dataset, "train", config.train_size, **common)
