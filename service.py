@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import os
 
-# Three model processes share the cores: idle OpenMP threads must sleep, not spin
-# (spinning made concurrent requests 4x slower here). Set before torch loads.
+# Idle OpenMP threads sleep, not spin (spinning made concurrent requests 4x slower here).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Runners on loopback TCP: on SIGTERM BentoML deletes Unix socket files at once, cutting off
+# requests in flight from runners that still serve.
+os.environ.setdefault("BENTOML_NO_UDS", "1")
 
 import asyncio
 
@@ -31,12 +33,14 @@ from front.app import add_fallbacks, create_app
 from front.pipeline import Job, Pipeline
 from front.schemas import AnswerRequestBody, AnswerResponse, RelevanceRequestBody, RelevanceResponse
 from front.uploads import body_limit, fetch_image, is_remote, read_request, request_body_openapi, url_hosts
+from runners.draining import stop_after_drain
 from runners.relevance import RelevanceRunner
 from runners.vlm import VLMRunner
 from training_hooks.tracking.service_tracking import Tracking
 
 settings = get_settings()
 LIMIT = body_limit(settings)
+SHUTDOWN_GRACE_S = 9.5  # Cloud Run kills a container 10 s after SIGTERM
 
 app = create_app(settings, description=__doc__)
 
@@ -52,11 +56,12 @@ class ARRCOC:
         # The default variant's run starts now, in this worker, not on the first request.
         tracking.tracker(get_variant(settings.default_variant)).start()
         self.pipeline = Pipeline(self.relevance_runner, self.vlm_runner, tracking, settings)
+        stop_after_drain(app.state.gate, settings.drain_timeout_s, while_busy=self.pipeline.keep_runners_up)
 
     @bentoml.on_shutdown
     def close_tracking(self) -> None:
-        """Flush and finish the W&B runs while this worker can still reach W&B."""
-        self.pipeline.tracking.close()
+        """Flush and finish the W&B runs in what is left of the 10 s a container gets after SIGTERM."""
+        self.pipeline.tracking.close(deadline_s=max(1.0, SHUTDOWN_GRACE_S - app.state.gate.drained_s()))
 
     async def _start(self, http: Request, model: type, job: Job):
         """The validated body and the scored job; a failure is recorded, then raised to the error handlers."""

@@ -72,6 +72,12 @@ class Settings(BaseSettings):
     )
     max_concurrency: int = Field(32, ge=1, description="model requests in flight per front worker; more get 429")
     stream_idle_timeout_s: float = Field(60.0, gt=0, description="longest wait for a stream's next event, in seconds")
+    drain_timeout_s: float = Field(
+        5.0,
+        ge=0,
+        description="on SIGTERM, the longest wait for requests in flight (new ones get 503 meanwhile); W&B then gets "
+        "what is left of Cloud Run's 10 s grace",
+    )
 
     # Runners: adaptive batching, workers, resources
     # BentoML rejects (503) a request it expects to exceed max_latency_ms, so these are

@@ -3,7 +3,9 @@
 A request that would wait behind a full house is refused with ``Retry-After`` and the
 one error body, so a client (or a load balancer) backs off or goes elsewhere instead
 of timing out in a queue. A stream holds its place until its last event is sent (or
-its client leaves). Probes, metrics, the page and the model list are never refused.
+its client leaves). While the worker drains after SIGTERM (:mod:`runners.draining`),
+new model requests get 503 ``draining`` with ``Retry-After`` instead of a closed
+socket. Probes, metrics, the page and the model list are never refused.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 from front.errors import RequestError, error_response
+from runners.draining import Gate
 
 MODEL_ROUTES = frozenset({"/answer", "/answer_stream", "/relevance", "/v1/chat/completions"})
 RETRY_AFTER_S = 1
@@ -22,34 +25,37 @@ class Overloaded(RequestError):
         super().__init__("overloaded", f"{limit} requests are in flight, the most this server takes; retry shortly")
 
 
-def admit(app: FastAPI, limit: int) -> None:
-    """Refuse model requests of ``app`` beyond ``limit`` in flight with 429 and ``Retry-After``."""
-    in_flight = 0
+class Draining(RequestError):
+    def __init__(self) -> None:
+        super().__init__("draining", "this server is shutting down; retry (another instance will answer)")
+
+
+def admit(app: FastAPI, limit: int, gate: Gate) -> None:
+    """Count model requests of ``app`` in ``gate``; refuse them beyond ``limit`` (429) or while draining (503)."""
 
     @app.middleware("http")
     async def admission(request: Request, call_next) -> Response:
-        nonlocal in_flight
         if request.url.path not in MODEL_ROUTES:
             return await call_next(request)
-        if in_flight >= limit:
-            response = error_response(request.url.path, Overloaded(limit))
+        refusal = Draining() if gate.draining else Overloaded(limit) if gate.in_flight >= limit else None
+        if refusal is not None:
+            response = error_response(request.url.path, refusal)
             response.headers["Retry-After"] = str(RETRY_AFTER_S)
             return response
-        in_flight += 1
+        gate.enter()
         try:
             response = await call_next(request)
         except BaseException:
-            in_flight -= 1
+            gate.leave()
             raise
         body = response.body_iterator
 
         async def released():
-            nonlocal in_flight
             try:
                 async for chunk in body:
                     yield chunk
             finally:
-                in_flight -= 1
+                gate.leave()
 
         response.body_iterator = released()
         return response

@@ -1,6 +1,7 @@
 """The front's FastAPI app: one error body, admission control, request metrics, the OpenAPI document, the page.
 
-``create_app(settings)`` before the service's routes are declared on it;
+``create_app(settings)`` before the service's routes are declared on it (``app.state.gate``
+counts its model requests in flight, for admission and the drain on SIGTERM);
 ``add_fallbacks(app)`` after them (the catch-all must come last).
 """
 
@@ -12,6 +13,7 @@ from fastapi import FastAPI
 
 from arr_coc.settings import Settings
 from front import admission, errors, metrics, openapi, pages
+from runners.draining import Gate
 
 
 def create_app(settings: Settings, description: str) -> FastAPI:
@@ -25,7 +27,8 @@ def create_app(settings: Settings, description: str) -> FastAPI:
         responses=openapi.ERROR_RESPONSES,
     )
     errors.install(app)
-    admission.admit(app, settings.max_concurrency)
+    app.state.gate = Gate()
+    admission.admit(app, settings.max_concurrency, app.state.gate)
     metrics.count_requests(app)  # outermost: counts the 429s too
     app.openapi = openapi.document(app)
     return app

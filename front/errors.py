@@ -102,7 +102,7 @@ def _describe(error: Exception) -> tuple[int, str, str, str | None]:
 def log(path: str, error: Exception) -> tuple[int, str, str, str | None]:
     """Log ``error`` on ``path`` (a line for client errors, a traceback for failures); its :func:`describe`."""
     status, kind, detail, field = described = describe(error)
-    if status >= 500:
+    if status >= 500 and not isinstance(error, errors.ArrCocInputError):  # not a refusal (draining): a failure
         logger.error("%s failed", path, exc_info=error)
     else:
         logger.info("%s %d %s: %s", path, status, kind, detail[:200])

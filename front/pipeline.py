@@ -9,6 +9,7 @@ that relevance. Every outcome, success or failure, feeds ``/metrics`` and W&B.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import time
 import uuid
@@ -92,6 +93,11 @@ class Pipeline:
         self.vlm_runner = vlm_runner
         self.tracking = tracking
         self.settings = settings
+
+    async def keep_runners_up(self) -> None:
+        """Touch both runners (``/readyz``): while this front drains, a runner it still needs stays up."""
+        runners = (self.relevance_runner, self.vlm_runner)
+        await asyncio.gather(*(runner.is_ready(timeout=1) for runner in runners), return_exceptions=True)
 
     def pick_variant(self, body: ImageQuestion) -> Variant:
         """The request's variant: its method + budget (+ stage, + auto bounds), else its named variant, else the default."""
@@ -255,15 +261,39 @@ async def call_runner(runner, name: str, items: list):
             metrics.RUNNER_RETRIES.labels(call=name, reason="connection").inc()
 
 
+def http_response_of(stream) -> aiohttp.ClientResponse | None:
+    """The HTTP response under a suspended runner stream (BentoML's client nests it in async generators)."""
+    generators, seen = [stream], set()
+    while generators:
+        generator = generators.pop()
+        frame = getattr(generator, "ag_frame", None)
+        if frame is None or id(generator) in seen:
+            continue
+        seen.add(id(generator))
+        for value in frame.f_locals.values():
+            if isinstance(value, aiohttp.ClientResponse):
+                return value
+            if inspect.isasyncgen(value):
+                generators.append(value)
+    return None
+
+
 async def _stream_events(stream, idle_timeout_s: float) -> AsyncIterator[dict]:
-    """JSON-lines pieces of a runner stream -> events, each within ``idle_timeout_s`` of the last."""
-    pieces, buffer = stream.__aiter__(), ""
+    """JSON-lines pieces of a runner stream -> events, each within ``idle_timeout_s`` of the last.
+
+    However the stream ends (done, failed, or its reader gone: a client that left), its
+    HTTP response is closed at once, so the runner sees the connection drop and stops
+    generating. BentoML's client leaves that response to the garbage collector, which
+    let the runner finish every abandoned generation.
+    """
+    pieces, buffer, response = stream.__aiter__(), "", None
     try:
         while True:
             try:
                 piece = await asyncio.wait_for(pieces.__anext__(), idle_timeout_s)
             except StopAsyncIteration:
                 return
+            response = response or http_response_of(pieces)
             buffer += piece
             *lines, buffer = buffer.split("\n")
             for line in filter(None, lines):
@@ -274,5 +304,7 @@ async def _stream_events(stream, idle_timeout_s: float) -> AsyncIterator[dict]:
                     event = {"done": AnswerOutput.model_validate(event["done"])}
                 yield event
     finally:
+        if response is not None:
+            response.close()
         if hasattr(pieces, "aclose"):
             await pieces.aclose()

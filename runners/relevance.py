@@ -19,8 +19,10 @@ from arr_coc.errors import ArrCocInputError, InvalidImageError
 from arr_coc.query import check_question
 from arr_coc.settings import get_settings
 from model_store import sources
+from runners.draining import CountInFlight, Gate, stop_after_drain
 
 settings = get_settings()
+GATE = Gate()  # this process's requests in flight, for the drain on SIGTERM
 
 
 class RunnerError(BaseModel):
@@ -129,6 +131,7 @@ class RelevanceRunner:
         from arr_coc.relevance_model import RelevanceModel
 
         runner_threads(settings.torch_threads)
+        stop_after_drain(GATE, settings.drain_timeout_s + 1.0)  # outlasts the front's drain
         self.model = RelevanceModel.from_pretrained(
             sources.vlm_source(settings),
             scorer=sources.scorer_source(settings),
@@ -183,3 +186,4 @@ class RelevanceRunner:
 
 
 json_media_type(RelevanceRunner)
+RelevanceRunner.add_asgi_middleware(CountInFlight, gate=GATE)

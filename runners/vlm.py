@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Generator
+import threading
+from collections.abc import AsyncGenerator
 
+import anyio.to_thread
 import bentoml
 import torch
 from pydantic import BaseModel, Field
@@ -23,6 +25,7 @@ from arr_coc.errors import ArrCocInputError
 from arr_coc.settings import get_settings
 from arr_coc.vlm.types import AnswerRequest, AnswerResult, GenerationParams
 from model_store import sources
+from runners.draining import CountInFlight, Gate, stop_after_drain
 from runners.relevance import (
     Pixels,
     RunnerError,
@@ -34,7 +37,18 @@ from runners.relevance import (
 )
 
 settings = get_settings()
+GATE = Gate()  # this process's requests in flight, for the drain on SIGTERM
 logger = logging.getLogger(__name__)
+
+GENERATED_TOKENS = bentoml.metrics.Counter(
+    name="arr_coc_generated_tokens",
+    documentation="Tokens the VLM runner generated, by API (a stream's stop where its reader left)",
+    labelnames=["api"],
+)
+ABANDONED_STREAMS = bentoml.metrics.Counter(
+    name="arr_coc_abandoned_streams",
+    documentation="Streams whose reader left before the end; the runner stopped generating them",
+)
 
 
 class AnswerItem(BaseModel):
@@ -122,6 +136,8 @@ class VLMRunner:
         from arr_coc.vlm.static_decoding import BATCH_BUCKETS
 
         runner_threads(settings.torch_threads)
+        stop_after_drain(GATE, settings.drain_timeout_s + 1.0)  # outlasts the front's drain
+        self.model_lock = threading.Lock()
         self.pipeline = VLMPipeline.from_pretrained(
             sources.vlm_source(settings),
             scorer=sources.scorer_source(settings),
@@ -144,7 +160,9 @@ class VLMRunner:
         outputs = []
         for item in items:
             try:
-                outputs.append(to_output(self.pipeline.answer(to_request(item)), len(items)))
+                result = self.pipeline.answer(to_request(item))
+                GENERATED_TOKENS.labels(api="answer").inc(len(result.token_ids))
+                outputs.append(to_output(result, len(items)))
             except ArrCocInputError as error:
                 outputs.append(error_output(error))
         return outputs
@@ -152,14 +170,18 @@ class VLMRunner:
     @bentoml.api(**batching(settings.vlm_max_batch_size, settings.vlm_max_latency_ms))
     def answer(self, items: list[AnswerItem]) -> list[AnswerOutput]:
         try:
-            results = self.pipeline.answer_batch([to_request(item) for item in items])
+            results = self._locked(self.pipeline.answer_batch, [to_request(item) for item in items])
         except ArrCocInputError:
-            return self._one_by_one(items)
+            return self._locked(self._one_by_one, items)
+        GENERATED_TOKENS.labels(api="answer").inc(sum(len(result.token_ids) for result in results))
         return [to_output(result, len(items)) for result in results]
 
     @bentoml.api(**batching(settings.vlm_max_batch_size, settings.vlm_max_latency_ms))
     def select(self, items: list[AnswerItem]) -> list[AnswerOutput]:
         """Kept tokens only (vision pass + selection, no generation), for ``/relevance``."""
+        return self._locked(self._select, items)
+
+    def _select(self, items: list[AnswerItem]) -> list[AnswerOutput]:
         outputs = []
         for item in items:
             try:
@@ -178,16 +200,38 @@ class VLMRunner:
         return outputs
 
     @bentoml.api
-    def stream(self, item: AnswerItem) -> Generator[str, None, None]:
+    async def stream(self, item: AnswerItem) -> AsyncGenerator[str, None]:
+        """JSON lines: ``{"delta"}`` per text delta, then ``{"done": AnswerOutput}``.
+
+        Each decode step runs in a worker thread under the model lock, only when the
+        previous line has been taken. A reader that leaves (the front closed the
+        connection) stops the generation after the step in progress: the steps are
+        closed here, at once, which frees their KV cache and static buffers (a sync
+        generator API would leave that to the garbage collector).
+        """
         try:
-            answer = self.pipeline.stream(to_request(item))
+            answer = await anyio.to_thread.run_sync(self._locked, self.pipeline.stream, to_request(item))
         except ArrCocInputError as error:
             yield json.dumps({"error": error_output(error).error.model_dump()}) + "\n"
             return
-        for delta in answer:
-            yield json.dumps({"delta": delta}) + "\n"
+        steps, finished = iter(answer), False
+        try:
+            while (delta := await anyio.to_thread.run_sync(self._locked, next, steps, None)) is not None:
+                yield json.dumps({"delta": delta}) + "\n"
+            finished = True
+        finally:
+            steps.close()
+            GENERATED_TOKENS.labels(api="stream").inc(answer.generated_tokens)
+            if not finished:
+                ABANDONED_STREAMS.inc()
         final = to_output(answer.result, 1)
         yield json.dumps({"done": final.model_dump(exclude={"token_ids"})}) + "\n"
 
+    def _locked(self, function, *args):
+        """``function(*args)`` holding the model lock: batches and stream steps take turns, as on one thread."""
+        with self.model_lock:
+            return function(*args)
+
 
 json_media_type(VLMRunner)
+VLMRunner.add_asgi_middleware(CountInFlight, gate=GATE)

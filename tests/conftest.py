@@ -18,6 +18,7 @@ import pytest  # noqa: E402
 
 SERVER_MODULES = {
     "test_auth",
+    "test_lifecycle",
     "test_bento",
     "test_openai_api",
     "test_serve_tracking",

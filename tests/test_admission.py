@@ -9,12 +9,13 @@ from fastapi import FastAPI
 from starlette.responses import StreamingResponse
 
 from front import admission, errors
+from runners.draining import Gate
 
 
-def app_with_limit(limit: int, gate: asyncio.Event) -> FastAPI:
+def app_with_limit(limit: int, gate: asyncio.Event, counter: Gate | None = None) -> FastAPI:
     app = FastAPI()
     errors.install(app)
-    admission.admit(app, limit)
+    admission.admit(app, limit, counter or Gate())
 
     @app.post("/answer")
     async def answer():
@@ -107,3 +108,25 @@ def test_a_stream_holds_its_place_until_its_last_event():
     chunks, during, after = asyncio.run(scenario())
     assert b"".join(chunks) == b"data: 1\n\ndata: 2\n\n"
     assert during.status_code == 429 and after.status_code == 200
+
+
+def test_while_draining_new_model_requests_get_503_and_those_in_flight_finish():
+    async def scenario():
+        release, counter = asyncio.Event(), Gate()
+        transport = httpx.ASGITransport(app=app_with_limit(8, release, counter))
+        async with httpx.AsyncClient(transport=transport, base_url="http://front") as client:
+            held = asyncio.create_task(client.post("/answer"))
+            await asyncio.sleep(0.05)
+            counter.since = 0.0  # SIGTERM arrived
+            refused = await client.post("/answer")
+            free = await client.get("/v1/models")
+            in_flight = counter.in_flight
+            release.set()
+            answered = await held
+        return refused, free, in_flight, answered, counter.in_flight
+
+    refused, free, in_flight, answered, left = asyncio.run(scenario())
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+    assert refused.json()["error"] == "draining" and set(refused.json()) == {"error", "field", "detail"}
+    assert free.status_code == 200 and in_flight == 1
+    assert answered.status_code == 200 and left == 0

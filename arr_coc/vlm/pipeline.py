@@ -357,12 +357,18 @@ class AnswerStream:
         self._prepared = prepared
         self._timings = timings
         self._start = start
+        self._decoder: RowDecoder | None = None
         self.result: AnswerResult | None = None
+
+    @property
+    def generated_tokens(self) -> int:
+        """Tokens generated so far: all of them once exhausted, fewer when the reader left early."""
+        return 0 if self._decoder is None else len(self._decoder.ids)
 
     def __iter__(self) -> Iterator[str]:
         if self.result is not None:
             raise RuntimeError("an AnswerStream can be iterated only once")
-        decoder = self._pipeline._decoders([self._prepared])[0]
+        decoder = self._decoder = self._pipeline._decoders([self._prepared])[0]
         sent = ""
         for _ in generate_rows(
             self._pipeline.vlm, [self._prepared.row], [decoder], self._timings, static=self._pipeline.static

@@ -26,7 +26,7 @@ import numpy as np
 from arr_coc.settings import Settings
 from arr_coc.variants import VARIANTS, Variant
 from training_hooks.tracking.serve_events import Example
-from training_hooks.tracking.tracker import TrackerConfig, create_tracker
+from training_hooks.tracking.tracker import TrackerConfig, create_tracker, stop_detached_service
 
 CLOSE_DEADLINE_S = 8.0
 logger = logging.getLogger(__name__)
@@ -124,4 +124,6 @@ class Tracking:
             logger.warning(
                 "W&B tracking: %d of %d runs not finished within %.0f s; dropped", abandoned, len(trackers), deadline_s
             )
+        stop_detached_service(max(1.0, end - time.monotonic()))
         return abandoned
+

@@ -132,6 +132,26 @@ def use_detached_service(idle_timeout: str = DETACHED_IDLE_TIMEOUT) -> bool:
         logger.warning("W&B tracking: no detached wandb-core (%s); using the SDK's own", error)
         return False
     os.environ["WANDB_SERVICE"] = token
+    _started_cores.append(token)
+    return True
+
+
+_started_cores: list[str] = []  # the detached services this process started (not one it was handed)
+
+
+def stop_detached_service(timeout_s: float) -> bool:
+    """Stop the detached ``wandb-core`` this process started (``wandb beta core stop``), once its runs are
+    finished, so that no W&B process outlives the server. Waits at most ``timeout_s``; whether it stopped."""
+    if not _started_cores:
+        return True
+    command = [sys.executable, "-m", "wandb", "beta", "core", "stop"]
+    environment = {**os.environ, "WANDB_SERVICE": _started_cores[-1]}
+    try:
+        subprocess.run(command, env=environment, capture_output=True, timeout=timeout_s, check=True)
+    except (OSError, subprocess.SubprocessError) as error:
+        logger.warning("W&B tracking: the detached wandb-core did not stop (%s); it exits when idle", error)
+        return False
+    _started_cores.clear()
     return True
 
 
