@@ -126,4 +126,3 @@ class Tracking:
             )
         stop_detached_service(max(1.0, end - time.monotonic()))
         return abandoned
-
