@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     )
     max_concurrency: int = Field(32, ge=1, description="model requests in flight per front worker; more get 429")
     stream_idle_timeout_s: float = Field(60.0, gt=0, description="longest wait for a stream's next event, in seconds")
+    client_idle_timeout_s: float = Field(
+        30.0, gt=0, description="longest wait for the next part of a request body, in seconds; slower clients get 408"
+    )
     drain_timeout_s: float = Field(
         5.0,
         ge=0,

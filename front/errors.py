@@ -32,6 +32,7 @@ _STATUS_BY_KIND = {
     "image_too_large": 413,
     "invalid_image": 400,
     "request_too_large": 413,
+    "request_timeout": 408,
     "malformed_json": 400,
     "malformed_form": 400,
     "unsupported_media_type": 415,

@@ -12,11 +12,15 @@ from front.schemas import ErrorBody
 ERROR_RESPONSES = {
     400: {"model": ErrorBody, "description": "malformed JSON or form, or an image that does not decode"},
     401: {"model": ErrorBody, "description": "a valid API key is required (when the deployment sets keys)"},
+    408: {"model": ErrorBody, "description": "no part of the body arrived within the client idle timeout"},
     413: {"model": ErrorBody, "description": "the body, or the image once decoded, is over its limit"},
     415: {"model": ErrorBody, "description": "a media type other than JSON (or a multipart form)"},
     422: {"model": ErrorBody, "description": "a field out of range: budget, variant, method, stage, question, ..."},
     429: {"model": ErrorBody, "description": "overloaded: too many requests in flight; retry after Retry-After s"},
-    503: {"model": ErrorBody, "description": "a model runner failed or is unreachable; the server keeps serving"},
+    503: {
+        "model": ErrorBody,
+        "description": "a model runner failed or is unreachable, or the server drains after SIGTERM (Retry-After)",
+    },
 }
 EVENT_STREAM = {
     200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "server-sent events"}

@@ -8,11 +8,12 @@ the image is decoded and validated once, here, and nothing is ever fetched from 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import re
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from PIL import Image
 from pydantic import BaseModel
@@ -52,9 +53,17 @@ def decode_image_field(text: str, settings: Settings) -> tuple[bytes, Image.Imag
     return data, image
 
 
-def body_limit(settings: Settings) -> int:
-    """Largest accepted request body in bytes: the largest image in base64 plus room for the other fields."""
-    return (settings.max_image_bytes * 4) // 3 + 4 * settings.max_question_chars + 64 * 1024
+class BodyLimit(NamedTuple):
+    """How a request body may arrive: at most ``max_bytes``, no gap between its parts over ``idle_timeout_s``."""
+
+    max_bytes: int
+    idle_timeout_s: float
+
+
+def body_limit(settings: Settings) -> BodyLimit:
+    """The largest image in base64 plus room for the other fields; the client idle timeout of the settings."""
+    max_bytes = (settings.max_image_bytes * 4) // 3 + 4 * settings.max_question_chars + 64 * 1024
+    return BodyLimit(max_bytes, settings.client_idle_timeout_s)
 
 
 def _too_large(size: str, max_bytes: int) -> RequestError:
@@ -65,18 +74,27 @@ def _too_large(size: str, max_bytes: int) -> RequestError:
     )
 
 
-async def read_limited(request: Request, max_bytes: int) -> bytes:
-    """The whole body, refused with 413 once it passes ``max_bytes`` (by its header, or as it streams in)."""
+async def read_limited(request: Request, limit: BodyLimit) -> bytes:
+    """The whole body, refused with 413 once it passes ``limit.max_bytes`` (by its header, or as it streams in),
+    and with 408 when the client sends nothing for ``limit.idle_timeout_s`` (it holds an admission slot)."""
+    max_bytes = limit.max_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(f" of {declared} bytes", max_bytes)
-    chunks, size = [], 0
-    async for chunk in request.stream():
+    chunks, size, parts = [], 0, request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(parts), limit.idle_timeout_s)
+        except StopAsyncIteration:
+            return b"".join(chunks)
+        except TimeoutError:
+            raise RequestError(
+                "request_timeout", f"no part of the body arrived for {limit.idle_timeout_s:g} s; send it faster"
+            ) from None
         size += len(chunk)
         if size > max_bytes:
             raise _too_large("", max_bytes)
         chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _form_value(name: str, raw: str):
@@ -110,17 +128,17 @@ async def _form_fields(request: Request, body: bytes) -> dict:
     return fields
 
 
-async def read_request(request: Request, model: type[Model], max_bytes: int, forms: bool = True) -> Model:
+async def read_request(request: Request, model: type[Model], limit: BodyLimit, forms: bool = True) -> Model:
     """The body of ``request`` (JSON, or ``multipart/form-data`` when ``forms``) validated as ``model``.
 
-    Raises :class:`RequestError` (413 too large, 415 another media type, 400 a broken
-    form) or pydantic's ``ValidationError`` (400 malformed JSON, 422 a bad field).
+    Raises :class:`RequestError` (413 too large, 408 too slow, 415 another media type,
+    400 a broken form) or pydantic's ``ValidationError`` (400 malformed JSON, 422 a bad field).
     """
     media_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     accepted = ("application/json", "multipart/form-data") if forms else ("application/json",)
     if media_type not in accepted:
         raise RequestError("unsupported_media_type", f"send {' or '.join(accepted)}, not {media_type}")
-    body = await read_limited(request, max_bytes)
+    body = await read_limited(request, limit)
     if media_type == "multipart/form-data":
         return model.model_validate(await _form_fields(request, body))
     return model.model_validate_json(body)
