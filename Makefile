@@ -39,7 +39,7 @@ test-fast: setup
 # Reliability: malformed corpus, 10 minutes of mixed load at concurrency 12 with a killed runner, schemathesis.
 soak: setup
 	$(BIN)/pip install --quiet "schemathesis>=4"
-	$(BIN)/python benchmarks/soak.py --seconds 600 --concurrency 12 --fault --schemathesis
+	$(BIN)/python benchmarks/soak.py --seconds 600 --concurrency 12 --fault --schemathesis --wandb hanging --sigterm
 
 bench: setup
 	$(BIN)/python benchmarks/bench_scorer.py

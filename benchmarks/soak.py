@@ -11,11 +11,14 @@ Starts ``bentoml serve`` on the embedded testbed (loopback only), then:
    a request fails if it is not 200 with a complete body;
    the front's runner retries are read from ``/metrics``: a stream that fell silent
    (replayed after the idle timeout) fails the run, as a failed request does;
-3. **fault** (``--fault``): the VLM runner is killed (SIGKILL) halfway through the
-   load; requests during its restart may get 503 (counted apart); afterwards every
-   request must succeed again;
+3. **fault** (``--fault``): the VLM runner, then the relevance runner, is killed
+   (SIGKILL) during the load; requests during a restart may get 503 (counted apart);
+   afterwards every request must succeed again; ``--wandb unreachable|hanging`` runs
+   it all with W&B tracking on against a closed port, or one that never answers;
 4. the resident memory of every server process before and after the load;
-5. ``--schemathesis``: schemathesis against the served ``/docs.json`` (no 5xx).
+5. ``--schemathesis``: schemathesis against the served ``/docs.json`` (no 5xx);
+6. ``--sigterm``: SIGTERM under load, last: every request ends whole, as 503 ``draining``
+   or refused once the server is gone, and the server exits within 10 s.
 Exit status 1 when any check fails.
 """
 
@@ -27,6 +30,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -244,8 +248,9 @@ def rss_mb(server: Server) -> dict[str, float]:
     return {name: process.memory_info().rss / 2**20 for name, process in server_processes(server).items()}
 
 
-def kill_vlm_runner(server: Server, url: str):
-    """A fault: SIGKILL the VLM runner; the window lasts until an answer and a stream both succeed again."""
+def kill_runners(server: Server, url: str):
+    """A fault: SIGKILL the VLM runner, then the relevance runner; each window lasts until an answer and a
+    stream both succeed again."""
 
     def recovered(client: httpx.Client) -> bool:
         body = {"image": b64_png(scene(64, 64)), "question": QUESTION, "max_new_tokens": 2}
@@ -258,15 +263,100 @@ def kill_vlm_runner(server: Server, url: str):
             return False
 
     def fault(window: threading.Event) -> None:
-        window.set()
-        os.kill(server_processes(server)["vlm-runner"].pid, signal.SIGKILL)
-        deadline = time.monotonic() + 180
-        with httpx.Client(base_url=url, timeout=90) as client:
-            while time.monotonic() < deadline and not recovered(client):
-                time.sleep(1)
-        window.clear()
+        for name in ("vlm-runner", "relevance-runner"):
+            window.set()
+            os.kill(server_processes(server)[name].pid, signal.SIGKILL)
+            deadline = time.monotonic() + 180
+            with httpx.Client(base_url=url, timeout=90) as client:
+                while time.monotonic() < deadline and not recovered(client):
+                    time.sleep(1)
+            window.clear()
 
     return fault
+
+
+def silent_server() -> int:
+    """A loopback port that accepts connections and never answers (a W&B that hangs); its port."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept_forever() -> None:
+        while True:
+            held.append(listener.accept()[0])
+
+    threading.Thread(target=accept_forever, daemon=True).start()
+    return listener.getsockname()[1]
+
+
+def wandb_env(mode: str) -> dict[str, str]:
+    """Server environment for W&B ``off``, ``unreachable`` (a closed port) or ``hanging`` (a silent port)."""
+    if mode == "off":
+        return {}
+    url = "http://127.0.0.1:9" if mode == "unreachable" else f"http://127.0.0.1:{silent_server()}"
+    return {
+        "ARR_COC_WANDB": "1",
+        "WANDB_MODE": "online",
+        "WANDB_API_KEY": "x" * 40,
+        "WANDB_BASE_URL": url,
+        "WANDB_INIT_TIMEOUT": "30",
+    }
+
+
+def sigterm_under_load(server: Server, concurrency: int, before_s: float = 3.0) -> dict:
+    """SIGTERM (as Cloud Run sends it) while ``concurrency`` clients send answers and streams.
+
+    Every request must end in a whole answer, a 503 ``draining`` or a refused connection
+    (the server gone); anything else (a cut stream, a runner error) is lost. Returns the
+    outcomes and the seconds from SIGTERM to the server's exit.
+    """
+    body = {"image": b64_png(scene(224, 168)), "question": QUESTION, "max_new_tokens": 16}
+    outcomes: Counter = Counter()
+    stop = threading.Event()
+
+    def one(client: httpx.Client, turn: int) -> str:
+        try:
+            if turn % 2:
+                with client.stream("POST", "/answer_stream", json=body) as response:
+                    text = "".join(response.iter_text())
+                if response.status_code == 200:
+                    return "answered" if "event: done" in text else "lost: stream cut"
+            else:
+                response = client.post("/answer", json=body)
+                if response.status_code == 200:
+                    return "answered"
+            refusal = response.json().get("error") if response.status_code == 503 else None
+            return "503 draining" if refusal == "draining" else f"lost: {response.status_code} {refusal}"
+        except httpx.ConnectError:
+            return "refused (server gone)"
+        except httpx.HTTPError as error:
+            return f"lost: {type(error).__name__}"
+
+    def worker(index: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            turn = index
+            while not stop.is_set():
+                outcome = one(client, turn)
+                outcomes[outcome] += 1
+                turn += 1
+                if outcome.startswith(("503", "refused")):
+                    time.sleep(0.2)
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    time.sleep(before_s)
+    signalled = time.monotonic()
+    os.kill(server.process.pid, signal.SIGTERM)
+    try:
+        server.process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pass
+    exit_s = time.monotonic() - signalled
+    time.sleep(1.0)
+    stop.set()
+    for thread in threads:
+        thread.join()
+    return {"outcomes": dict(outcomes), "exit_s": exit_s, "exit_code": server.process.returncode}
 
 
 def run_schemathesis(url: str) -> str:
@@ -291,20 +381,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=600)
     parser.add_argument("--concurrency", type=int, default=12)
-    parser.add_argument("--fault", action="store_true", help="kill the VLM runner halfway through the load")
+    parser.add_argument("--fault", action="store_true", help="kill each runner (VLM, then relevance) mid-load")
+    parser.add_argument("--wandb", choices=["off", "unreachable", "hanging"], default="off", help="W&B tracking")
+    parser.add_argument("--sigterm", action="store_true", help="end with SIGTERM under load (the server stops)")
     parser.add_argument("--schemathesis", action="store_true", help="also run schemathesis against /docs.json")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
     args = parser.parse_args()
-    server = Server(Path(tempfile.mkdtemp(prefix="soak-")))
+    server = Server(Path(tempfile.mkdtemp(prefix="soak-")), **wandb_env(args.wandb))
+    shutdown = None
     try:
         server.wait_ready()
         corpus = check_corpus(server.url)
         before = rss_mb(server)
         load = Load(server.url, args.concurrency)
-        elapsed = load.run(args.seconds, kill_vlm_runner(server, server.url) if args.fault else None)
+        elapsed = load.run(args.seconds, kill_runners(server, server.url) if args.fault else None)
         after = rss_mb(server)
         retries = runner_retries(server.url)
         schema = run_schemathesis(server.url) if args.schemathesis else "not run"
+        shutdown = sigterm_under_load(server, args.concurrency) if args.sigterm else None
     finally:
         server.stop()
     cases = sum(corpus[k] for k in ("4xx json", "4xx not json", "5xx", "2xx"))
@@ -327,9 +421,17 @@ def main() -> int:
             f"{'RSS MB ' + name + ' before -> after':<44} {before[name]:>18.0f} -> {after.get(name, float('nan')):.0f}"
         )
     print(f"{'schemathesis':<44} {schema:>28}")
+    print(f"{'W&B':<44} {args.wandb:>28}")
+    lost = 0
+    if shutdown is not None:
+        lost = sum(n for outcome, n in shutdown["outcomes"].items() if outcome.startswith("lost"))
+        print(f"{'SIGTERM under load: exit after (s)':<44} {shutdown['exit_s']:>28.1f}")
+        for outcome, count in sorted(shutdown["outcomes"].items()):
+            print(f"{'  ' + outcome:<44} {count:>28}")
     silent = 0 if args.fault else retries["idle_timeout"]  # a killed runner strands its streams until the timeout
     ok = failed == 0 and silent == 0 and corpus["5xx"] == 0 and corpus["4xx not json"] == 0 and corpus["alive after"]
     ok = ok and schema in ("passed", "not run")
+    ok = ok and (shutdown is None or (lost == 0 and shutdown["exit_s"] < 10 and shutdown["exit_code"] == 0))
     if not ok:
         print(f"server log: {server.log_path}")
     if args.json:
@@ -345,6 +447,8 @@ def main() -> int:
                     "rss_mb_before": before,
                     "rss_mb_after": after,
                     "schemathesis": schema,
+                    "wandb": args.wandb,
+                    "shutdown": shutdown,
                     "ok": ok,
                 },
                 indent=2,
