@@ -322,9 +322,10 @@ def sigterm_under_load(server: Server, concurrency: int, before_s: float = 3.0) 
                     return "answered" if "event: done" in text else "lost: stream cut"
             else:
                 response = client.post("/answer", json=body)
+                text = response.text
                 if response.status_code == 200:
                     return "answered"
-            refusal = response.json().get("error") if response.status_code == 503 else None
+            refusal = json.loads(text).get("error") if response.status_code == 503 else None
             return "503 draining" if refusal == "draining" else f"lost: {response.status_code} {refusal}"
         except httpx.ConnectError:
             return "refused (server gone)"
