@@ -30,6 +30,14 @@ class Draining(RequestError):
         super().__init__("draining", "this server is shutting down; retry (another instance will answer)")
 
 
+def closing(response: Response, gate: Gate) -> Response:
+    """While draining, the connection closes after ``response``: a client's next request then opens a new
+    one (refused once the server is gone) instead of racing the server's close of an idle keep-alive."""
+    if gate.draining:
+        response.headers["Connection"] = "close"
+    return response
+
+
 def admit(app: FastAPI, limit: int, gate: Gate) -> None:
     """Count model requests of ``app`` in ``gate``; refuse them beyond ``limit`` (429) or while draining (503)."""
 
@@ -41,10 +49,10 @@ def admit(app: FastAPI, limit: int, gate: Gate) -> None:
         if refusal is not None:
             response = error_response(request.url.path, refusal)
             response.headers["Retry-After"] = str(RETRY_AFTER_S)
-            return response
+            return closing(response, gate)
         gate.enter()
         try:
-            response = await call_next(request)
+            response = closing(await call_next(request), gate)
         except BaseException:
             gate.leave()
             raise

@@ -130,3 +130,4 @@ def test_while_draining_new_model_requests_get_503_and_those_in_flight_finish():
     assert refused.json()["error"] == "draining" and set(refused.json()) == {"error", "field", "detail"}
     assert free.status_code == 200 and in_flight == 1
     assert answered.status_code == 200 and left == 0
+    assert refused.headers["connection"] == answered.headers["connection"] == "close"  # no keep-alive to race

@@ -120,9 +120,10 @@ class Tracking:
             tracker.stop()
         end = time.monotonic() + deadline_s
         abandoned = sum(not tracker.close(timeout_s=max(0.0, end - time.monotonic())) for tracker in trackers)
-        if abandoned:
+        if abandoned:  # W&B hangs: its detached core would hang on a stop too, and exits when idle
             logger.warning(
                 "W&B tracking: %d of %d runs not finished within %.0f s; dropped", abandoned, len(trackers), deadline_s
             )
-        stop_detached_service(max(1.0, end - time.monotonic()))
+        else:
+            stop_detached_service(max(1.0, end - time.monotonic()))
         return abandoned
