@@ -160,9 +160,7 @@ class VLMRunner:
         outputs = []
         for item in items:
             try:
-                result = self.pipeline.answer(to_request(item))
-                GENERATED_TOKENS.labels(api="answer").inc(len(result.token_ids))
-                outputs.append(to_output(result, len(items)))
+                outputs.append(to_output(self.pipeline.answer(to_request(item)), len(items)))
             except ArrCocInputError as error:
                 outputs.append(error_output(error))
         return outputs
@@ -171,10 +169,11 @@ class VLMRunner:
     def answer(self, items: list[AnswerItem]) -> list[AnswerOutput]:
         try:
             results = self._locked(self.pipeline.answer_batch, [to_request(item) for item in items])
+            outputs = [to_output(result, len(items)) for result in results]
         except ArrCocInputError:
-            return self._locked(self._one_by_one, items)
-        GENERATED_TOKENS.labels(api="answer").inc(sum(len(result.token_ids) for result in results))
-        return [to_output(result, len(items)) for result in results]
+            outputs = self._locked(self._one_by_one, items)
+        GENERATED_TOKENS.labels(api="answer").inc(sum(len(output.token_ids) for output in outputs))
+        return outputs
 
     @bentoml.api(**batching(settings.vlm_max_batch_size, settings.vlm_max_latency_ms))
     def select(self, items: list[AnswerItem]) -> list[AnswerOutput]:

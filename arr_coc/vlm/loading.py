@@ -97,11 +97,9 @@ def parse_device(device: str | torch.device | None) -> torch.device:
 
 def parse_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """A name of :data:`arr_coc.vocabulary.DTYPES` or an alias (``"bf16"``), a torch dtype, or ``None`` (by device)."""
-    if dtype is None or dtype == "auto":
-        return default_dtype(device)
     if isinstance(dtype, torch.dtype):
         return dtype
-    name = dtype_name(dtype)
+    name = dtype_name(dtype or "auto")
     return default_dtype(device) if name == "auto" else getattr(torch, name)
 
 

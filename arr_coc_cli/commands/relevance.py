@@ -78,8 +78,13 @@ def select_with_vlm_features(args: argparse.Namespace, image):
             f"{args.method} selects from the VLM's features: name one with --model", field="method"
         )
     pipeline = VLMPipeline.from_pretrained(args.model, scorer=args.scorer or None)
-    request = AnswerRequest(image=image, question=args.question, method=args.method, budget=args.budget)
-    request.generation = GenerationParams(seed=args.seed)
+    request = AnswerRequest(
+        image=image,
+        question=args.question,
+        method=args.method,
+        budget=args.budget,
+        generation=GenerationParams(seed=args.seed),
+    )
     prepared = pipeline.prepare([request], {})[0]
     return prepared.grid, prepared.relevance, prepared.kept
 
