@@ -41,6 +41,7 @@ from arr_coc.vlm.pipeline import VLMPipeline  # noqa: E402
 from arr_coc.vlm.testbed import ensure_testbed, testbed_processor  # noqa: E402
 from arr_coc.vlm.testbed_tokenizer import build_tokenizer  # noqa: E402
 from arr_coc.vlm.types import AnswerRequest, GenerationParams  # noqa: E402
+from arr_coc.vlm.vision_attention import PACKED_VISION_ATTENTION, use_packed_vision_attention, vision_attention  # noqa: E402
 from arr_coc.vocabulary import STAGES  # noqa: E402
 
 BUDGETS = [1.0, 0.5, 0.25, 0.1]
@@ -122,6 +123,7 @@ def random_real_size_model(name: str, device: torch.device, dtype: torch.dtype) 
     with torch.device(device):
         model = family.model_cls()._from_config(config, dtype=dtype, attn_implementation="sdpa")
     model.eval().requires_grad_(False)
+    use_packed_vision_attention(model.model.visual)
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     processor = testbed_processor(family, tokenizer, min_tokens=4, max_tokens=16384)
     return LoadedVLM(name, family, model, processor, device, dtype)
@@ -180,7 +182,8 @@ def bench(name: str, args: argparse.Namespace) -> None:
         for stage in args.stage
         for b in args.budgets
     ]
-    rows = measure(pipeline, requests, args.repeats)
+    with vision_attention(vlm.model.model.visual, args.vision_attention):
+        rows = measure(pipeline, requests, args.repeats)
     base = rows[0]  # the first stage at the first budget (100 % by default)
     print(
         f"{'stage':>5} {'budget':>6} {'kept':>9} {'new':>4} {'TTFT ms':>9} {'total ms':>9} {'TTFT/100%':>9}"
@@ -215,6 +218,12 @@ def main() -> None:
         help="kept ratios, or auto (as many as the question needs, at --coverage)",
     )
     parser.add_argument("--coverage", type=float, default=None, help="coverage of the auto budget")
+    parser.add_argument(
+        "--vision-attention",
+        choices=[PACKED_VISION_ATTENTION, "sdpa"],
+        default=PACKED_VISION_ATTENTION,
+        help="the tower's attention: one packed call per layer (served), or stock SDPA per image/window",
+    )
     parser.add_argument("--decode", default="auto", help="decode loop: auto, eager, static, graph")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
@@ -222,7 +231,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, {args.threads} threads, image {args.image}x{args.image}, method {args.method}, "
-        f"{args.new_tokens} new tokens, budgets {', '.join(budget_label(b) for b in args.budgets)}"
+        f"{args.new_tokens} new tokens, budgets {', '.join(budget_label(b) for b in args.budgets)}, "
+        f"vision attention {args.vision_attention}"
     )
     with torch.inference_mode():
         for name in args.models.split(","):

@@ -27,7 +27,7 @@ cd "$(dirname "$0")/.."
 SMOKE=0
 if [ "${1:-}" = "--smoke" ]; then SMOKE=1; shift; fi
 OUT=${1:-gpu_check.txt}
-PY=${PYTHON:-python}
+PY=${PYTHON:-$(command -v python || command -v python3)}
 : > "$OUT"
 FAILED=0
 
@@ -63,9 +63,11 @@ for dtype in $DTYPES; do
 done
 
 step "scorer images/s" 30 "$PY" benchmarks/bench_scorer.py --device $DEVICE --repeats 5 --batches $SCORER_BATCHES
+step "vision tower: stock SDPA vs packed attention" 45 "$PY" benchmarks/bench_vision.py --model $MODEL \
+    --device $DEVICE --images 448 1344 --batch 1 --repeats 3
 for side in 448 1344; do
     step "TTFT vs budget, ${side}x${side}" 60 "$PY" benchmarks/bench_prune.py --models $MODEL --device $DEVICE \
-        --image $side --repeats 3
+        --image $side --repeats 3 --budgets 1.0 0.5 0.25 0.1 auto
 done
 step "decode ms/step, eager vs graph" 60 "$PY" benchmarks/bench_decode.py --model $MODEL --device $DEVICE \
     --modes eager graph --batches $DECODE_BATCHES --steps $STEPS
@@ -73,7 +75,7 @@ step "second question, vision-feature cache" 45 "$PY" benchmarks/bench_feature_c
     --device $DEVICE --image 448
 step "in-process batch throughput" 50 "$PY" benchmarks/bench_batch.py --model $MODEL --device $DEVICE \
     --batches $BATCHES --budgets 1.0 0.25 0.1
-step "served: both runners on the GPU" 60 env ARR_COC_VLM_GPU=$SERVE_GPU ARR_COC_RELEVANCE_GPU=$SERVE_GPU \
+step "served: both runners on the GPU" 120 env ARR_COC_VLM_GPU=$SERVE_GPU ARR_COC_RELEVANCE_GPU=$SERVE_GPU \
     "$PY" benchmarks/bench_serve.py --requests $REQUESTS --concurrency $CONCURRENCY --batching on --no-in-process
 
 echo "failed steps: $FAILED; figures in $OUT"

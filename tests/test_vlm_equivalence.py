@@ -17,6 +17,7 @@ from drawing import scene, shapes
 from arr_coc.vlm.decoding import prefill
 from arr_coc.vlm.pruning import LLMRow
 from arr_coc.vlm.types import AnswerRequest, GenerationParams
+from arr_coc.vlm.vision_attention import vision_attention
 
 FAMILIES = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl"]
 QUESTION = "What is in the image?"
@@ -29,10 +30,15 @@ def stock_inputs(vlm, image, question=QUESTION):
     return vlm.processor(text=[text], images=[image], return_tensors="pt").to(vlm.device)
 
 
+def stock_tower(vlm):
+    """The stock tower inside the block: transformers' SDPA per image or window, not the packed call we serve."""
+    return vision_attention(vlm.model.model.visual, "sdpa")
+
+
 def stock_greedy_ids(vlm, image, max_new_tokens: int = 16) -> list[int]:
     """Stock ``generate``'s greedy answer ids for ``image`` and ``QUESTION``, end token excluded."""
     inputs = stock_inputs(vlm, image)
-    with torch.no_grad():
+    with torch.no_grad(), stock_tower(vlm):
         generated = vlm.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     return trim_at_eos(generated[0, inputs["input_ids"].shape[1] :].tolist(), vlm.eos_token_ids)
 
@@ -88,7 +94,7 @@ def test_full_budget_prefill_logits_match_stock(testbed_pipeline, family):
     pipeline = testbed_pipeline(family)
     vlm = pipeline.vlm
     image = shapes(150, 220, seed=2)
-    with torch.no_grad():
+    with torch.no_grad(), stock_tower(vlm):
         stock_logits = vlm.model(**stock_inputs(vlm, image)).logits[0]
     prepared = pipeline.prepare([AnswerRequest(image, QUESTION, method="none")], {})[0]
     output, _ = prefill(vlm, [prepared.row], logits_to_keep=0)
@@ -131,7 +137,7 @@ def test_pruned_llm_inputs_are_the_stock_ones_at_kept_positions(testbed_pipeline
     assert torch.equal(first["position_ids"][:, 0], positions[:, keep])
 
     # The features fed in are the stock merger outputs (and DeepStack maps) of the kept tokens.
-    with torch.no_grad():
+    with torch.no_grad(), stock_tower(vlm):
         stock_vision = vlm.model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
     fed = first["mm_encoder_outputs"]["image"]
     assert torch.allclose(fed.pooler_output[0], stock_vision.pooler_output[0][result.kept], atol=1e-6)

@@ -17,6 +17,7 @@ from transformers.utils import is_accelerate_available
 
 from arr_coc.errors import CheckpointFormatError, ModelNotFoundError, UnsupportedModelError
 from arr_coc.vlm.families import Family, family_of_model_type
+from arr_coc.vlm.vision_attention import use_packed_vision_attention
 from arr_coc.vocabulary import device_name, dtype_name
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -185,4 +186,5 @@ def load_vlm(
     model.to(device)
     model.eval()
     model.requires_grad_(False)
+    use_packed_vision_attention(model.model.visual)
     return LoadedVLM(source=str(source), family=family, model=model, processor=processor, device=device, dtype=dtype)
