@@ -18,6 +18,7 @@ from arr_coc.training.testbed_training import (
     initial_model,
     step_losses,
     subject_word,
+    target_subset,
     train_testbed,
     train_testbed_config,
 )
@@ -126,6 +127,27 @@ def test_pre_rows_run_the_tower_on_the_kept_patches_only(untrained) -> None:
     assert step_losses(vlm, rows, kept, batch).answer.item() > 0
 
 
+def test_target_subsets_keep_most_targets_and_few_others() -> None:
+    target = torch.zeros(12, 16, dtype=torch.bool)
+    target[2:5, 3:6] = True  # 9 target tokens of 192
+    flat = target.flatten()
+    shares, others = [], []
+    for seed in range(50):
+        kept = target_subset(target, 0.1, torch.Generator().manual_seed(seed))
+        assert torch.equal(kept, torch.sort(kept).values) and kept.unique().numel() == kept.numel()
+        assert int(kept.min()) >= 0 and int(kept.max()) < flat.numel()
+        shares.append(flat[kept].sum().item() / 9)
+        others.append((~flat[kept]).sum().item())
+    assert min(shares) >= 0.2 and 0.7 <= np.mean(shares) <= 0.9  # each target kept with p in [0.6, 1]
+    assert max(others) <= round(0.1 * 183) and max(others) > 0
+    only_targets = target_subset(target, 0.0, torch.Generator().manual_seed(0))
+    assert flat[only_targets].all()
+    nothing_to_find = target_subset(torch.zeros(4, 4, dtype=torch.bool), 0.0, torch.Generator().manual_seed(0))
+    assert nothing_to_find.numel() == 1, "a row never goes without visual tokens"
+    again = target_subset(target, 0.1, torch.Generator().manual_seed(7))
+    assert torch.equal(again, target_subset(target, 0.1, torch.Generator().manual_seed(7)))
+
+
 def test_fine_tuning_starts_from_the_given_checkpoint(tmp_path) -> None:
     from arr_coc.vlm.testbed import EMBEDDED_MODEL
 
@@ -140,6 +162,8 @@ def test_fine_tuning_starts_from_the_given_checkpoint(tmp_path) -> None:
             "eval_every": 0,
             "workers": 0,
             "pre_share": 1.0,
+            "target_share": 1.0,
+            "freeze_embeddings": True,
             "init": str(EMBEDDED_MODEL),
             "out": str(tmp_path / "tuned"),
         }
@@ -151,6 +175,7 @@ def test_fine_tuning_starts_from_the_given_checkpoint(tmp_path) -> None:
     assert before.keys() == after.keys()
     changed = [name for name in before if not torch.equal(before[name], after[name])]
     assert changed and all((before[n] - after[n]).abs().max() < 0.05 for n in changed)
+    assert "model.language_model.embed_tokens.weight" not in changed, "the scorer's query embeddings stay"
 
 
 def test_a_short_training_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tmp_path) -> None:
@@ -189,6 +214,8 @@ def test_a_short_training_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tm
         ({"min_keep": 0}, "min_keep"),
         ({"pre_share": 1.5}, "pre_share"),
         ({"min_keep": 1.5}, "min_keep"),
+        ({"target_share": -0.1}, "target_share"),
+        ({"target_extra": 2}, "target_extra"),
         ({"lr": -1}, "lr"),
         ({"stepz": 3}, "stepz"),
     ],

@@ -24,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
         "eval_every": args.eval_every,
         "workers": args.workers,
         "pre_share": args.pre_share,
+        "target_share": args.target_share,
         "init": args.init,
     }
     return run_train_testbed_job(args.config, cli_values, wandb_mode=args.wandb, progress=not args.no_progress)
@@ -41,6 +42,9 @@ def register(subparsers) -> None:
     parser.add_argument("--eval-every", type=int, help="steps between held-out evaluations (0 = at the end)")
     parser.add_argument("--workers", type=int, help="DataLoader workers drawing scenes")
     parser.add_argument("--pre-share", type=float, help="share of examples whose tokens drop before the tower")
+    parser.add_argument(
+        "--target-share", type=float, help="share of examples keeping most target tokens and few others"
+    )
     parser.add_argument("--init", help="checkpoint to fine-tune (default: random weights from --seed)")
     add_wandb_mode(parser)
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bars")
