@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU check of the serving path: correctness, then every speed figure, into one text file.
 #
-#   bash benchmarks/gpu_check.sh [OUT_FILE]        # default gpu_check.txt; ~6 min on one H100
+#   bash benchmarks/gpu_check.sh [OUT_FILE]        # default gpu_check.txt; ~6.5 min on one H200
 #   bash benchmarks/gpu_check.sh --smoke [OUT_FILE] # the same steps on CPU at toy sizes (CI runs this)
 #
 # For a machine with one CUDA GPU, Python 3.12, torch preinstalled and no network.
@@ -71,6 +71,8 @@ for side in 448 1344; do
 done
 step "decode ms/step, eager vs graph" 60 "$PY" benchmarks/bench_decode.py --model $MODEL --device $DEVICE \
     --modes eager graph --batches $DECODE_BATCHES --steps $STEPS
+step "decode ids in float32, eager vs graph (bf16 kernels or a bug?)" 45 "$PY" benchmarks/bench_decode.py \
+    --model $MODEL --device $DEVICE --dtype float32 --modes eager graph --batches 1 --steps $STEPS --repeats 1
 step "second question, vision-feature cache" 45 "$PY" benchmarks/bench_feature_cache.py --models $MODEL \
     --device $DEVICE --image 448
 step "in-process batch throughput" 50 "$PY" benchmarks/bench_batch.py --model $MODEL --device $DEVICE \
