@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from arr_coc.errors import InvalidBudgetError
 
 AUTO = "auto"
-DEFAULT_COVERAGE = 0.6  # chosen on a validation draw of the training split (see docs/quality)
+DEFAULT_COVERAGE = 0.7  # chosen on a validation draw of the training split (see docs/quality)
 IDENTITY = (1.0, 0.0)
 _EPS = 1e-6
 

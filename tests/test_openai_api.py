@@ -64,7 +64,7 @@ def test_models_are_the_variants(client):
     assert [model.id for model in models] == list(VARIANTS) and "arr-coc-pre-25" in VARIANTS
     details = {model.id: model.model_extra["arr_coc"] for model in models}
     assert details["arr-coc-pre-25"] == {"method": "arr-coc", "budget": 0.25, "stage": "pre"}
-    assert details["arr-coc-auto"]["budget"] == "auto" and details["arr-coc-auto"]["coverage"] == 0.6
+    assert details["arr-coc-auto"]["budget"] == "auto" and details["arr-coc-auto"]["coverage"] == 0.7
 
 
 def test_chat_completion_answers_like_answer(client, server, sample):

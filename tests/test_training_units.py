@@ -79,6 +79,34 @@ def test_loss_prefers_the_target_and_recall_counts_it() -> None:
     assert percentile([5.0, 1.0, 3.0, 2.0], 50) == 2.0 and percentile([1.0, 2.0, 3.0], 95) == 3.0
 
 
+def test_the_participatory_map_can_be_trained_on_its_own() -> None:
+    """``participatory_weight`` adds the relevance loss of the question-conditioned map alone."""
+    from arr_coc.scorer import RelevanceScorer
+    from arr_coc.training.data import CachedSample
+    from arr_coc.training.loop import batch_loss
+
+    generator = torch.Generator().manual_seed(0)
+    target = torch.zeros(6, 8, dtype=torch.bool)
+    target[2:4, 3:5] = True
+    sample = CachedSample(
+        image=torch.rand(3, 168, 224, generator=generator),
+        grid=(6, 8),
+        query=torch.randn(16, generator=generator),
+        target=target,
+        features=None,
+        question="What colour is the star?",
+        answer="red",
+        kind="colour",
+    )
+    scorer = RelevanceScorer(query_dim=16)
+    plain, parts = batch_loss(scorer, [sample, sample], train_config({"participatory_weight": 0}))
+    both, both_parts = batch_loss(scorer, [sample, sample], train_config({"participatory_weight": 2.0}))
+    assert "participatory" not in parts and both_parts["participatory"] > 0
+    assert both.item() == pytest.approx(plain.item() + 2.0 * both_parts["participatory"], rel=1e-5)
+    both.backward()
+    assert scorer.participatory.query_proj.weight.grad.abs().sum() > 0
+
+
 def test_config_layers_and_errors() -> None:
     config = train_config({"steps": 10, "lr": 0.1}, {"steps": 20, "seed": None}, {"lr": 0.2})
     assert (config.steps, config.lr, config.seed) == (20, 0.2, 0)
@@ -87,6 +115,7 @@ def test_config_layers_and_errors() -> None:
         ({"budgets": [0.0]}, "budgets"),
         ({"methods": ["blur"]}, "methods"),
         ({"dataset": "coco"}, "dataset"),
+        ({"participatory_weight": -1}, "participatory_weight"),
     ):
         with pytest.raises(InvalidConfigError) as caught:
             train_config(bad)

@@ -39,6 +39,9 @@ class TrainConfig(BaseModel):
     bce_weight: float = Field(1.0, ge=0, description="weight of the class-balanced BCE term")
     rank_weight: float = Field(1.0, ge=0, description="weight of the pairwise ranking term")
     rank_temperature: float = Field(0.1, gt=0, description="softness of the ranking term")
+    participatory_weight: float = Field(
+        1.0, ge=0, description="weight of the same loss on the question-conditioned (participatory) map alone"
+    )
     hidden: int = Field(32, ge=1, description="scorer hidden width")
     embed_dim: int = Field(32, ge=1, description="scorer cell/query embedding width")
     methods: list[str] = Field(["arr-coc", "uniform", "random", "divprune", "cdpruner"])

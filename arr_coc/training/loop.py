@@ -114,16 +114,17 @@ def batch_loss(scorer: RelevanceScorer, batch: Sequence[CachedSample], config: T
     """The relevance loss of a batch of any image sizes: one scorer call per size, weighted by group size."""
     total = 0.0
     parts: dict[str, float] = {}
+    weights = dict(bce_weight=config.bce_weight, rank_weight=config.rank_weight, temperature=config.rank_temperature)
     for group in size_groups(batch):
         images, grid, queries, targets = stack(group)
-        relevance = scorer(images, grid, queries)
-        loss, group_parts = relevance_loss(
-            relevance,
-            targets,
-            bce_weight=config.bce_weight,
-            rank_weight=config.rank_weight,
-            temperature=config.rank_temperature,
-        )
+        scored = scorer.score(images, grid, queries)
+        loss, group_parts = relevance_loss(scored.relevance, targets, **weights)
+        if config.participatory_weight > 0:
+            # The balancer can lean on the query-blind salience maps and starve the one map
+            # that reads the question of gradient; this term trains that map on its own.
+            alone, alone_parts = relevance_loss(scored.participatory, targets, **weights)
+            loss = loss + config.participatory_weight * alone
+            group_parts["participatory"] = alone_parts["bce"] + alone_parts["rank"]
         share = len(group) / len(batch)
         total = total + loss * share
         for key, value in group_parts.items():
