@@ -136,16 +136,16 @@ def test_cli_reports_bad_flags_with_exit_code_2(tmp_path) -> None:
 
 def test_auto_budgets_give_one_variant_per_coverage() -> None:
     variants = quality_variants(
-        QualityParams(methods=["arr-coc"], budgets=["auto", 0.1], coverages=[0.6, 0.7], stages=["post", "pre"])
+        QualityParams(methods=["arr-coc"], budgets=["auto", 0.1], coverages=[0.7, 0.8], stages=["post", "pre"])
     )
     names = [v.name for v in variants]
     assert names == [
         "full",
         "arr-coc-auto",
-        "arr-coc@auto(coverage=0.7)",
+        "arr-coc@auto(coverage=0.8)",
         "arr-coc-10",
         "arr-coc-pre-auto",
-        "arr-coc@auto(coverage=0.7)@pre",
+        "arr-coc@auto(coverage=0.8)@pre",
         "arr-coc-pre-10",
     ]
 
