@@ -69,4 +69,4 @@ def test_pre_encoder_pruning_keeps_the_same_tokens_and_most_of_the_accuracy(pipe
     uniform = _accuracy(pipeline, "uniform-pre-25", heldout)
     assert pre["recall"] == post["recall"] and pre["kept_ratio"] == post["kept_ratio"]
     assert pre["accuracy"] >= uniform["accuracy"] + 0.05, (pre, uniform)
-    assert pre["accuracy"] >= post["accuracy"] - 0.1, (pre, post)  # 3.4 points apart on 300 samples (model card)
+    assert pre["accuracy"] >= post["accuracy"] - 0.1, (pre, post)  # 2.4 points apart on 300 samples (model card)
