@@ -176,13 +176,14 @@ def bench(name: str, args: argparse.Namespace) -> None:
     print(f"\n{name}: {params:.2f}B parameters, {dtype}, {device}, built in {time.perf_counter() - start:.1f} s")
     image = scene(args.image, args.image)
     generation = GenerationParams(max_new_tokens=args.new_tokens)
-    pipeline.answer(AnswerRequest(image, QUESTION, args.method, 1.0, GenerationParams(max_new_tokens=2)))  # warm-up
     requests = [
         AnswerRequest(image, QUESTION, args.method, b, generation, stage=stage)
         for stage in args.stage
         for b in args.budgets
     ]
     with vision_attention(vlm.model.model.visual, args.vision_attention):
+        warm_up = AnswerRequest(image, QUESTION, args.method, 1.0, GenerationParams(max_new_tokens=2))
+        pipeline.answer(warm_up)
         rows = measure(pipeline, requests, args.repeats)
     base = rows[0]  # the first stage at the first budget (100 % by default)
     print(
