@@ -9,13 +9,14 @@ from wandb_jobs import arr_coc, offline_env
 
 from arr_coc.errors import InvalidConfigError
 from arr_coc.synthetic import patch_grid
-from arr_coc.tasks.shapes_vqa import COLOURS, SHAPES, ShapesVQA, token_labels
+from arr_coc.tasks.shapes_vqa import COLOURS, SHAPES, ShapesVQA, token_labels, token_owners
 from arr_coc.training.testbed_training import (
     ExampleSet,
     TokenProbe,
     TrainTestbedConfig,
     answer_rows,
     initial_model,
+    kept_labels,
     step_losses,
     subject_word,
     target_subset,
@@ -42,6 +43,36 @@ def test_token_labels_describe_what_each_token_shows() -> None:
         same = sum(o.colour == obj.colour for o in scene.objects)
         colour_cells = labels[0] == 1 + list(COLOURS).index(obj.colour)
         assert (labels[3][colour_cells] == same).all()
+
+
+def test_token_owners_name_the_object_the_labels_describe() -> None:
+    _, scene = ShapesVQA(4, "train", seed=3).sample_and_scene(2)
+    grid = patch_grid(28)(*scene.image.size)
+    owners, labels = token_owners(scene, grid), token_labels(scene, grid)
+    assert owners.shape == grid and set(owners.unique().tolist()) == set(range(len(scene.objects) + 1))
+    for index, obj in enumerate(scene.objects):
+        owned = owners == 1 + index
+        assert (labels[0][owned] == 1 + list(COLOURS).index(obj.colour)).all()
+        assert (labels[1][owned] == 1 + SHAPES.index(obj.shape)).all()
+    assert ((owners > 0) == (labels[0] > 0)).all()
+
+
+def test_kept_labels_count_only_the_objects_still_visible() -> None:
+    # tokens: 0 background, 1-2 red object A, 3 red object B, 4 blue object C
+    owners = torch.tensor([0, 1, 1, 2, 3])
+    labels = torch.tensor(
+        [
+            [0, 1, 1, 1, 3],  # colour
+            [0, 2, 2, 4, 1],  # shape
+            [0, 1, 0, 1, 1],  # centre
+            [0, 2, 2, 2, 1],  # same-colour objects in the scene
+        ]
+    )
+    everything = kept_labels(labels, owners, torch.arange(5))
+    assert torch.equal(everything, labels)
+    without_b = kept_labels(labels, owners, torch.tensor([0, 2, 4]))
+    assert torch.equal(without_b, torch.tensor([[0, 1, 3], [0, 2, 1], [0, 0, 1], [0, 1, 1]]))
+    assert torch.equal(labels[3], torch.tensor([0, 2, 2, 2, 1])), "the input is not modified"
 
 
 def test_subject_word_is_the_shape_or_colour_asked_about() -> None:
@@ -121,7 +152,7 @@ def test_pre_rows_run_the_tower_on_the_kept_patches_only(untrained) -> None:
     with torch.no_grad():
         rows, kept, features = answer_rows(vlm, batch, [0.3, 0.5], torch.Generator().manual_seed(0), [True, False])
         (alone,) = encode_kept(vlm, [batch[0].encoded.pixel_values], [batch[0].encoded.image_grid_thw], [kept[0]])
-    assert features[0] is None and features[1].shape[0] == batch[1].encoded.num_visual_tokens
+    assert features[0].shape[0] == kept[0].numel() and features[1].shape[0] == batch[1].encoded.num_visual_tokens
     assert rows[0].vision.features.shape[0] == kept[0].numel() < batch[0].encoded.num_visual_tokens
     assert torch.allclose(rows[0].vision.features, alone.features, atol=1e-5)
     assert step_losses(vlm, rows, kept, batch).answer.item() > 0
@@ -217,6 +248,7 @@ def test_a_short_training_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tm
         ({"target_share": -0.1}, "target_share"),
         ({"target_extra": 2}, "target_extra"),
         ({"lr": -1}, "lr"),
+        ({"probe_pre": "sometimes"}, "probe_pre"),
         ({"stepz": 3}, "stepz"),
     ],
 )

@@ -160,33 +160,45 @@ def target_mask(
     return torch.from_numpy(mask)
 
 
-def token_labels(scene: Scene, grid: tuple[int, int], min_share: float = 0.15) -> torch.Tensor:
-    """``[4, H', W']`` long: per token the colour (``0`` background, ``1 + i`` for ``COLOURS``), the shape
-    (``0`` none, ``1 + i`` for ``SHAPES``) of the object covering most of it (at least ``min_share``
-    of its area), ``1`` where an object's box centre falls in the token, and the number of objects
-    in the scene that share the token's colour (``0`` on background).
-
-    Dense labels for teaching a vision tower what each visual token shows.
-    """
+def token_owners(scene: Scene, grid: tuple[int, int], min_share: float = 0.15) -> torch.Tensor:
+    """``[H', W']`` long: ``1 + i`` where ``scene.objects[i]`` covers most of the token (at least
+    ``min_share`` of its area), ``0`` on background."""
     width, height = scene.image.size
     rows, cols = grid
     ys, xs = np.mgrid[0:height, 0:width]
     cell = (ys * rows // height) * cols + xs * cols // width
     area = np.bincount(cell.ravel(), minlength=rows * cols)
     best = np.full(rows * cols, min_share, dtype=np.float64)
-    labels = np.zeros((4, rows * cols), dtype=np.int64)
-    colour_names = list(COLOURS)
-    same_colour = {c: sum(o.colour == c for o in scene.objects) for c in colour_names}
-    for obj in scene.objects:
+    owners = np.zeros(rows * cols, dtype=np.int64)
+    for index, obj in enumerate(scene.objects):
         share = np.bincount(cell[obj.mask], minlength=rows * cols) / area
         better = share > best
         best[better] = share[better]
-        labels[0, better] = 1 + colour_names.index(obj.colour)
-        labels[1, better] = 1 + SHAPES.index(obj.shape)
-        labels[3, better] = same_colour[obj.colour]
+        owners[better] = 1 + index
+    return torch.from_numpy(owners.reshape(rows, cols))
+
+
+def token_labels(scene: Scene, grid: tuple[int, int], min_share: float = 0.15) -> torch.Tensor:
+    """``[4, H', W']`` long: per token the colour (``0`` background, ``1 + i`` for ``COLOURS``), the shape
+    (``0`` none, ``1 + i`` for ``SHAPES``) of the object covering most of it (:func:`token_owners`),
+    ``1`` where an object's box centre falls in the token, and the number of objects in the scene
+    that share the token's colour (``0`` on background).
+
+    Dense labels for teaching a vision tower what each visual token shows.
+    """
+    width, height = scene.image.size
+    rows, cols = grid
+    owners = token_owners(scene, grid, min_share).flatten()
+    labels = torch.zeros((4, rows * cols), dtype=torch.long)
+    colour_names = list(COLOURS)
+    for index, obj in enumerate(scene.objects):
+        owned = owners == 1 + index
+        labels[0, owned] = 1 + colour_names.index(obj.colour)
+        labels[1, owned] = 1 + SHAPES.index(obj.shape)
+        labels[3, owned] = sum(o.colour == obj.colour for o in scene.objects)
         cx, cy = (obj.box[0] + obj.box[2]) / 2, (obj.box[1] + obj.box[3]) / 2
         labels[2, int(cy * rows // height) * cols + int(cx * cols // width)] = 1
-    return torch.from_numpy(labels.reshape(4, rows, cols))
+    return labels.reshape(4, rows, cols)
 
 
 class ShapesVQA:

@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from arr_coc.evaluation import evaluate_variant
-from arr_coc.tasks.shapes_vqa import ANSWER_WORDS, COLOURS, MAX_OBJECTS, SHAPES, ShapesVQA, token_labels
+from arr_coc.tasks.shapes_vqa import ANSWER_WORDS, COLOURS, MAX_OBJECTS, SHAPES, ShapesVQA, token_labels, token_owners
 from arr_coc.training.config import validate
 from arr_coc.training.data import processor_grid
 from arr_coc.training.loop import NullLogger
@@ -98,6 +98,9 @@ class TrainTestbedConfig(BaseModel):
     )
     init: str = Field("", description="checkpoint to start from (fine-tuning); empty = random weights from seed")
     probe_weight: float = Field(0.5, ge=0, description="weight of the per-token probe loss on the vision tower")
+    probe_pre: bool = Field(
+        False, description="probe the kept tokens of the examples dropped before the tower too (visible counts)"
+    )
     hint_weight: float = Field(0.5, ge=0, description="weight of the LLM's hints (two attention maps, one read-out)")
     seed: int = Field(0, ge=0, description="seeds the initial weights, the data order and the token dropping")
     heldout_size: int = Field(96, ge=1, description="held-out samples answered at each evaluation")
@@ -122,6 +125,7 @@ class TrainingExample:
     encoded: EncodedRequest
     answer_ids: torch.Tensor  # [A]
     labels: torch.Tensor  # [4, H', W'] per-token colour, shape, centre, same-colour count (see token_labels)
+    owners: torch.Tensor  # [H', W'] 1 + index of the object covering each token, 0 on background (token_owners)
     target: torch.Tensor  # [H', W'] bool: the tokens of the object(s) the question is about
     subject_id: int  # token id of the question's subject word (a shape or a colour)
 
@@ -153,7 +157,8 @@ class ExampleSet(torch.utils.data.Dataset):
         grid = merged_grid(encoded.image_grid_thw, int(self.processor.image_processor.merge_size))
         subject = subject_word(sample.question)
         subject_id = self.processor.tokenizer.convert_tokens_to_ids(subject)
-        return TrainingExample(encoded, answer, token_labels(scene, grid), sample.target_mask, subject_id)
+        labels, owners = token_labels(scene, grid), token_owners(scene, grid)
+        return TrainingExample(encoded, answer, labels, owners, sample.target_mask, subject_id)
 
 
 def subject_word(question: str) -> str:
@@ -185,6 +190,20 @@ class TokenProbe(torch.nn.Module):
         centre = F.binary_cross_entropy_with_logits(self.centre(features)[:, 0], labels[2].float(), reduction="none")
         parts.append(_balanced(centre, labels[2] > 0))
         return sum(parts)
+
+
+def kept_labels(labels: torch.Tensor, owners: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """``[4, K]``: the probe labels ``labels [4, N]`` of the kept tokens ``kept [K]`` as a tower that saw
+    only those tokens can know them: the same-colour count counts the objects still visible (those
+    owning at least one kept token, ``owners [N]`` from :func:`token_owners`)."""
+    labels = labels[:, kept].clone()
+    owners = owners[kept]
+    for colour in labels[0].unique().tolist():
+        if colour == 0:
+            continue
+        same = labels[0] == colour
+        labels[3, same] = owners[same].unique().numel()
+    return labels
 
 
 def _balanced(per_token: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
@@ -232,8 +251,9 @@ def answer_rows(
     Returns ``(rows, kept, features)``: per example an ``LLMRow`` of prompt + answer
     whose kept visual tokens (``kept [K_b]``, raster indices) are a random
     ``keep_ratio`` share at stock positions (or, where ``focused[b]``, a
-    :func:`target_subset`), and the merger outputs of every token ``[N_b, D]``, or
-    ``None`` for the examples dropped before the tower (``pre[b]``).
+    :func:`target_subset`), and the merger outputs: of every token ``[N_b, D]``, or
+    of the kept tokens only ``[K_b, D]`` for the examples dropped before the tower
+    (``pre[b]``).
     """
     pre = [False] * len(examples) if pre is None else list(pre)
     focused = [False] * len(examples) if focused is None else list(focused)
@@ -257,7 +277,7 @@ def answer_rows(
         types = torch.cat([e.mm_token_type_ids, torch.zeros_like(example.answer_ids)])
         positions = full_positions(vlm, ids, types, e.image_grid_thw)
         rows.append(prune_row(ids, positions, types, image, kept, vision_is_kept=before))
-    return rows, kept_sets, [None if before else image.features for image, before in zip(vision, pre)]
+    return rows, kept_sets, [image.features for image in vision]
 
 
 @dataclass
@@ -397,7 +417,11 @@ def train_testbed(
         rows, kept, features = answer_rows(vlm, examples, ratios, generator, pre, focused, config.target_extra)
         losses_now = step_losses(vlm, rows, kept, examples)
         answer = losses_now.answer
-        probed = [probe.loss(f, e.labels.flatten(1)) for f, e in zip(features, examples) if f is not None]
+        probed = [
+            probe.loss(f, kept_labels(e.labels.flatten(1), e.owners.flatten(), k) if before else e.labels.flatten(1))
+            for f, e, k, before in zip(features, examples, kept, pre)
+            if config.probe_pre or not before
+        ]
         probe_loss = torch.stack(probed).mean() if probed else answer.new_zeros(())
         loss = answer + config.probe_weight * probe_loss + config.hint_weight * losses_now.hints
         optimizer.zero_grad(set_to_none=True)
