@@ -48,7 +48,7 @@ def test_shipped_files_load_through_the_normal_path_and_stay_small() -> None:
 
 
 def test_all_tokens_answer_the_heldout_sample(pipeline, heldout) -> None:
-    """The shipped model answers 0.720 of 300 held-out samples: far above chance
+    """The shipped model answers 0.750 of 300 held-out samples: far above chance
     (about 0.18), below the 0.9 its issue asks for (see the model card); the floor guards a regression."""
     summary = _accuracy(pipeline, "full", heldout)
     assert summary["accuracy"] >= 0.65, summary
@@ -69,4 +69,4 @@ def test_pre_encoder_pruning_keeps_the_same_tokens_and_most_of_the_accuracy(pipe
     uniform = _accuracy(pipeline, "uniform-pre-25", heldout)
     assert pre["recall"] == post["recall"] and pre["kept_ratio"] == post["kept_ratio"]
     assert pre["accuracy"] >= uniform["accuracy"] + 0.05, (pre, uniform)
-    assert pre["accuracy"] >= post["accuracy"] - 0.1, (pre, post)  # 2.4 points apart on 300 samples (model card)
+    assert pre["accuracy"] >= post["accuracy"] - 0.1, (pre, post)  # 1.0 point apart on 300 samples (model card)
