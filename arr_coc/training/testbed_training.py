@@ -11,6 +11,9 @@ The vision tower also gets dense supervision while it trains: a linear probe
 labels from the generator (:func:`arr_coc.tasks.shapes_vqa.token_labels`). A
 model trained from scratch otherwise has to discover colours and shapes through
 a single answer token, which on 2 CPU cores stalls at chance for hundreds of steps.
+With ``probe_pre`` the probe also reads the kept tokens of the examples dropped
+before the tower, labelled with what those tokens alone can show
+(:func:`kept_labels`: the same-colour count counts the objects still visible).
 
 The LLM gets three hints while it trains, from the generator's target masks: in
 its first layer, one head at the question's subject word ("star" in "What colour
