@@ -186,9 +186,14 @@ def token_labels(scene: Scene, grid: tuple[int, int], min_share: float = 0.15) -
 
     Dense labels for teaching a vision tower what each visual token shows.
     """
+    return owner_labels(scene, token_owners(scene, grid, min_share))
+
+
+def owner_labels(scene: Scene, owners: torch.Tensor) -> torch.Tensor:
+    """:func:`token_labels` from the token owners ``[H', W']`` of :func:`token_owners`."""
     width, height = scene.image.size
-    rows, cols = grid
-    owners = token_owners(scene, grid, min_share).flatten()
+    rows, cols = owners.shape
+    owners = owners.flatten()
     labels = torch.zeros((4, rows * cols), dtype=torch.long)
     colour_names = list(COLOURS)
     for index, obj in enumerate(scene.objects):

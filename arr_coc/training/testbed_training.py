@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from arr_coc.evaluation import evaluate_variant
-from arr_coc.tasks.shapes_vqa import ANSWER_WORDS, COLOURS, MAX_OBJECTS, SHAPES, ShapesVQA, token_labels, token_owners
+from arr_coc.tasks.shapes_vqa import ANSWER_WORDS, COLOURS, MAX_OBJECTS, SHAPES, ShapesVQA, owner_labels, token_owners
 from arr_coc.training.config import validate
 from arr_coc.training.data import processor_grid
 from arr_coc.training.loop import NullLogger
@@ -160,8 +160,8 @@ class ExampleSet(torch.utils.data.Dataset):
         grid = merged_grid(encoded.image_grid_thw, int(self.processor.image_processor.merge_size))
         subject = subject_word(sample.question)
         subject_id = self.processor.tokenizer.convert_tokens_to_ids(subject)
-        labels, owners = token_labels(scene, grid), token_owners(scene, grid)
-        return TrainingExample(encoded, answer, labels, owners, sample.target_mask, subject_id)
+        owners = token_owners(scene, grid)
+        return TrainingExample(encoded, answer, owner_labels(scene, owners), owners, sample.target_mask, subject_id)
 
 
 def subject_word(question: str) -> str:
