@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -12,11 +14,13 @@ from arr_coc.synthetic import patch_grid
 from arr_coc.tasks.shapes_vqa import COLOURS, SHAPES, ShapesVQA, token_labels, token_owners
 from arr_coc.training.testbed_training import (
     ExampleSet,
+    Plan,
     TokenProbe,
     TrainTestbedConfig,
     answer_rows,
     initial_model,
     kept_labels,
+    schedule,
     step_losses,
     subject_word,
     target_subset,
@@ -250,6 +254,11 @@ def test_a_short_training_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tm
         ({"lr": -1}, "lr"),
         ({"probe_pre": "sometimes"}, "probe_pre"),
         ({"stepz": 3}, "stepz"),
+        ({"device": "gpu"}, "device"),
+        ({"time_budget_s": -1}, "time_budget_s"),
+        ({"stop_after": -2}, "stop_after"),
+        ({"growth": {"llm_layers": -1}}, "growth.llm_layers"),
+        ({"growth": {"depth": 6}}, "growth.depth"),
     ],
 )
 def test_bad_training_config_is_a_typed_error(bad, field) -> None:
@@ -257,6 +266,53 @@ def test_bad_training_config_is_a_typed_error(bad, field) -> None:
         train_testbed_config(bad)
     assert caught.value.field.startswith(field)
     assert TrainTestbedConfig().min_keep == 0.1
+
+
+def test_a_time_budget_ends_the_run_early_with_a_schedule_that_replays(tmp_path) -> None:
+    base = {"steps": 40, "batch_size": 1, "warmup_steps": 2, "heldout_size": 1, "eval_every": 0, "workers": 0}
+    config = train_testbed_config(base, {"time_budget_s": 1e-6, "out": str(tmp_path / "tb")})
+    logged = []
+
+    class Logger:
+        def log(self, metrics, step):
+            logged.append((step, metrics))
+
+    result = train_testbed(config, Logger(), progress=False)
+    assert result.steps == len(result.losses) == len(logged) < 40
+    assert logged[-1][1]["train/planned_steps"] == result.planned_steps and "heldout/accuracy" in logged[-1][1]
+    assert (tmp_path / "tb" / "model.safetensors").is_file()
+    assert result.planned_steps >= result.steps
+    replay = train_testbed_config(base, {"steps": result.planned_steps, "stop_after": result.steps})
+    planned = schedule(config, Plan(result.planned_steps))
+    assert [planned(s) for s in range(40)] == [schedule(replay)(s) for s in range(40)]
+
+
+def test_stop_after_ends_the_run_before_the_schedule_does(tmp_path) -> None:
+    config = train_testbed_config(
+        {"steps": 8, "stop_after": 3, "batch_size": 1, "heldout_size": 1, "eval_every": 0, "workers": 0},
+        {"out": str(tmp_path / "tb")},
+    )
+    result = train_testbed(config, progress=False)
+    assert (result.steps, result.planned_steps, len(result.losses)) == (3, 8, 3)
+
+
+def test_fine_tuning_can_grow_the_checkpoint_first(tmp_path) -> None:
+    from arr_coc.vlm.testbed import EMBEDDED_MODEL
+
+    start = json.loads((EMBEDDED_MODEL / "config.json").read_text())
+    sizes = (start["text_config"]["num_hidden_layers"] + 1, start["text_config"]["intermediate_size"] + 64)
+    sizes += (start["vision_config"]["depth"] + 1,)
+    growth = dict(zip(("llm_layers", "llm_mlp", "vision_depth"), sizes))
+    config = train_testbed_config(
+        {"steps": 1, "batch_size": 1, "heldout_size": 2, "eval_every": 0, "workers": 0, "lr": 1e-6},
+        {"init": str(EMBEDDED_MODEL), "growth": growth, "freeze_embeddings": True, "out": str(tmp_path / "big")},
+    )
+    result = train_testbed(config, progress=False)
+    text, vision = result.vlm.model.config.text_config, result.vlm.model.config.vision_config
+    assert (text.num_hidden_layers, text.intermediate_size, vision.depth) == sizes
+    assert result.losses[0] < 1.5, "grown from a trained model: it answers as that model did"
+    saved = load_vlm(tmp_path / "big", device="cpu", dtype="fp32")
+    assert saved.model.config.text_config.num_hidden_layers == sizes[0]
 
 
 def test_train_testbed_job_logs_an_offline_run_and_an_artifact(tmp_path) -> None:

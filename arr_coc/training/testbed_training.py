@@ -69,6 +69,7 @@ from arr_coc.training.loop import NullLogger
 from arr_coc.variants import get_variant
 from arr_coc.vlm.decoding import pad_rows
 from arr_coc.vlm.grid import merged_grid
+from arr_coc.vlm.growth import Growth, grow_model
 from arr_coc.vlm.inputs import EncodedRequest, encode_request
 from arr_coc.vlm.loading import LoadedVLM, load_vlm
 from arr_coc.vlm.pipeline import VLMPipeline
@@ -109,6 +110,18 @@ class TrainTestbedConfig(BaseModel):
     heldout_size: int = Field(96, ge=1, description="held-out samples answered at each evaluation")
     eval_every: int = Field(400, ge=0, description="steps between held-out evaluations (0 = only at the end)")
     workers: int = Field(1, ge=0, description="DataLoader workers drawing and processing scenes")
+    growth: Growth = Field(
+        default_factory=Growth, description="larger sizes for the init checkpoint (arr_coc.vlm.growth); 0 keeps"
+    )
+    device: str = Field(
+        "cpu",
+        pattern=r"^(cpu|cuda(:\d+)?)$",
+        description="where the model trains: cpu, cuda or cuda:N (data is drawn on CPU)",
+    )
+    stop_after: int = Field(0, ge=0, description="end the run after this many steps, whatever the schedule (0 = steps)")
+    time_budget_s: float = Field(
+        0.0, ge=0, description="stop early at this many seconds of training (0 = run all steps); see train_testbed"
+    )
     out: str = Field("testbed-checkpoint", description="directory of the trained checkpoint")
 
 
@@ -138,6 +151,8 @@ class TestbedResult:
     vlm: LoadedVLM
     losses: list[float] = field(default_factory=list)
     heldout_accuracy: float = float("nan")
+    steps: int = 0  # steps taken
+    planned_steps: int = 0  # where the cosine decay ends (``config.steps`` unless a time budget planned fewer)
 
 
 class ExampleSet(torch.utils.data.Dataset):
@@ -187,6 +202,7 @@ class TokenProbe(torch.nn.Module):
         features = features.float()
         on_object = labels[0] > 0
         parts = []
+        labels = labels.to(features.device)
         for head, target in ((self.colour, labels[0]), (self.shape, labels[1]), (self.count, labels[3])):
             per_token = F.cross_entropy(head(features), target, reduction="none")
             parts.append(_balanced(per_token, on_object))
@@ -324,17 +340,25 @@ def step_losses(vlm: LoadedVLM, rows, kept: Sequence[torch.Tensor], examples: Se
         on_target = example.target.flatten()[kept_b]
         if on_target.any():
             image_slots = torch.nonzero(ids == vlm.image_token_id).flatten()
-            hints.append(-torch.log(first[b, subject, image_slots[on_target]].sum() + 1e-6))
+            hints.append(-torch.log(first[b, subject, image_slots[on_target.to(image_slots.device)]].sum() + 1e-6))
     return StepLosses(answer, torch.stack(hints).mean() if hints else answer.new_zeros(()))
 
 
-def schedule(config: TrainTestbedConfig):
-    """Linear warm-up, then cosine decay to 5 % of the peak."""
+@dataclass
+class Plan:
+    """The number of steps a run takes: ``config.steps``, or fewer where a time budget says so."""
+
+    steps: int
+
+
+def schedule(config: TrainTestbedConfig, plan: Plan | None = None):
+    """Linear warm-up, then cosine decay to 5 % of the peak at ``plan.steps`` (default ``config.steps``)."""
+    plan = plan or Plan(config.steps)
 
     def factor(step: int) -> float:
         if step < config.warmup_steps:
             return (step + 1) / config.warmup_steps
-        progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
+        progress = min(1.0, (step - config.warmup_steps) / max(1, plan.steps - config.warmup_steps))
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
@@ -356,24 +380,40 @@ TRAINING_ATTENTION = {"text_config": "eager", "vision_config": "sdpa", "": "sdpa
 """Eager attention in the LLM (its weights feed the attention hints), SDPA in the vision tower."""
 
 
-def initial_model(directory: str | Path, seed: int, init: str = "") -> LoadedVLM:
-    """The model training starts from: checkpoint ``init``, or the untrained VQA testbed (random weights from
-    ``seed``) written to ``directory``."""
-    if init:
-        return load_vlm(init, device="cpu", dtype="float32", attn_implementation=TRAINING_ATTENTION)
-    build_testbed(directory, "qwen2.5-vl", seed=seed, size="vqa", words=ANSWER_WORDS)
-    return load_vlm(directory, device="cpu", dtype="float32", attn_implementation=TRAINING_ATTENTION)
+def initial_model(
+    directory: str | Path, seed: int, init: str = "", growth: Growth | None = None, device: str = "cpu"
+) -> LoadedVLM:
+    """The model training starts from, on ``device``: checkpoint ``init`` (grown by ``growth``, new weights
+    from ``seed``, written to ``directory``), or the untrained VQA testbed (random weights from ``seed``)
+    written to ``directory``."""
+    growth = growth or Growth()
+    if not init:
+        build_testbed(directory, "qwen2.5-vl", seed=seed, size="vqa", words=ANSWER_WORDS)
+    elif not growth.empty:
+        start = load_vlm(init, device="cpu", dtype="float32")
+        grow_model(start.model, growth, seed).save_pretrained(directory, safe_serialization=True)
+        start.processor.save_pretrained(directory)
+    else:
+        directory = init
+    return load_vlm(directory, device=device, dtype="float32", attn_implementation=TRAINING_ATTENTION)
 
 
 def train_testbed(
     config: TrainTestbedConfig, logger: TestbedLogger | None = None, progress: bool = True
 ) -> TestbedResult:
-    """Train the VQA testbed for ``config.steps`` steps and save it (model + processor) to ``config.out``."""
+    """Train the VQA testbed for ``config.steps`` steps and save it (model + processor) to ``config.out``.
+
+    With ``config.time_budget_s``, the mean step time of the warm-up's second half
+    sets how many steps fit in the budget, and the cosine decay ends there (logged as
+    ``train/planned_steps``; replaying that many steps without a budget gives the same
+    schedule). A run still past its budget stops at once, whatever the plan: replay
+    it with ``steps`` = the planned steps and ``stop_after`` = the steps taken.
+    """
     from tqdm.auto import tqdm
 
     logger = logger or NullLogger()
     out = Path(config.out)
-    vlm = initial_model(out, config.seed, config.init)
+    vlm = initial_model(out, config.seed, config.init, config.growth, config.device)
     model = vlm.model
     model.requires_grad_(True)
     model.train()
@@ -396,18 +436,23 @@ def train_testbed(
     rest = [p for n, p in model.named_parameters() if not n.startswith("model.visual.") and p.requires_grad]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        probe = TokenProbe(vlm.hidden_size)
+        probe = TokenProbe(vlm.hidden_size).to(vlm.device)
     optimizer = torch.optim.AdamW(
         [{"params": rest + list(probe.parameters())}, {"params": vision, "lr": config.lr * config.vision_lr_scale}],
         lr=config.lr,
         weight_decay=config.weight_decay,
         betas=(0.9, 0.98),
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(config))
+    plan = Plan(config.steps)
+    stop = config.stop_after or config.steps
+    step = 0
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(config, plan))
     generator = torch.Generator().manual_seed(config.seed)
     losses: list[float] = []
     accuracy = float("nan")
     started = time.perf_counter()
+    timed_from = max(1, config.warmup_steps // 2)
+    timer_start = started
     bar = tqdm(enumerate(loader, start=1), total=config.steps, desc="train-testbed", disable=not progress)
     for step, examples in bar:
         ratios = (config.min_keep + (1 - config.min_keep) * torch.rand(len(examples), generator=generator)).tolist()
@@ -443,13 +488,24 @@ def train_testbed(
             "train/grad_norm": norm,
             "train/elapsed_s": time.perf_counter() - started,
         }
-        last = step == config.steps
+        if step == timed_from:
+            timer_start = time.perf_counter()
+        if config.time_budget_s and step == max(config.warmup_steps, timed_from + 1):
+            elapsed = time.perf_counter() - started
+            per_step = (time.perf_counter() - timer_start) / (step - timed_from)
+            plan.steps = min(config.steps, step + max(0, int((config.time_budget_s - elapsed) / per_step)))
+            bar.total = plan.steps
+        metrics["train/planned_steps"] = plan.steps
+        out_of_time = bool(config.time_budget_s) and time.perf_counter() - started >= config.time_budget_s
+        last = step >= min(stop, plan.steps) or out_of_time
         if last or (config.eval_every and step % config.eval_every == 0):
             accuracy = heldout_accuracy(vlm, heldout)
             metrics["heldout/accuracy"] = accuracy
         logger.log(metrics, step)
+        if last:
+            break
     model.eval()
     model.requires_grad_(False)
     model.save_pretrained(out, safe_serialization=True)
     vlm.processor.save_pretrained(out)
-    return TestbedResult(vlm, losses, accuracy)
+    return TestbedResult(vlm, losses, accuracy, step, plan.steps)
