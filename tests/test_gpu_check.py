@@ -1,5 +1,6 @@
 """benchmarks/gpu_check.sh end to end, in its CPU smoke mode: every step runs and reports its figures."""
 
+import json
 import os
 import re
 import subprocess
@@ -28,3 +29,34 @@ def test_gpu_check_smoke_runs_every_step(tmp_path):
     for figure in ("images/s", "attention calls", "TTFT ms", "ms/step", "req/s", "passed", "same answer"):
         assert figure in report, figure
     assert "NO" not in re.findall(r"\b(yes|NO)\b", report), "graph/static decode ids differ from eager"
+
+
+def test_gpu_train_runs_fine_tunes_side_by_side(tmp_path):
+    from arr_coc.vlm.testbed import EMBEDDED_MODEL
+
+    overrides = {"device": "cpu", "time_budget_s": 2, "workers": 0, "batch_size": 1, "heldout_size": 1}
+    overrides["init"] = str(EMBEDDED_MODEL)
+    run = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_train.sh"), str(tmp_path), "same", "xl", "--", json.dumps(overrides)],
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    assert re.findall(r"/(same|xl): \d+ steps, held-out accuracy", run.stdout) == ["same", "xl"], run.stdout
+    grown = json.loads((tmp_path / "xl" / "config.json").read_text())
+    assert (grown["text_config"]["num_hidden_layers"], grown["vision_config"]["depth"]) == (9, 10)
+    assert (tmp_path / "same" / "model.safetensors").is_file()
+
+
+def test_gpu_train_reports_a_failed_run(tmp_path):
+    overrides = json.dumps({"device": "cpu", "init": str(tmp_path / "missing")})
+    run = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_train.sh"), str(tmp_path), "same", "--", overrides],
+        env={**os.environ, "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 1 and "ModelNotFoundError" in (tmp_path / "same.log").read_text()
