@@ -26,7 +26,6 @@ def run(args: argparse.Namespace) -> int:
         "pre_share": args.pre_share,
         "target_share": args.target_share,
         "init": args.init,
-        "device": args.device,
         "time_budget_s": args.time_budget,
     }
     return run_train_testbed_job(args.config, cli_values, wandb_mode=args.wandb, progress=not args.no_progress)
@@ -48,7 +47,6 @@ def register(subparsers) -> None:
         "--target-share", type=float, help="share of examples keeping most target tokens and few others"
     )
     parser.add_argument("--init", help="checkpoint to fine-tune (default: random weights from --seed)")
-    parser.add_argument("--device", help="cpu (default), cuda or cuda:N")
     parser.add_argument("--time-budget", type=float, help="seconds of training after which the run ends early")
     add_wandb_mode(parser)
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bars")
