@@ -35,6 +35,7 @@ SLOW_MODULES = {
     "test_embedded_model",
     "test_feature_cache",
     "test_gpu_check",
+    "test_auto_rules",
 }
 
 
