@@ -17,8 +17,10 @@ from collections.abc import Callable
 
 import torch
 
-from arr_coc.adaptive import AutoBudget, auto_count, target_probability
+from arr_coc.adaptive import AutoBudget, target_probability
+from arr_coc.metrics import percentile, recall_at_budget
 from arr_coc.scorer import RelevanceScorer
+from arr_coc.selection.allocation import resolve_budget
 from arr_coc.tasks.shapes_vqa import ShapesVQA
 from arr_coc.training.data import encode_sample, processor_grid
 from arr_coc.vlm.loading import load_vlm
@@ -49,12 +51,11 @@ def report(name: str, rule: Rule, rows) -> str:
         keep = rule(relevance)
         ratios.append(keep / relevance.numel())
         if target.any():
-            top = torch.topk(relevance, keep).indices
-            recall = float(target[top].sum()) / float(target.sum())
+            recall = recall_at_budget(torch.topk(relevance, keep).indices, target)
             recalls.setdefault(kind, []).append(recall)
             recalls.setdefault("all", []).append(recall)
     mean = lambda values: sum(values) / len(values)  # noqa: E731
-    p95 = sorted(ratios)[int(0.95 * len(ratios))]
+    p95 = percentile(ratios, 95)
     cells = " | ".join(f"{mean(recalls[k]):.3f}" for k in ("all", "colour", "shape", "count") if k in recalls)
     return f"| {name} | {mean(ratios):.3f} / {p95:.3f} | {cells} |"
 
@@ -69,13 +70,13 @@ def main() -> None:
 
     def mass(coverage: float, floor: float = 0.0) -> Rule:
         budget = AutoBudget(coverage=coverage)
-        return lambda r: max(round(floor * r.numel()), auto_count(r, budget, calibration))
+        return lambda r: max(round(floor * r.numel()), resolve_budget(budget, r.numel(), r, calibration))
 
     def expected(factor: float) -> Rule:
         return lambda r: max(1, min(r.numel(), math.ceil(factor * float(target_probability(r, calibration).sum()))))
 
     def fixed(ratio: float) -> Rule:
-        return lambda r: max(1, round(ratio * r.numel()))
+        return lambda r: resolve_budget(ratio, r.numel())
 
     rules = {f"mass, coverage {c}": mass(c) for c in (0.6, 0.7, 0.75, 0.8)}
     rules |= {f"{f} x the expected target count": expected(f) for f in (1.5, 2.0)}
