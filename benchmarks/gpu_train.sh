@@ -16,6 +16,10 @@ shift
 NAMES=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do NAMES+=("$1"); shift; done
 OVERRIDES=${2:-"{}"}
+if [ ${#NAMES[@]} -eq 0 ]; then echo "gpu_train.sh: name at least one config (configs/gpu-finetune-testbed-NAME.yaml)" >&2; exit 2; fi
+for name in "${NAMES[@]}"; do
+    [ -f "configs/gpu-finetune-testbed-$name.yaml" ] || { echo "gpu_train.sh: no configs/gpu-finetune-testbed-$name.yaml" >&2; exit 2; }
+done
 mkdir -p "$OUT"
 PY=${PYTHON:-$(command -v python || command -v python3)}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}

@@ -60,3 +60,15 @@ def test_gpu_train_reports_a_failed_run(tmp_path):
         timeout=300,
     )
     assert run.returncode == 1 and "ModelNotFoundError" in (tmp_path / "same.log").read_text()
+
+
+def test_gpu_train_refuses_no_names_and_unknown_names(tmp_path):
+    for names in ([], ["same", "nonesuch"]):
+        run = subprocess.run(
+            ["bash", str(ROOT / "benchmarks" / "gpu_train.sh"), str(tmp_path), *names],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 2 and "gpu_train.sh:" in run.stderr, (names, run.stderr)
+    assert not list(tmp_path.glob("*.log")), "nothing started"
