@@ -3,6 +3,7 @@ over two eval runs, and the exit codes of bad input."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,32 @@ def test_finishing_marks_a_failed_job_run_with_exit_code_1() -> None:
     with pytest.raises(KeyError), finishing(run):
         raise KeyError("boom")
     assert run.codes == [0, 1]
+
+
+def test_launch_inputs_are_declared_for_a_logging_run_only(monkeypatch, caplog) -> None:
+    import wandb.sdk.launch
+
+    from training_hooks.jobs.jobrun import declare_launch_inputs
+
+    declared = []
+    monkeypatch.setattr(wandb.sdk.launch, "manage_wandb_config", lambda include: declared.append(include))
+
+    class Run:
+        disabled = False
+
+    class Disabled:
+        disabled = True
+
+    with caplog.at_level(logging.WARNING, logger="training_hooks.jobs.jobrun"):
+        declare_launch_inputs(Disabled(), ["lr"])
+        declare_launch_inputs(Run(), ["lr", "steps"])
+    assert declared == [["lr", "steps"]]
+    assert caplog.records == []
+
+    def refuses(include):
+        raise AssertionError("no active run")
+
+    monkeypatch.setattr(wandb.sdk.launch, "manage_wandb_config", refuses)
+    with caplog.at_level(logging.WARNING, logger="training_hooks.jobs.jobrun"):
+        declare_launch_inputs(Run(), ["lr"])  # a metadata failure is a warning, never the job's failure
+    assert "no active run" in caplog.text

@@ -109,7 +109,7 @@ def run_eval_job(values: dict[str, Any], *, wandb_mode: str = "auto", device: st
         tags=(variant.method,),
     )
     with finishing(run):
-        declare_launch_inputs(["variant", "method", "budget", "stage", "limit", "size", "model", "batch_size"])
+        declare_launch_inputs(run, ["variant", "method", "budget", "stage", "limit", "size", "model", "batch_size"])
         summary = _evaluate_and_log(run, variant, params, device, dtype)
     shown = ("samples", "accuracy", "recall", "kept_ratio", "latency_p50_ms", "latency_p95_ms", "throughput_rps")
     print(f"{variant.name}: " + ", ".join(f"{key} {summary[key]:.4g}" for key in shown), file=sys.stdout)

@@ -121,14 +121,20 @@ def finishing(run) -> Iterator[None]:
     run.finish()
 
 
-def declare_launch_inputs(keys: list[str]) -> None:
-    """Make ``keys`` of ``wandb.config`` the overridable inputs of a Launch job made from this run."""
+def declare_launch_inputs(run, keys: list[str]) -> None:
+    """Make ``keys`` of ``wandb.config`` the overridable inputs of a Launch job made from ``run``.
+
+    A disabled run (``--wandb off``, or a W&B that failed to start) makes no job, so
+    there is nothing to declare and nothing to warn about.
+    """
+    if getattr(run, "disabled", False):
+        return
     try:
         from wandb.sdk.launch import manage_wandb_config
 
         manage_wandb_config(include=keys)
     except Exception as error:  # only job metadata: never worth failing the job
-        log.warning("could not declare the Launch inputs: %s", error)
+        log.warning("could not declare the Launch inputs: %r", error)
 
 
 def run_config(run, keys) -> dict[str, Any]:

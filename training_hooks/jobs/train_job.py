@@ -93,7 +93,7 @@ def run_train_job(
         group="scorer-training",
     )
     with finishing(run):
-        declare_launch_inputs(list(TrainConfig.model_fields))
+        declare_launch_inputs(run, list(TrainConfig.model_fields))
         config = train_config(config.model_dump(), run_config(run, TrainConfig.model_fields))
         result_dir = _train_and_log(run, config, device, progress)
     print(f"checkpoint: {result_dir}")

@@ -46,7 +46,7 @@ def run_train_testbed_job(
         name=f"train-testbed-seed{config.seed}",
     )
     with finishing(run):
-        declare_launch_inputs(list(TrainTestbedConfig.model_fields))
+        declare_launch_inputs(run, list(TrainTestbedConfig.model_fields))
         config = train_testbed_config(config.model_dump(), run_config(run, TrainTestbedConfig.model_fields))
         result = train_testbed(config, WandbTrainLogger(run), progress)
         summary = {"final_loss": result.losses[-1], "heldout_accuracy": result.heldout_accuracy}
