@@ -6,11 +6,12 @@ point-in-polygon tests at pixel centres, no Pillow drawing, no anti-aliasing),
 boxes are square, the star's inner radius is 0.382 (the regular pentagram), noise
 sigma is drawn from 0-8, and questions are sampled the other way round: first a
 random scene (colours and shapes uniform, repeats allowed), then a template and a
-subject among those the scene makes askable. The script prints accuracy and target
-recall for ``full``, ``arr-coc-10`` and ``arr-coc-25`` on these scenes next to the
-same figures on this project's own held-out split.
+subject among those the scene makes askable. The script prints accuracy (also per
+question template) and target recall for ``full``, ``arr-coc-10`` and ``arr-coc-25`` on
+these scenes next to the same figures on this project's own held-out split.
 
     .venv/bin/python benchmarks/other_renderer.py --size 200
+    .venv/bin/python benchmarks/other_renderer.py --size 600 --model DIR    # other weights, the embedded scorer
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from arr_coc.tasks.shapes_vqa import COLOURS, SHAPES, ShapesVQA, question_for
 from arr_coc.training.data import processor_grid
 from arr_coc.variants import get_variant
 from arr_coc.vlm.pipeline import VLMPipeline
+from arr_coc.vlm.testbed import EMBEDDED_SCORER
+from training_hooks.jobs.quality_job import per_kind_accuracy
 
 
 def inside_polygon(xs: np.ndarray, ys: np.ndarray, points: list[tuple[float, float]]) -> np.ndarray:
@@ -123,19 +126,23 @@ class OtherRenderer:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=200)
+    parser.add_argument("--model", default=None, help="VLM directory (default: the embedded testbed)")
+    parser.add_argument("--scorer", default=str(EMBEDDED_SCORER), help="scorer directory (default: the embedded one)")
     args = parser.parse_args()
-    pipeline = VLMPipeline.from_pretrained(device="cpu", dtype="fp32")
+    pipeline = VLMPipeline.from_pretrained(args.model, scorer=args.scorer, device="cpu", dtype="fp32")
     grid_for = processor_grid(pipeline.vlm.processor)
     sets = {
         "own renderer (held-out)": ShapesVQA(args.size, "heldout", 0, grid_for),
         "other renderer": OtherRenderer(args.size, grid_for),
     }
-    print(f"{'scenes':<24} {'variant':<11} {'accuracy':>8} {'recall':>7}")
+    kinds = ("colour", "shape", "count")
+    print(f"{'scenes':<24} {'variant':<11} {'accuracy':>8} {'recall':>7}" + "".join(f" {k:>7}" for k in kinds))
     for name, dataset in sets.items():
         for variant in ("full", "arr-coc-25", "arr-coc-10"):
             records = list(evaluate_variant(pipeline, get_variant(variant), dataset, batch_size=8, max_new_tokens=4))
-            summary = summarize(records, 1.0)
-            print(f"{name:<24} {variant:<11} {summary['accuracy']:>8.3f} {summary['recall']:>7.3f}")
+            summary = {**summarize(records, 1.0), **per_kind_accuracy(records)}
+            by_kind = "".join(f" {summary.get(f'accuracy/{k}', float('nan')):>7.3f}" for k in kinds)
+            print(f"{name:<24} {variant:<11} {summary['accuracy']:>8.3f} {summary['recall']:>7.3f}{by_kind}")
 
 
 if __name__ == "__main__":
