@@ -183,6 +183,54 @@ def test_target_subsets_keep_most_targets_and_few_others() -> None:
     assert torch.equal(again, target_subset(target, 0.1, torch.Generator().manual_seed(7)))
 
 
+def test_target_subsets_with_distractors_take_other_objects_before_background() -> None:
+    target = torch.zeros(12, 16, dtype=torch.bool)
+    target[2:5, 3:6] = True  # 9 target tokens
+    owners = torch.zeros(12, 16, dtype=torch.long)
+    owners[2:5, 3:6] = 1
+    owners[8:11, 10:14] = 2  # 12 tokens of another object
+    owners[0, 0] = 3  # and one more: 13 look-alike tokens in all
+    flat_target, flat_owners = target.flatten(), owners.flatten()
+    seen_extra = set()
+    for seed in range(50):
+        plain = target_subset(target, 0.1, torch.Generator().manual_seed(seed))
+        kept = target_subset(target, 0.1, torch.Generator().manual_seed(seed), owners)
+        assert torch.equal(kept, torch.sort(kept).values) and kept.unique().numel() == kept.numel()
+        assert kept.numel() == plain.numel(), "the same number of tokens, chosen elsewhere"
+        extra = kept[~flat_target[kept]]
+        on_object = flat_owners[extra] > 0
+        seen_extra.add(int(extra.numel()))
+        if extra.numel() <= 13:
+            assert on_object.all(), "look-alikes come first"
+        else:
+            assert int(on_object.sum()) == 13, "then the background"
+    assert max(seen_extra) > 13 and min(seen_extra) < 13, "both cases were drawn"
+    absent = target_subset(torch.zeros_like(target), 0.1, torch.Generator().manual_seed(3), owners)
+    assert (flat_owners[absent] > 0).all(), "an absent colour shows the other objects"
+
+
+def test_a_count_balanced_probe_weighs_rare_counts_up() -> None:
+    labels = torch.zeros(4, 40, dtype=torch.long)
+    labels[0, :30], labels[1, :30], labels[3, :28], labels[3, 28:30] = 1, 1, 1, 4  # 28 tokens count 1, 2 count 4
+    features = torch.zeros(40, 8)
+    features[:30, 0], features[30:, 1] = 1.0, 1.0  # object or background, nothing more
+    plain, balanced = TokenProbe(8), TokenProbe(8, balance_counts=True)
+    balanced.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        plain.count.weight.zero_()
+        plain.count.bias.zero_()
+        plain.count.weight[1, 0] = plain.count.weight[0, 1] = 10.0  # objects count 1, background 0: the 4s missed
+        balanced.count.load_state_dict(plain.count.state_dict())
+    assert balanced.loss(features, labels) > plain.loss(features, labels) + 1.0, "missing the rare 4s costs more"
+
+
+def test_training_draws_question_kinds_in_the_configured_shares() -> None:
+    config = train_testbed_config({"kinds": ["colour", "shape", "count", "count"]})
+    kinds = [s.kind for s in (ShapesVQA(400, "train", 1, kinds=config.kinds)[i] for i in range(400))]
+    assert 0.42 < kinds.count("count") / 400 < 0.58 and {"colour", "shape"} <= set(kinds)
+    assert TrainTestbedConfig().kinds == ("colour", "shape", "count")
+
+
 def test_fine_tuning_starts_from_the_given_checkpoint(tmp_path) -> None:
     from arr_coc.vlm.testbed import EMBEDDED_MODEL
 
@@ -259,6 +307,9 @@ def test_a_short_training_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tm
         ({"stop_after": -2}, "stop_after"),
         ({"growth": {"llm_layers": -1}}, "growth.llm_layers"),
         ({"growth": {"depth": 6}}, "growth.depth"),
+        ({"kinds": ["colour", "position"]}, "kinds"),
+        ({"kinds": []}, "kinds"),
+        ({"distractors": "maybe"}, "distractors"),
     ],
 )
 def test_bad_training_config_is_a_typed_error(bad, field) -> None:

@@ -55,14 +55,23 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from arr_coc.evaluation import evaluate_variant
-from arr_coc.tasks.shapes_vqa import ANSWER_WORDS, COLOURS, MAX_OBJECTS, SHAPES, ShapesVQA, owner_labels, token_owners
+from arr_coc.tasks.shapes_vqa import (
+    ANSWER_WORDS,
+    COLOURS,
+    KINDS,
+    MAX_OBJECTS,
+    SHAPES,
+    ShapesVQA,
+    owner_labels,
+    token_owners,
+)
 from arr_coc.training.config import validate
 from arr_coc.training.data import processor_grid
 from arr_coc.training.loop import NullLogger
@@ -97,6 +106,13 @@ class TrainTestbedConfig(BaseModel):
         0.0, ge=0, le=1, description="share of examples keeping most target tokens and few others (small budgets)"
     )
     target_extra: float = Field(0.1, ge=0, le=1, description="largest share of non-target tokens those examples keep")
+    distractors: bool = Field(
+        False, description="those examples take their non-target tokens from the other objects first (look-alikes)"
+    )
+    kinds: tuple[Literal["colour", "shape", "count"], ...] = Field(
+        KINDS, min_length=1, description="question kinds drawn for training; one listed twice is drawn twice as often"
+    )
+    balance_counts: bool = Field(False, description="the probe's same-colour count head weighs every count equally")
     freeze_embeddings: bool = Field(
         False, description="keep the input embeddings (the shipped scorer's queries) fixed while fine-tuning"
     )
@@ -189,8 +205,9 @@ class TokenProbe(torch.nn.Module):
     """Linear read-out of each visual token's colour, shape, centre flag and same-colour count from merger
     outputs ``[N, D]`` (the labels of :func:`arr_coc.tasks.shapes_vqa.token_labels`)."""
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, balance_counts: bool = False) -> None:
         super().__init__()
+        self.balance_counts = balance_counts
         self.colour = torch.nn.Linear(width, 1 + len(COLOURS))
         self.shape = torch.nn.Linear(width, 1 + len(SHAPES))
         self.centre = torch.nn.Linear(width, 1)
@@ -198,14 +215,19 @@ class TokenProbe(torch.nn.Module):
 
     def loss(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Class-balanced loss of one image: ``features [N, D]``, ``labels [4, N]``; object and
-        background tokens weigh equally."""
+        background tokens weigh equally (with ``balance_counts``, each same-colour count does)."""
         features = features.float()
         on_object = labels[0] > 0
         parts = []
         labels = labels.to(features.device)
-        for head, target in ((self.colour, labels[0]), (self.shape, labels[1]), (self.count, labels[3])):
+        for head, target in ((self.colour, labels[0]), (self.shape, labels[1])):
             per_token = F.cross_entropy(head(features), target, reduction="none")
             parts.append(_balanced(per_token, on_object))
+        count = F.cross_entropy(self.count(features), labels[3], reduction="none")
+        if self.balance_counts:
+            parts.append(torch.stack([count[labels[3] == c].mean() for c in labels[3].unique()]).mean())
+        else:
+            parts.append(_balanced(count, on_object))
         centre = F.binary_cross_entropy_with_logits(self.centre(features)[:, 0], labels[2].float(), reduction="none")
         parts.append(_balanced(centre, labels[2] > 0))
         return sum(parts)
@@ -240,9 +262,17 @@ def random_subset(tokens: int, ratio: float, generator: torch.Generator) -> torc
     return torch.sort(torch.randperm(tokens, generator=generator)[:keep]).values
 
 
-def target_subset(target: torch.Tensor, extra: float, generator: torch.Generator) -> torch.Tensor:
+def target_subset(
+    target: torch.Tensor, extra: float, generator: torch.Generator, owners: torch.Tensor | None = None
+) -> torch.Tensor:
     """``[K]`` ascending indices: each target of ``target [H', W']`` with a probability drawn from [0.6, 1],
-    and a share drawn from [0, ``extra``] of the other tokens (at least one token in all)."""
+    and a share drawn from [0, ``extra``] of the other tokens (at least one token in all).
+
+    With ``owners [H', W']`` (:func:`token_owners`), those other tokens come from the other objects
+    first and from the background only when the objects run out, as a relevance selector that
+    cannot tell a look-alike from the asked-for object keeps them (a question about an absent
+    colour then shows the model the nearest colours, not random background).
+    """
     flat = target.flatten().bool()
     # Three draws per call though two are read: the shipped weights were trained with this stream.
     target_draw, extra_draw, _ = torch.rand(3, generator=generator).tolist()
@@ -252,7 +282,11 @@ def target_subset(target: torch.Tensor, extra: float, generator: torch.Generator
     count = round(extra_draw * extra * others.numel())
     if kept_targets.numel() + count == 0:
         count = 1
-    kept_others = others[torch.randperm(others.numel(), generator=generator)[:count]]
+    order = torch.randperm(others.numel(), generator=generator)
+    if owners is not None:
+        on_object = owners.flatten()[others[order]] > 0
+        order = torch.cat([order[on_object], order[~on_object]])
+    kept_others = others[order[:count]]
     return torch.sort(torch.cat([kept_targets, kept_others])).values
 
 
@@ -264,6 +298,7 @@ def answer_rows(
     pre: Sequence[bool] | None = None,
     focused: Sequence[bool] | None = None,
     target_extra: float = 0.1,
+    distractors: bool = False,
 ):
     """Vision (with gradients) for all images, token dropping, pruned rows with their answers.
 
@@ -280,7 +315,8 @@ def answer_rows(
     for example, ratio, focus in zip(examples, keep_ratios, focused):
         tokens = int(example.encoded.image_grid_thw.prod()) // vlm.merge_size**2
         if focus:
-            kept_sets.append(target_subset(example.target, target_extra, generator))
+            owners = example.owners if distractors else None
+            kept_sets.append(target_subset(example.target, target_extra, generator, owners))
         else:
             kept_sets.append(random_subset(tokens, ratio, generator))
     pixels = [e.encoded.pixel_values for e in examples]
@@ -418,7 +454,7 @@ def train_testbed(
     model.requires_grad_(True)
     model.train()
     grid_for = processor_grid(vlm.processor)
-    train_set = ShapesVQA(config.steps * config.batch_size, "train", config.seed, grid_for)
+    train_set = ShapesVQA(config.steps * config.batch_size, "train", config.seed, grid_for, config.kinds)
     heldout = ShapesVQA(config.heldout_size, "heldout", config.seed, grid_for)
     end_id = vlm.tokenizer.convert_tokens_to_ids("<|im_end|>")
     loader = torch.utils.data.DataLoader(
@@ -436,7 +472,7 @@ def train_testbed(
     rest = [p for n, p in model.named_parameters() if not n.startswith("model.visual.") and p.requires_grad]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        probe = TokenProbe(vlm.hidden_size).to(vlm.device)
+        probe = TokenProbe(vlm.hidden_size, config.balance_counts).to(vlm.device)
     optimizer = torch.optim.AdamW(
         [{"params": rest + list(probe.parameters())}, {"params": vision, "lr": config.lr * config.vision_lr_scale}],
         lr=config.lr,
@@ -462,7 +498,9 @@ def train_testbed(
             if config.target_share > 0  # no draw otherwise: earlier recipes replay bit for bit
             else None
         )
-        rows, kept, features = answer_rows(vlm, examples, ratios, generator, pre, focused, config.target_extra)
+        rows, kept, features = answer_rows(
+            vlm, examples, ratios, generator, pre, focused, config.target_extra, config.distractors
+        )
         losses_now = step_losses(vlm, rows, kept, examples)
         answer = losses_now.answer
         probed = [
