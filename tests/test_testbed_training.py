@@ -310,6 +310,7 @@ def test_a_short_training_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tm
         ({"kinds": ["colour", "position"]}, "kinds"),
         ({"kinds": []}, "kinds"),
         ({"distractors": "maybe"}, "distractors"),
+        ({"balance_counts": "maybe"}, "balance_counts"),
     ],
 )
 def test_bad_training_config_is_a_typed_error(bad, field) -> None:

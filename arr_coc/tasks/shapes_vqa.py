@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -54,7 +55,8 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle", "star", "cross")
 COUNTS = ("0", "1", "2", "3", "4")
 ANSWER_WORDS = (*COLOURS, *SHAPES, *COUNTS)
-KINDS = ("colour", "shape", "count")  # what the question asks for: templates 1, 2 and 3
+QuestionKind = Literal["colour", "shape", "count"]  # what the question asks for: templates 1, 2 and 3
+KINDS: tuple[QuestionKind, ...] = get_args(QuestionKind)
 SPLITS = {"train": 0, "heldout": 1}
 
 MIN_SIDE, MAX_SIDE = 320, 640

@@ -55,7 +55,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +68,7 @@ from arr_coc.tasks.shapes_vqa import (
     KINDS,
     MAX_OBJECTS,
     SHAPES,
+    QuestionKind,
     ShapesVQA,
     owner_labels,
     token_owners,
@@ -109,7 +110,7 @@ class TrainTestbedConfig(BaseModel):
     distractors: bool = Field(
         False, description="those examples take their non-target tokens from the other objects first (look-alikes)"
     )
-    kinds: tuple[Literal["colour", "shape", "count"], ...] = Field(
+    kinds: tuple[QuestionKind, ...] = Field(
         KINDS, min_length=1, description="question kinds drawn for training; one listed twice is drawn twice as often"
     )
     balance_counts: bool = Field(False, description="the probe's same-colour count head weighs every count equally")
