@@ -1,17 +1,25 @@
 """An adaptive budget: as few tokens as each question needs.
 
-``budget = "auto"`` keeps the smallest set of most relevant tokens whose share of the
-image's *relevance mass* reaches ``coverage``, within ``[min_tokens, max_tokens]``.
-The mass of a token is the scorer's calibrated probability that the token is one the
-question is about:
+``budget = "auto"`` keeps the most relevant tokens of an image, as many as its
+relevance says the question needs, within ``[min_tokens, max_tokens]``. A token's
+chance of being one the question is about is the scorer's calibrated probability
 
     p_i = sigmoid(scale * logit(s_i) + shift)          s_i: relevance in [0, 1]
 
 with ``(scale, shift)`` fitted on the training split of the synthetic VQA task
-(:func:`fit_calibration`, Platt scaling), so that a coverage of 0.9 keeps about 90 %
-of the target tokens on that split. An easy question about one small object then
-keeps a few tokens; a count over many objects keeps many. ``K`` depends only on the
-image's own scores, so batching never changes it.
+(:func:`fit_calibration`, Platt scaling). How many tokens ``coverage`` keeps:
+
+- A scorer with a fitted *coverage table* (:func:`fit_coverage_table`, written by
+  ``arr-coc calibrate``) keeps every token with ``p_i >= threshold(coverage)``. The
+  table is fitted so that on the training split the kept tokens hold ``coverage`` of
+  the question's target tokens on average. One threshold for every image spends the
+  tokens where they are most likely targets: a question about one small object keeps
+  its few likely tokens, a count over many objects keeps many, and an image whose
+  scores are flat and low (no object the question is about) keeps few.
+- A scorer without one (never calibrated) keeps, per image, the fewest top tokens
+  holding ``coverage`` of that image's own relevance mass ``sum(p)``.
+
+``K`` depends only on the image's own scores, so batching never changes it.
 """
 
 from __future__ import annotations
@@ -19,14 +27,58 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from arr_coc.errors import InvalidBudgetError
 
 AUTO = "auto"
-DEFAULT_COVERAGE = 0.7  # chosen on a validation draw of the training split (see docs/quality)
-IDENTITY = (1.0, 0.0)
+# the largest coverage whose mean kept ratio stays within 7 % on three validation draws (docs/quality/auto)
+DEFAULT_COVERAGE = 0.84
 _EPS = 1e-6
+TABLE_ROWS = 100  # a coverage table's thresholds: percentiles of the target tokens' probabilities
+
+
+class Calibration(BaseModel):
+    """How a scorer's relevance becomes an ``auto`` budget.
+
+    ``sigmoid(scale * logit(relevance) + shift)`` is the chance a token is a target;
+    ``coverage_table`` holds ``(coverage, threshold)`` pairs, coverage ascending and
+    threshold descending: keeping the tokens whose chance is at least ``threshold``
+    kept ``coverage`` of the target tokens on the training split. Empty: never fitted.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    scale: float = Field(1.0, allow_inf_nan=False)
+    shift: float = Field(0.0, allow_inf_nan=False)
+    coverage_table: tuple[tuple[float, float], ...] = ()
+
+    @model_validator(mode="after")
+    def _ordered_probabilities(self) -> Calibration:
+        coverages = [c for c, _ in self.coverage_table]
+        thresholds = [t for _, t in self.coverage_table]
+        if not all(0.0 <= v <= 1.0 for v in coverages + thresholds):
+            raise ValueError("coverage_table values must lie in [0, 1]")
+        if coverages != sorted(coverages) or thresholds != sorted(thresholds, reverse=True):
+            raise ValueError("coverage_table must rise in coverage as its threshold falls")
+        return self
+
+    def threshold(self, coverage: float) -> float:
+        """The chance a token must reach to be kept for ``coverage`` (table interpolated; 0 at coverage 1)."""
+        if coverage >= 1.0:
+            return 0.0
+        previous = None
+        for covered, threshold in self.coverage_table:
+            if covered >= coverage:
+                if previous is None or covered == previous[0]:
+                    return threshold
+                weight = (coverage - previous[0]) / (covered - previous[0])
+                return previous[1] + weight * (threshold - previous[1])
+            previous = (covered, threshold)
+        return 0.0
+
+
+IDENTITY = Calibration()
 
 
 class AutoBudget(BaseModel):
@@ -69,25 +121,27 @@ def auto_budget(
     return AutoBudget(coverage=float(coverage), min_tokens=min_tokens, max_tokens=max_tokens)
 
 
-def target_probability(relevance: torch.Tensor, calibration: tuple[float, float] = IDENTITY) -> torch.Tensor:
+def target_probability(relevance: torch.Tensor, calibration: Calibration = IDENTITY) -> torch.Tensor:
     """``[N]`` calibrated probability that each token is a target, from ``relevance [N]`` in [0, 1]."""
-    scale, shift = calibration
     logits = torch.logit(relevance.detach().float().clamp(_EPS, 1.0 - _EPS))
-    return torch.sigmoid(scale * logits + shift)
+    return torch.sigmoid(calibration.scale * logits + calibration.shift)
 
 
-def auto_count(relevance: torch.Tensor, budget: AutoBudget, calibration: tuple[float, float] = IDENTITY) -> int:
-    """``K``: the fewest most-relevant tokens of ``relevance [N]`` holding ``coverage`` of the mass, within bounds."""
+def auto_count(relevance: torch.Tensor, budget: AutoBudget, calibration: Calibration = IDENTITY) -> int:
+    """``K`` for ``relevance [N]``: the tokens ``coverage`` needs (see the module), within the bounds."""
     count = relevance.numel()
-    mass = torch.sort(target_probability(relevance.flatten(), calibration), descending=True).values.double()
-    cumulative = torch.cumsum(mass, dim=0)
-    needed = budget.coverage * float(cumulative[-1]) * (1.0 - 1e-9)
-    k = int(torch.searchsorted(cumulative, torch.tensor([needed], dtype=torch.float64)).item()) + 1
+    probability = target_probability(relevance.flatten(), calibration)
+    if calibration.coverage_table:
+        k = int((probability >= calibration.threshold(budget.coverage)).sum())
+    else:
+        cumulative = torch.cumsum(torch.sort(probability, descending=True).values.double(), dim=0)
+        needed = budget.coverage * float(cumulative[-1]) * (1.0 - 1e-9)
+        k = int(torch.searchsorted(cumulative, torch.tensor([needed], dtype=torch.float64)).item()) + 1
     upper = count if budget.max_tokens is None else min(count, budget.max_tokens)
     return max(min(budget.min_tokens, count), min(k, upper))
 
 
-def fit_calibration(relevance: torch.Tensor, targets: torch.Tensor, steps: int = 200) -> tuple[float, float]:
+def fit_calibration(relevance: torch.Tensor, targets: torch.Tensor, steps: int = 200) -> Calibration:
     """Platt scaling: ``(scale, shift)`` so ``sigmoid(scale * logit(s) + shift)`` is ``P(target | s)``.
 
     ``relevance [T]`` scores in [0, 1] and ``targets [T]`` 0/1 labels of tokens pooled
@@ -106,4 +160,29 @@ def fit_calibration(relevance: torch.Tensor, targets: torch.Tensor, steps: int =
 
     optimizer.step(loss)
     scale, shift = (float(v) for v in params.detach())
-    return scale, shift
+    return Calibration(scale=scale, shift=shift)
+
+
+def fit_coverage_table(
+    maps: list[torch.Tensor], targets: list[torch.Tensor], calibration: Calibration
+) -> tuple[tuple[float, float], ...]:
+    """``(coverage, threshold)`` pairs: the mean share of target tokens with ``p >= threshold``.
+
+    ``maps`` are ``[N_b]`` relevance maps and ``targets`` their ``[N_b]`` 0/1 labels;
+    images without a target do not count toward the mean. The thresholds are the
+    percentiles of the target tokens' probabilities (:data:`TABLE_ROWS` of them, so
+    neighbouring rows differ by about 1 % of coverage), then ``(1, 0)``.
+    """
+    labelled = [(target_probability(m, calibration), t.bool()) for m, t in zip(maps, targets) if t.any()]
+    if not labelled:
+        raise ValueError("fitting a coverage table needs images with target tokens")
+    pooled = torch.cat([probability[target] for probability, target in labelled]).double()
+    levels = torch.linspace(1.0, 0.0, TABLE_ROWS + 1, dtype=torch.float64)
+    thresholds = torch.unique(torch.quantile(pooled, levels)).flip(0).tolist()
+    table = []
+    for threshold in thresholds:
+        recalls = [
+            float((target & (probability >= threshold)).sum() / target.sum()) for probability, target in labelled
+        ]
+        table.append((sum(recalls) / len(recalls), threshold))
+    return (*table, (1.0, 0.0))

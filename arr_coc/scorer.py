@@ -34,6 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from arr_coc.adaptive import Calibration
 from arr_coc.balancing import TensionBalancer
 from arr_coc.errors import CheckpointFormatError, ModelNotFoundError
 from arr_coc.knowing import ParticipatoryScorer, information_score, perspectival_score
@@ -55,6 +56,7 @@ class ScorerConfig:
     seed: int = 0
     calibration_scale: float = 1.0  # Platt scaling of the relevance into target probabilities (arr_coc.adaptive)
     calibration_shift: float = 0.0
+    calibration_coverage_table: tuple[tuple[float, float], ...] = ()  # (coverage, threshold) pairs, ascending coverage
 
 
 @dataclass
@@ -76,6 +78,13 @@ class RelevanceScorer(nn.Module):
     def __init__(self, query_dim: int, **options) -> None:
         super().__init__()
         self.config = ScorerConfig(query_dim=query_dim, **options)
+        self.calibrate(
+            Calibration(
+                scale=self.config.calibration_scale,
+                shift=self.config.calibration_shift,
+                coverage_table=self.config.calibration_coverage_table,
+            )
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)
             self.participatory = ParticipatoryScorer(query_dim, self.config.hidden, self.config.embed_dim)
@@ -85,14 +94,15 @@ class RelevanceScorer(nn.Module):
     def query_dim(self) -> int:
         return self.config.query_dim
 
-    @property
-    def calibration(self) -> tuple[float, float]:
-        """``(scale, shift)``: ``sigmoid(scale * logit(relevance) + shift)`` is the chance a token is a target."""
-        return self.config.calibration_scale, self.config.calibration_shift
-
-    def calibrate(self, scale: float, shift: float) -> None:
-        """Set the calibration (fitted by :func:`arr_coc.adaptive.fit_calibration`); saved with the checkpoint."""
-        self.config = replace(self.config, calibration_scale=float(scale), calibration_shift=float(shift))
+    def calibrate(self, calibration: Calibration) -> None:
+        """Set how relevance becomes an ``auto`` budget (fitted by ``arr-coc calibrate``); saved with the checkpoint."""
+        self.calibration = calibration
+        self.config = replace(
+            self.config,
+            calibration_scale=calibration.scale,
+            calibration_shift=calibration.shift,
+            calibration_coverage_table=calibration.coverage_table,
+        )
 
     def score(
         self,
@@ -212,6 +222,6 @@ class RelevanceScorer(nn.Module):
             raise CheckpointFormatError(
                 f"incomplete checkpoint: {error.filename} is missing", field="scorer"
             ) from error
-        except (json.JSONDecodeError, SafetensorError, RuntimeError, TypeError, OSError) as error:
+        except (ValueError, SafetensorError, RuntimeError, TypeError, OSError) as error:
             raise CheckpointFormatError(f"unreadable checkpoint at {path}: {error}", field="scorer") from error
         return scorer.to(device).eval()

@@ -15,6 +15,7 @@ import bentoml
 from PIL import Image
 from pydantic import BaseModel, Field
 
+from arr_coc.adaptive import Calibration
 from arr_coc.errors import ArrCocInputError, InvalidImageError
 from arr_coc.query import check_question
 from arr_coc.settings import get_settings
@@ -62,7 +63,7 @@ class ScoreItem(BaseModel):
 class ScoreOutput(BaseModel):
     grid: tuple[int, int] = (0, 0)
     relevance: list[float] = Field(default_factory=list, description="H' x W' scores, raster order")
-    calibration: tuple[float, float] = Field((1.0, 0.0), description="the scorer's (scale, shift) for auto budgets")
+    calibration: Calibration = Field(default_factory=Calibration, description="how the scorer's auto budgets count")
     timings_ms: dict[str, float] = Field(default_factory=dict)
     batch_size: int = 1
     error: RunnerError | None = None

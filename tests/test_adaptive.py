@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -9,33 +10,68 @@ import torch
 from drawing import scene, shapes
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from arr_coc.adaptive import AutoBudget, auto_budget, auto_count, fit_calibration, target_probability
-from arr_coc.errors import InvalidBudgetError
+from arr_coc.adaptive import (
+    AutoBudget,
+    Calibration,
+    auto_budget,
+    auto_count,
+    fit_calibration,
+    fit_coverage_table,
+    target_probability,
+)
+from arr_coc.errors import CheckpointFormatError, InvalidBudgetError
 from arr_coc.selection import allocate, resolve_budget
 from arr_coc.variants import VARIANTS, ad_hoc
 from arr_coc.vlm.types import AnswerRequest, GenerationParams
 
 maps = st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=1, max_size=300).map(torch.tensor)
-CALIBRATION = (0.74, -3.3)
+CALIBRATION = Calibration(scale=0.74, shift=-3.3)  # Platt scaling only: coverage is per image
+TABLE = ((0.3, 0.6), (0.5, 0.4), (0.5, 0.35), (0.8, 0.1), (0.95, 0.01), (1.0, 0.0))
+TABLED = CALIBRATION.model_copy(update={"coverage_table": TABLE})  # coverage through a fitted threshold
+BOTH_RULES = pytest.mark.parametrize("calibration", [CALIBRATION, TABLED], ids=["per-image-mass", "threshold"])
 
 
+@BOTH_RULES
 @settings(max_examples=200, deadline=None)
-@given(maps, st.floats(0.01, 1.0), st.floats(0.01, 1.0))
-def test_more_coverage_never_keeps_fewer_tokens(relevance, low, high):
+@given(relevance=maps, low=st.floats(0.01, 1.0), high=st.floats(0.01, 1.0))
+def test_more_coverage_never_keeps_fewer_tokens(calibration, relevance, low, high):
     low, high = sorted((low, high))
-    assert auto_count(relevance, AutoBudget(coverage=low), CALIBRATION) <= auto_count(
-        relevance, AutoBudget(coverage=high), CALIBRATION
+    assert auto_count(relevance, AutoBudget(coverage=low), calibration) <= auto_count(
+        relevance, AutoBudget(coverage=high), calibration
     )
-    assert auto_count(relevance, AutoBudget(coverage=1.0), CALIBRATION) == relevance.numel()
+    assert auto_count(relevance, AutoBudget(coverage=1.0), calibration) == relevance.numel()
 
 
+@BOTH_RULES
 @settings(max_examples=200, deadline=None)
-@given(maps, st.floats(0.01, 1.0), st.integers(1, 50), st.integers(0, 50))
-def test_the_bounds_hold(relevance, coverage, low, extra):
+@given(relevance=maps, coverage=st.floats(0.01, 1.0), low=st.integers(1, 50), extra=st.integers(0, 50))
+def test_the_bounds_hold(calibration, relevance, coverage, low, extra):
     budget = AutoBudget(coverage=coverage, min_tokens=low, max_tokens=low + extra)
-    k = auto_count(relevance, budget, CALIBRATION)
+    k = auto_count(relevance, budget, calibration)
     assert min(low, relevance.numel()) <= k <= min(low + extra, relevance.numel())
+
+
+def test_the_table_turns_coverage_into_a_falling_threshold():
+    assert TABLED.threshold(0.1) == 0.6 and TABLED.threshold(0.3) == 0.6
+    assert TABLED.threshold(0.4) == pytest.approx(0.5)  # halfway between (0.3, 0.6) and (0.5, 0.4)
+    assert TABLED.threshold(0.5) == 0.4  # the first row that reaches it: fewest tokens
+    assert TABLED.threshold(0.65) == pytest.approx(0.225)
+    assert TABLED.threshold(1.0) == 0.0
+    grid = [TABLED.threshold(c / 100) for c in range(1, 101)]
+    assert grid == sorted(grid, reverse=True)
+
+
+def test_a_tabled_calibration_keeps_every_token_likely_to_be_a_target():
+    relevance = torch.tensor([0.9, 0.05, 0.8, 0.05, 0.3, 0.7, 0.05, 0.6])
+    probability = target_probability(relevance, TABLED)
+    counts = [auto_count(relevance, AutoBudget(coverage=c), TABLED) for c in (0.8, 0.9, 0.95)]
+    assert counts == [int((probability >= TABLED.threshold(c)).sum()) for c in (0.8, 0.9, 0.95)] == [1, 4, 5]
+    likely = torch.full((192,), 0.999)  # a question about the whole picture keeps it all
+    unlikely = torch.full((192,), 0.3)  # flat and low: nothing the question is about
+    budget = AutoBudget(coverage=0.8)
+    assert auto_count(likely, budget, TABLED) == 192 and auto_count(unlikely, budget, TABLED) == 1
 
 
 def test_the_kept_set_is_the_fewest_top_tokens_holding_the_coverage():
@@ -82,10 +118,56 @@ def test_bad_auto_budgets_get_typed_errors(coverage, low, high, field):
 def test_calibration_recovers_known_parameters():
     generator = torch.Generator().manual_seed(0)
     relevance = torch.rand(20000, generator=generator)
-    truth = target_probability(relevance, (1.5, -2.0))
+    truth = target_probability(relevance, Calibration(scale=1.5, shift=-2.0))
     labels = (torch.rand(20000, generator=generator) < truth).float()
-    scale, shift = fit_calibration(relevance, labels)
-    assert abs(scale - 1.5) < 0.15 and abs(shift + 2.0) < 0.15
+    fitted = fit_calibration(relevance, labels)
+    assert abs(fitted.scale - 1.5) < 0.15 and abs(fitted.shift + 2.0) < 0.15
+
+
+def test_the_coverage_table_means_what_it_says_on_the_data_it_was_fitted_on():
+    generator = torch.Generator().manual_seed(1)
+    maps, targets = [], []
+    for size in (1, 3, 6, 12, 24, 48) * 20:  # peaked maps with few targets, flatter ones with many
+        relevance = torch.rand(256, generator=generator) * 0.6
+        target = torch.zeros(256)
+        spots = torch.randperm(256, generator=generator)[:size]
+        target[spots] = 1.0
+        relevance[spots] = 0.2 + 0.8 * torch.rand(size, generator=generator)
+        maps.append(relevance)
+        targets.append(target)
+    maps.append(torch.rand(256, generator=generator))  # no target: left out of the mean
+    targets.append(torch.zeros(256))
+    calibration = fit_calibration(torch.cat(maps), torch.cat(targets))
+    table = fit_coverage_table(maps, targets, calibration)
+    assert [c for c, _ in table] == sorted(c for c, _ in table) and table[-1] == (1.0, 0.0)
+    tabled = calibration.model_copy(update={"coverage_table": table})
+    for coverage in (0.5, 0.7, 0.9):
+        recalls = []
+        for relevance, target in zip(maps[:-1], targets[:-1]):
+            k = auto_count(relevance, AutoBudget(coverage=coverage), tabled)
+            kept = torch.topk(relevance, k).indices
+            recalls.append(float(target[kept].sum() / target.sum()))
+        assert abs(sum(recalls) / len(recalls) - coverage) < 0.03
+    with pytest.raises(ValueError, match="target tokens"):
+        fit_coverage_table(maps[-1:], targets[-1:], calibration)
+
+
+@pytest.mark.parametrize(
+    "table",
+    [((0.5, 0.2), (0.4, 0.1)), ((0.4, 0.1), (0.5, 0.2)), ((0.5, 1.5),), ((-0.1, 0.5),)],
+    ids=["coverage falls", "threshold rises", "threshold above 1", "coverage below 0"],
+)
+def test_a_bad_coverage_table_is_refused_and_a_checkpoint_with_one_is_a_format_error(table, tmp_path):
+    from arr_coc.scorer import CONFIG_FILE, RelevanceScorer
+
+    with pytest.raises(ValidationError, match="coverage_table"):
+        Calibration(coverage_table=table)
+    RelevanceScorer(8).save(tmp_path)
+    config = json.loads((tmp_path / CONFIG_FILE).read_text())
+    (tmp_path / CONFIG_FILE).write_text(json.dumps({**config, "calibration_coverage_table": table}))
+    with pytest.raises(CheckpointFormatError) as caught:
+        RelevanceScorer.load(tmp_path)
+    assert caught.value.field == "scorer"
 
 
 def test_auto_variants_are_registered_and_carry_their_bounds():
@@ -119,8 +201,9 @@ def test_calibrate_command_writes_the_calibration_and_its_table(tmp_path, capsys
     from arr_coc_cli.main import main
 
     assert main(["calibrate", "--size", "24", "--seed", "5", "--out", str(tmp_path / "scorer")]) == 0
-    scale, shift = RelevanceScorer.load(tmp_path / "scorer").calibration
-    assert (scale, shift) != (1.0, 0.0) and scale > 0
+    calibration = RelevanceScorer.load(tmp_path / "scorer").calibration
+    assert (calibration.scale, calibration.shift) != (1.0, 0.0) and calibration.scale > 0
+    assert calibration.coverage_table[-1] == (1.0, 0.0) and len(calibration.coverage_table) > 10
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
     ratios = [float(row[2]) for row in rows]
     assert len(rows) == 6 and ratios == sorted(ratios)  # more coverage, more tokens

@@ -20,8 +20,10 @@ def test_auto_rules_prints_one_row_per_rule_with_sane_figures():
         m[0]: [float(x) for x in m[1:]]
         for m in re.findall(r"^\| (.+?) \| ([\d.]+) / ([\d.]+) \| ([\d.]+) \|", run.stdout, re.M)
     }
-    assert len(rows) == 13, run.stdout
+    assert len(rows) == 14, run.stdout
     for ratio, (mean, p95, recall) in ((0.05, rows["fixed 5%"]), (0.1, rows["fixed 10%"])):
         assert abs(mean - ratio) < 0.01 and 0.0 <= recall <= 1.0
     assert rows["fixed 10%"][2] >= rows["fixed 5%"][2], "more tokens never recall less"
-    assert rows["mass, coverage 0.8"][0] >= rows["mass, coverage 0.6"][0]
+    assert rows["auto per image, coverage 0.8"][0] >= rows["auto per image, coverage 0.6"][0]
+    assert rows["auto, coverage 0.9"][0] >= rows["auto, coverage 0.8"][0]
+    assert rows["auto, coverage 0.9"][2] >= rows["auto, coverage 0.8"][2]

@@ -12,6 +12,7 @@ import pytest
 from drawing import scene
 from serving import b64_png, running_server
 
+from arr_coc.adaptive import DEFAULT_COVERAGE
 from arr_coc.tasks.shapes_vqa import ShapesVQA
 from arr_coc.variants import VARIANTS
 
@@ -64,7 +65,7 @@ def test_models_are_the_variants(client):
     assert [model.id for model in models] == list(VARIANTS) and "arr-coc-pre-25" in VARIANTS
     details = {model.id: model.model_extra["arr_coc"] for model in models}
     assert details["arr-coc-pre-25"] == {"method": "arr-coc", "budget": 0.25, "stage": "pre"}
-    assert details["arr-coc-auto"]["budget"] == "auto" and details["arr-coc-auto"]["coverage"] == 0.7
+    assert details["arr-coc-auto"]["budget"] == "auto" and details["arr-coc-auto"]["coverage"] == DEFAULT_COVERAGE
 
 
 def test_chat_completion_answers_like_answer(client, server, sample):

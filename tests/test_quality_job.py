@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from wandb_jobs import arr_coc, offline_env
 
+from arr_coc.adaptive import DEFAULT_COVERAGE
 from arr_coc.errors import InvalidConfigError, UnknownDatasetError
 from training_hooks.comparison.runfile import find_run_files, read_run
 from training_hooks.jobs.quality_job import QualityParams, format_markdown, quality_variants, run_quality_job
@@ -136,16 +137,18 @@ def test_cli_reports_bad_flags_with_exit_code_2(tmp_path) -> None:
 
 def test_auto_budgets_give_one_variant_per_coverage() -> None:
     variants = quality_variants(
-        QualityParams(methods=["arr-coc"], budgets=["auto", 0.1], coverages=[0.7, 0.8], stages=["post", "pre"])
+        QualityParams(
+            methods=["arr-coc"], budgets=["auto", 0.1], coverages=[DEFAULT_COVERAGE, 0.9], stages=["post", "pre"]
+        )
     )
     names = [v.name for v in variants]
     assert names == [
         "full",
         "arr-coc-auto",
-        "arr-coc@auto(coverage=0.8)",
+        "arr-coc@auto(coverage=0.9)",
         "arr-coc-10",
         "arr-coc-pre-auto",
-        "arr-coc@auto(coverage=0.8)@pre",
+        "arr-coc@auto(coverage=0.9)@pre",
         "arr-coc-pre-10",
     ]
 

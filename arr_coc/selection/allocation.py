@@ -18,7 +18,7 @@ from numbers import Integral, Real
 
 import torch
 
-from arr_coc.adaptive import AUTO, IDENTITY, AutoBudget, auto_count
+from arr_coc.adaptive import AUTO, IDENTITY, AutoBudget, Calibration, auto_count
 from arr_coc.errors import InvalidBudgetError, InvalidGridError, InvalidStageError, UnknownMethodError
 from arr_coc.selection.registry import FEATURE_METHODS, SELECTORS
 from arr_coc.selection.types import Grid, SelectionInput
@@ -36,7 +36,7 @@ def resolve_budget(
     budget: Budget | str,
     num_tokens: int,
     relevance: torch.Tensor | None = None,
-    calibration: tuple[float, float] = IDENTITY,
+    calibration: Calibration = IDENTITY,
 ) -> int:
     """Number of tokens to keep out of ``num_tokens``.
 
@@ -122,7 +122,7 @@ def allocate(
     features: Sequence[torch.Tensor] | None = None,
     query: Sequence[torch.Tensor] | None = None,
     question_tokens: Sequence[torch.Tensor] | None = None,
-    calibration: tuple[float, float] = IDENTITY,
+    calibration: Calibration = IDENTITY,
 ) -> list[torch.Tensor]:
     """Kept visual-token indices for each image of a batch.
 
@@ -139,8 +139,8 @@ def allocate(
         query: per image ``[C]`` question embedding, for question-aware methods.
         question_tokens: per image ``[Q_b, C]`` embeddings of the question's tokens,
             for ``cdpruner`` (which raises without them).
-        calibration: the scorer's ``(scale, shift)`` that turns relevance into target
-            probabilities, for ``auto`` budgets.
+        calibration: the scorer's :class:`~arr_coc.adaptive.Calibration`, which turns
+            relevance into target probabilities and ``coverage`` into a count, for ``auto`` budgets.
 
     Returns:
         One ``LongTensor [min(K_b, N_b)]`` per image: unique indices in ascending

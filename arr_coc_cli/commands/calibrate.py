@@ -2,9 +2,11 @@
 
 Scores ``--size`` fresh training-split samples of the synthetic VQA task (``--seed``
 other than the one training used), fits Platt scaling of relevance to "is a target
-token" (:func:`arr_coc.adaptive.fit_calibration`), writes it into the scorer
-checkpoint, and prints, per coverage, the mean share of target tokens kept and the
-mean kept ratio on those samples: what ``coverage`` means for this scorer.
+token" (:func:`arr_coc.adaptive.fit_calibration`) and the coverage table that turns
+``coverage`` into a probability threshold (:func:`arr_coc.adaptive.fit_coverage_table`),
+writes both into the scorer checkpoint, and prints, per coverage, the mean share of
+target tokens kept and the mean kept ratio on those samples: what ``coverage`` means
+for this scorer.
 """
 
 from __future__ import annotations
@@ -15,9 +17,7 @@ from pathlib import Path
 COVERAGES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 
-def coverage_table(
-    maps: list, targets: list, calibration: tuple[float, float], coverages=COVERAGES
-) -> list[tuple[float, float, float]]:
+def coverage_table(maps: list, targets: list, calibration, coverages=COVERAGES) -> list[tuple[float, float, float]]:
     """``(coverage, mean target recall, mean kept ratio)`` of the top-``K(auto)`` tokens of each ``[N]`` map."""
     import torch
 
@@ -39,7 +39,7 @@ def coverage_table(
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from arr_coc.adaptive import fit_calibration
+    from arr_coc.adaptive import fit_calibration, fit_coverage_table
     from arr_coc.relevance_model import RelevanceModel
     from arr_coc.tasks.shapes_vqa import ShapesVQA
     from arr_coc.training.data import processor_grid
@@ -55,15 +55,19 @@ def run(args: argparse.Namespace) -> int:
             maps.append(scored.relevance.flatten())
             targets.append(sample.target_mask.flatten().float())
     before = model.scorer.calibration
-    scale, shift = fit_calibration(torch.cat(maps), torch.cat(targets))
-    model.scorer.calibrate(scale, shift)
+    platt = fit_calibration(torch.cat(maps), torch.cat(targets))
+    calibration = platt.model_copy(update={"coverage_table": fit_coverage_table(maps, targets, platt)})
+    model.scorer.calibrate(calibration)
     out = Path(args.out) if args.out else scorer_dir
     model.scorer.save(out)
-    print(f"calibration (scale, shift): {before[0]:.3f}, {before[1]:.3f} -> {scale:.3f}, {shift:.3f}; wrote {out}")
+    print(
+        f"calibration (scale, shift): {before.scale:.3f}, {before.shift:.3f} -> {calibration.scale:.3f}, "
+        f"{calibration.shift:.3f}, with a coverage table of {len(calibration.coverage_table)} rows; wrote {out}"
+    )
     print(
         f"{'coverage':>8} {'target recall':>13} {'kept ratio':>10}   ({len(maps)} training-split samples, seed {args.seed})"
     )
-    for coverage, recall, ratio in coverage_table(maps, targets, (scale, shift)):
+    for coverage, recall, ratio in coverage_table(maps, targets, calibration):
         print(f"{coverage:>8.2f} {recall:>13.3f} {ratio:>10.3f}")
     return 0
 
