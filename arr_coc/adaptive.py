@@ -14,8 +14,8 @@ with ``(scale, shift)`` fitted on the training split of the synthetic VQA task
   table is fitted so that on the training split the kept tokens hold ``coverage`` of
   the question's target tokens on average. One threshold for every image spends the
   tokens where they are most likely targets: a question about one small object keeps
-  its few likely tokens, a count over many objects keeps many, and an image whose
-  scores are flat and low (no object the question is about) keeps few.
+  its few likely tokens, a count over many objects keeps many, and a map the scorer is
+  unsure of does not spend a large share of the image on its background.
 - A scorer without one (never calibrated) keeps, per image, the fewest top tokens
   holding ``coverage`` of that image's own relevance mass ``sum(p)``.
 

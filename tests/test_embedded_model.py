@@ -48,19 +48,19 @@ def test_shipped_files_load_through_the_normal_path_and_stay_small() -> None:
 
 
 def test_all_tokens_answer_the_heldout_sample(pipeline, heldout) -> None:
-    """The shipped model answers 0.900 of 300 held-out samples and 0.891 of these 64 (57): far above chance
-    (about 0.18), one answer short of the 0.9 its issue asks of this test (see the model card); the floor
-    guards a regression."""
+    """The shipped model answers 0.897 of 300 held-out samples and 0.906 of these 64 (58): far above chance
+    (about 0.18) and above the 0.9 its issue asks of this test. The floor leaves two answers of slack, as
+    another machine's float kernels may flip a near-tie; it guards a regression."""
     summary = _accuracy(pipeline, "full", heldout)
-    assert summary["accuracy"] >= 0.84, summary
+    assert summary["accuracy"] >= 0.875, summary
 
 
 def test_arr_coc_at_10_percent_beats_uniform_and_random(pipeline, heldout) -> None:
     arr_coc = _accuracy(pipeline, "arr-coc-10", heldout)
     uniform = _accuracy(pipeline, "uniform-10", heldout)
     random = _accuracy(pipeline, "random-10", heldout)
-    assert arr_coc["accuracy"] >= uniform["accuracy"] + 0.25, (arr_coc, uniform)  # 0.859 against 0.547 here
-    assert arr_coc["accuracy"] >= random["accuracy"] + 0.25, (arr_coc, random)  # and 0.438
+    assert arr_coc["accuracy"] >= uniform["accuracy"] + 0.25, (arr_coc, uniform)  # 0.906 against 0.516 here
+    assert arr_coc["accuracy"] >= random["accuracy"] + 0.25, (arr_coc, random)  # and 0.422
     assert arr_coc["recall"] >= uniform["recall"] + 0.3 and arr_coc["recall"] >= random["recall"] + 0.3
 
 
@@ -69,5 +69,5 @@ def test_pre_encoder_pruning_keeps_the_same_tokens_and_most_of_the_accuracy(pipe
     pre = _accuracy(pipeline, "arr-coc-pre-25", heldout)
     uniform = _accuracy(pipeline, "uniform-pre-25", heldout)
     assert pre["recall"] == post["recall"] and pre["kept_ratio"] == post["kept_ratio"]
-    assert pre["accuracy"] >= uniform["accuracy"] + 0.15, (pre, uniform)  # 0.875 against 0.672 here
-    assert pre["accuracy"] >= post["accuracy"] - 0.05, (pre, post)  # 2 points behind on 300 (model card)
+    assert pre["accuracy"] >= uniform["accuracy"] + 0.15, (pre, uniform)  # 0.906 against 0.688 here
+    assert pre["accuracy"] >= post["accuracy"] - 0.05, (pre, post)  # 0.3 ahead on 300 (model card)
