@@ -11,13 +11,14 @@ from wandb_jobs import arr_coc, offline_env
 
 from arr_coc.errors import InvalidConfigError
 from arr_coc.synthetic import patch_grid
-from arr_coc.tasks.shapes_vqa import COLOURS, SHAPES, ShapesVQA, token_labels, token_owners
+from arr_coc.tasks.shapes_vqa import COLOURS, SHAPES, ShapesVQA, centre_tokens, token_labels, token_owners
 from arr_coc.training.testbed_training import (
     ExampleSet,
     Plan,
     TokenProbe,
     TrainTestbedConfig,
     answer_rows,
+    count_hint_loss,
     initial_model,
     kept_labels,
     schedule,
@@ -79,6 +80,44 @@ def test_kept_labels_count_only_the_objects_still_visible() -> None:
     assert torch.equal(labels[3], torch.tensor([0, 2, 2, 2, 1])), "the input is not modified"
 
 
+def test_count_questions_carry_the_centres_of_the_objects_they_count(untrained) -> None:
+    from arr_coc.training.data import processor_grid
+
+    vlm = untrained
+    dataset = ShapesVQA(24, "train", 5, processor_grid(vlm.processor), kinds=("count", "colour"))
+    examples = ExampleSet(vlm.processor, dataset, 0, vlm.context_length)
+    seen = set()
+    for index in range(len(dataset)):
+        sample, scene = dataset.sample_and_scene(index)
+        example = examples[index]
+        if sample.kind != "count":
+            assert example.counted is None
+            continue
+        grid = tuple(example.target.shape)
+        assert example.counted.shape == grid
+        assert torch.equal(example.counted, centre_tokens(scene, grid, subject_word(sample.question)))
+        assert int(example.counted.sum()) == int(sample.answer), "one centre per counted object"
+        assert not (example.counted & ~example.target).any(), "centres lie on the counted objects"
+        seen.add(sample.answer)
+    assert len(seen) >= 3, "the draw covers several counts"
+
+
+def test_the_count_hint_is_lowest_when_attention_is_shared_evenly() -> None:
+    subject, centres = 1, torch.tensor([4, 6])
+    even = torch.zeros(8)
+    even[[1, 4, 6]] = 1 / 3
+    on_objects = torch.zeros(8)
+    on_objects[[4, 6]] = 0.5
+    on_word = torch.zeros(8)
+    on_word[1] = 1.0
+    leaking = even * 0.7
+    leaking[0] = 0.3
+    best = count_hint_loss(even, subject, centres)
+    assert best < count_hint_loss(leaking, subject, centres)
+    assert best < count_hint_loss(on_objects, subject, centres) and best < count_hint_loss(on_word, subject, centres)
+    assert count_hint_loss(on_word, subject, torch.tensor([], dtype=torch.long)) < 1e-5, "count 0: the word alone"
+
+
 def test_subject_word_is_the_shape_or_colour_asked_about() -> None:
     assert subject_word("What colour is the star?") == "star"
     assert subject_word("What shape is the white object?") == "white"
@@ -114,11 +153,11 @@ def test_training_rows_keep_a_random_share_at_stock_positions(untrained) -> None
     vlm = untrained
     examples = ExampleSet(
         vlm.processor,
-        ShapesVQA(2, "train", 0, processor_grid(vlm.processor)),
+        ShapesVQA(2, "train", 5, processor_grid(vlm.processor), kinds=("colour", "count")),
         vlm.tokenizer.convert_tokens_to_ids("<|im_end|>"),
         vlm.context_length,
     )
-    batch = [examples[0], examples[1]]
+    batch = [examples[0], examples[1]]  # a colour question, then a count question with all its tokens
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         rows, kept, features = answer_rows(vlm, batch, [0.1, 1.0], generator)
@@ -139,6 +178,12 @@ def test_training_rows_keep_a_random_share_at_stock_positions(untrained) -> None
     assert kept[0].numel() == max(1, round(0.1 * features[0].shape[0])) and kept[1].numel() == features[1].shape[0]
     losses = step_losses(vlm, rows, kept, batch)
     assert losses.answer.item() > 0 and losses.hints.item() > 0
+    hinted = step_losses(vlm, rows, kept, batch, count_hint=True)
+    assert torch.equal(hinted.answer, losses.answer)
+    assert batch[0].counted is None and batch[1].counted is not None
+    assert not torch.equal(hinted.hints, losses.hints), "the count question's first hint changed"
+    alone = step_losses(vlm, rows[:1], kept[:1], batch[:1])
+    assert torch.equal(step_losses(vlm, rows[:1], kept[:1], batch[:1], count_hint=True).hints, alone.hints)
 
 
 def test_pre_rows_run_the_tower_on_the_kept_patches_only(untrained) -> None:
@@ -311,6 +356,7 @@ def test_a_short_training_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tm
         ({"kinds": []}, "kinds"),
         ({"distractors": "maybe"}, "distractors"),
         ({"balance_counts": "maybe"}, "balance_counts"),
+        ({"count_hint": "maybe"}, "count_hint"),
     ],
 )
 def test_bad_training_config_is_a_typed_error(bad, field) -> None:

@@ -191,6 +191,22 @@ def token_labels(scene: Scene, grid: tuple[int, int], min_share: float = 0.15) -
     return owner_labels(scene, token_owners(scene, grid, min_share))
 
 
+def centre_token(obj: SceneObject, size: tuple[int, int], grid: tuple[int, int]) -> tuple[int, int]:
+    """``(row, col)`` of the token on grid ``(H', W')`` holding the centre of ``obj``'s box in an image of ``size``."""
+    (width, height), (rows, cols) = size, grid
+    cx, cy = (obj.box[0] + obj.box[2]) / 2, (obj.box[1] + obj.box[3]) / 2
+    return int(cy * rows // height), int(cx * cols // width)
+
+
+def centre_tokens(scene: Scene, grid: tuple[int, int], colour: str) -> torch.Tensor:
+    """``[H', W']`` bool: the box-centre tokens of the objects of ``colour`` (what a count question counts)."""
+    mask = torch.zeros(grid, dtype=torch.bool)
+    for obj in scene.objects:
+        if obj.colour == colour:
+            mask[centre_token(obj, scene.image.size, grid)] = True
+    return mask
+
+
 def owner_labels(scene: Scene, owners: torch.Tensor) -> torch.Tensor:
     """:func:`token_labels` from the token owners ``[H', W']`` of :func:`token_owners`."""
     width, height = scene.image.size
@@ -203,8 +219,8 @@ def owner_labels(scene: Scene, owners: torch.Tensor) -> torch.Tensor:
         labels[0, owned] = 1 + colour_names.index(obj.colour)
         labels[1, owned] = 1 + SHAPES.index(obj.shape)
         labels[3, owned] = sum(o.colour == obj.colour for o in scene.objects)
-        cx, cy = (obj.box[0] + obj.box[2]) / 2, (obj.box[1] + obj.box[3]) / 2
-        labels[2, int(cy * rows // height) * cols + int(cx * cols // width)] = 1
+        row, col = centre_token(obj, (width, height), (rows, cols))
+        labels[2, row * cols + col] = 1
     return labels.reshape(4, rows, cols)
 
 

@@ -24,7 +24,12 @@ layer, one head at the answering position should attend to the subject word.
 Without them a from-scratch LLM sits at chance for thousands of steps (the answer
 needs two attention hops and a value path through both); with them it learns the
 lookup in a few hundred. Attention weights need eager attention in the LLM while
-training; the saved model is a stock checkpoint and serves with SDPA.
+training; the saved model is a stock checkpoint and serves with SDPA. With
+``count_hint``, a count question's first-layer hint asks instead for attention shared
+evenly between the colour word and the box-centre token of each counted object
+(:func:`count_hint_loss`): all of a head's attention on the counted objects averages
+them, and the average of two red objects is that of four, so a model hinted that way
+counted by the share of the objects that are red.
 
 Every example goes through the serving path's pruned prefill: a random share of
 the visual tokens is kept (keep ratio uniform in ``[min_keep, 1]``, a uniformly
@@ -70,6 +75,7 @@ from arr_coc.tasks.shapes_vqa import (
     SHAPES,
     QuestionKind,
     ShapesVQA,
+    centre_tokens,
     owner_labels,
     token_owners,
 )
@@ -123,6 +129,9 @@ class TrainTestbedConfig(BaseModel):
         False, description="probe the kept tokens of the examples dropped before the tower too (visible counts)"
     )
     hint_weight: float = Field(0.5, ge=0, description="weight of the LLM's hints (two attention maps, one read-out)")
+    count_hint: bool = Field(
+        False, description="count questions: the first hint spreads attention over the counted centres and the word"
+    )
     seed: int = Field(0, ge=0, description="seeds the initial weights, the data order and the token dropping")
     heldout_size: int = Field(96, ge=1, description="held-out samples answered at each evaluation")
     eval_every: int = Field(400, ge=0, description="steps between held-out evaluations (0 = only at the end)")
@@ -161,6 +170,7 @@ class TrainingExample:
     owners: torch.Tensor  # [H', W'] 1 + index of the object covering each token, 0 on background (token_owners)
     target: torch.Tensor  # [H', W'] bool: the tokens of the object(s) the question is about
     subject_id: int  # token id of the question's subject word (a shape or a colour)
+    counted: torch.Tensor | None = None  # [H', W'] bool: box-centre tokens of the counted objects (count questions)
 
 
 @dataclass
@@ -193,7 +203,10 @@ class ExampleSet(torch.utils.data.Dataset):
         subject = subject_word(sample.question)
         subject_id = self.processor.tokenizer.convert_tokens_to_ids(subject)
         owners = token_owners(scene, grid)
-        return TrainingExample(encoded, answer, owner_labels(scene, owners), owners, sample.target_mask, subject_id)
+        counted = centre_tokens(scene, grid, subject) if sample.kind == "count" else None
+        return TrainingExample(
+            encoded, answer, owner_labels(scene, owners), owners, sample.target_mask, subject_id, counted
+        )
 
 
 def subject_word(question: str) -> str:
@@ -342,8 +355,31 @@ class StepLosses:
     hints: torch.Tensor  # mean of the hints: -log(attention mass on the right tokens), read-out cross-entropy
 
 
-def step_losses(vlm: LoadedVLM, rows, kept: Sequence[torch.Tensor], examples: Sequence[TrainingExample]) -> StepLosses:
-    """Teacher-forced answer loss over left-padded rows, and the attention hints (see the module docstring)."""
+def count_hint_loss(attention: torch.Tensor, subject: int, centres: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of one attention row ``[L]`` against the uniform distribution over ``subject`` and the
+    ``centres`` positions ``[n]`` (one per counted object, ``n`` may be 0).
+
+    A softmax head that puts all its mass on the counted objects averages them, and an
+    average is the same for 2 objects as for 4. Keeping one share for the subject word
+    itself makes the head's output ``(v_subject + sum of n centre values) / (n + 1)``,
+    which tells ``n`` apart.
+    """
+    slots = torch.cat([centres.new_tensor([subject]), centres])
+    return -torch.log(attention[slots] + 1e-6).mean()
+
+
+def step_losses(
+    vlm: LoadedVLM,
+    rows,
+    kept: Sequence[torch.Tensor],
+    examples: Sequence[TrainingExample],
+    count_hint: bool = False,
+) -> StepLosses:
+    """Teacher-forced answer loss over left-padded rows, and the attention hints (see the module docstring).
+
+    With ``count_hint``, a count question whose counted centres were all kept gets
+    :func:`count_hint_loss` as its first-layer hint instead of the mass on its target tokens.
+    """
     batch = pad_rows(rows, vlm.pad_token_id, vlm.device)
     lengths = [int(e.answer_ids.numel()) for e in examples]
     tail = max(lengths)
@@ -374,9 +410,14 @@ def step_losses(vlm: LoadedVLM, rows, kept: Sequence[torch.Tensor], examples: Se
         hints.append(-torch.log(second[b, answering, subject] + 1e-6))
         read_out = vlm.model.lm_head(vlm.model.model.language_model.norm(output.hidden_states[1][b, subject]))
         hints.append(F.cross_entropy(read_out[None].float(), example.answer_ids[:1].to(vlm.device)))
+        image_slots = torch.nonzero(ids == vlm.image_token_id).flatten()
+        if count_hint and example.counted is not None:
+            centres = example.counted.flatten()[kept_b].to(image_slots.device)
+            if int(centres.sum()) == int(example.counted.sum()):
+                hints.append(count_hint_loss(first[b, subject], subject, image_slots[centres]))
+                continue
         on_target = example.target.flatten()[kept_b]
         if on_target.any():
-            image_slots = torch.nonzero(ids == vlm.image_token_id).flatten()
             hints.append(-torch.log(first[b, subject, image_slots[on_target.to(image_slots.device)]].sum() + 1e-6))
     return StepLosses(answer, torch.stack(hints).mean() if hints else answer.new_zeros(()))
 
@@ -502,7 +543,7 @@ def train_testbed(
         rows, kept, features = answer_rows(
             vlm, examples, ratios, generator, pre, focused, config.target_extra, config.distractors
         )
-        losses_now = step_losses(vlm, rows, kept, examples)
+        losses_now = step_losses(vlm, rows, kept, examples, config.count_hint)
         answer = losses_now.answer
         probed = [
             probe.loss(f, kept_labels(e.labels.flatten(1), e.owners.flatten(), k) if before else e.labels.flatten(1))
