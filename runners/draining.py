@@ -20,6 +20,9 @@ from collections.abc import Awaitable, Callable
 
 logger = logging.getLogger(__name__)
 
+STUCK_REQUEST_GRACE_S = 1.0
+"""After the drain, how long uvicorn waits for the requests it still holds (none of them counted) before it cancels them."""
+
 
 class Gate:
     """Requests in flight in this process, and whether it is draining (``since``: monotonic time of SIGTERM)."""
@@ -72,6 +75,25 @@ class CountInFlight:
             self.gate.leave()
 
 
+def bound_uvicorn_shutdown(stop: Callable, seconds: float) -> bool:
+    """Let the uvicorn server behind ``stop`` (its ``handle_exit``) wait at most ``seconds`` for requests
+    still open when it stops, then cancel them; whether it could.
+
+    By then the drain has let this process's counted requests finish, so what is left is
+    requests stuck elsewhere: a ``/readyz`` from BentoML's runner probe that waits on a
+    runner connection that never answers. Without a bound, uvicorn waits for them for
+    ever (``timeout_graceful_shutdown`` is ``None`` unless ``bentoml serve`` is given
+    ``--timeout-graceful-shutdown``), the shutdown hooks never run, and the container is
+    killed with its W&B runs unfinished. A bound set on the command line is kept.
+    """
+    config = getattr(getattr(stop, "__self__", None), "config", None)
+    if config is None or not hasattr(config, "timeout_graceful_shutdown"):
+        return False
+    if config.timeout_graceful_shutdown is None:
+        config.timeout_graceful_shutdown = seconds
+    return True
+
+
 def stop_after_drain(
     gate: Gate, timeout_s: float, quiet_s: float = 0.5, while_busy: Callable[[], Awaitable] | None = None
 ) -> bool:
@@ -102,6 +124,8 @@ def stop_after_drain(
         if gate.in_flight:
             logger.warning("stopping with %d requests still in flight after %.1f s", gate.in_flight, timeout_s)
         stop(signum, None)
+
+    bound_uvicorn_shutdown(stop, STUCK_REQUEST_GRACE_S)
 
     def on_sigterm(signum: int, frame) -> None:
         if gate.draining:

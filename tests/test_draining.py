@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from runners.draining import Gate, stop_after_drain
+from runners.draining import Gate, bound_uvicorn_shutdown, stop_after_drain
 
 
 @pytest.fixture
@@ -48,3 +48,15 @@ def test_outside_the_main_thread_nothing_is_installed(server_handler):
     thread.start()
     thread.join()
     assert installed == [False]
+
+
+def test_uvicorn_waits_a_bounded_time_for_requests_left_after_the_drain() -> None:
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app=None))
+    assert server.config.timeout_graceful_shutdown is None, "uvicorn's default: wait for ever"
+    assert bound_uvicorn_shutdown(server.handle_exit, 1.0)
+    assert server.config.timeout_graceful_shutdown == 1.0
+    given = uvicorn.Server(uvicorn.Config(app=None, timeout_graceful_shutdown=9))
+    assert bound_uvicorn_shutdown(given.handle_exit, 1.0) and given.config.timeout_graceful_shutdown == 9
+    assert not bound_uvicorn_shutdown(lambda signum, frame: None, 1.0), "not a uvicorn handler: left alone"
