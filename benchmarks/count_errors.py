@@ -39,7 +39,7 @@ def main() -> None:
     vlm = initial_model("", 0, args.model)
     vlm.model.eval()
     dataset = ShapesVQA(args.size, "train", args.seed, processor_grid(vlm.processor), kinds=("count",))
-    examples = ExampleSet(vlm.processor, dataset, vlm.tokenizer.convert_tokens_to_ids("<|im_end|>"), 4096)
+    examples = ExampleSet(vlm.processor, dataset, vlm.tokenizer.convert_tokens_to_ids("<|im_end|>"), vlm.context_length)
     answers: dict[tuple[str, int], Counter] = defaultdict(Counter)
     shares: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
     everything = torch.Generator()
