@@ -6,12 +6,12 @@ On count questions only (training split, an unused seed), with all visual tokens
 - the answers per truth, and per truth and number of objects in the scene: a model that
   counts answers the same whatever the other objects; one that estimates the share of
   the objects that have the asked colour answers 3 of 3 as it answers 4 of 4;
-- the attention of layer 1, head 0 (the head the training hints steer) at the colour
-  word: its share on the word itself, on the counted objects' box-centre tokens and on
-  all their tokens, per truth (what ``count_hint`` in ``configs/finetune-testbed-counted.yaml``
-  asks for: 1 / (n + 1) on the word and on each centre).
+- the attention of one first-layer head (``--head``; head 0 is the one the target hint
+  steers) at the colour word: its share on the word itself, on the counted objects'
+  box-centre tokens and on all their tokens, per truth, beside what ``count_hint`` asks
+  for with ``--word-weight w``: ``w / (n + w)`` on the word and ``1 / (n + w)`` on each centre.
 
-    .venv/bin/python benchmarks/count_errors.py --size 300 [--model DIR]
+    .venv/bin/python benchmarks/count_errors.py --size 300 [--model DIR] [--head H --word-weight W]
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=300, help="count questions")
     parser.add_argument("--seed", type=int, default=7, help="training-split seed (unused by training)")
     parser.add_argument("--model", default=str(EMBEDDED_MODEL), help="VLM directory")
+    parser.add_argument("--head", type=int, default=0, help="first-layer head whose attention is shown")
+    parser.add_argument("--word-weight", type=float, default=1.0, help="the count hint's word weight")
     args = parser.parse_args()
     vlm = initial_model("", 0, args.model)
     vlm.model.eval()
@@ -60,7 +62,7 @@ def main() -> None:
         answers[(sample.answer, len(scene.objects))][answer] += 1
         subject = int(torch.nonzero(prompt == example.subject_id).flatten()[-1])
         slots = torch.nonzero(prompt == vlm.image_token_id).flatten()
-        row = output.attentions[0][0, 0, subject]
+        row = output.attentions[0][0, args.head, subject]
         centres, targets = slots[example.counted.flatten()[kept[0]]], slots[example.target.flatten()[kept[0]]]
         shares[sample.answer].append((float(row[subject]), float(row[centres].sum()), float(row[targets].sum())))
     right = sum(c[t] for (t, _), c in answers.items())
@@ -68,12 +70,12 @@ def main() -> None:
     print("truth  objects  answers")
     for (truth, objects), counter in sorted(answers.items()):
         print(f"{truth:>5}  {objects:>7}  {dict(sorted(counter.items()))}")
-    print("truth  layer-1 head-0 attention at the colour word: word / counted centres / counted objects")
+    print(f"truth  layer-1 head-{args.head} attention at the colour word: word / counted centres / counted objects")
     for truth, per_truth in sorted(shares.items()):
         means = [sum(r[k] for r in per_truth) / len(per_truth) for k in range(3)]
-        n = int(truth)
+        n, w = int(truth), args.word_weight
         print(
-            f"{truth:>5}  {means[0]:.2f} / {means[1]:.2f} / {means[2]:.2f}   (count_hint asks {1 / (n + 1):.2f} / {n / (n + 1):.2f})"
+            f"{truth:>5}  {means[0]:.2f} / {means[1]:.2f} / {means[2]:.2f}   (count_hint asks {w / (n + w):.2f} / {n / (n + w):.2f})"
         )
 
 

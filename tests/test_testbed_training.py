@@ -118,6 +118,19 @@ def test_the_count_hint_is_lowest_when_attention_is_shared_evenly() -> None:
     assert count_hint_loss(on_word, subject, torch.tensor([], dtype=torch.long)) < 1e-5, "count 0: the word alone"
 
 
+def test_a_heavier_word_moves_the_count_hints_best_share_to_the_word() -> None:
+    subject, centres = 1, torch.tensor([4, 6])
+
+    def shares(word: float) -> torch.Tensor:
+        row = torch.zeros(8)
+        row[subject], row[centres] = word, (1 - word) / 2
+        return row
+
+    weighted = [float(count_hint_loss(shares(w), subject, centres, word_weight=3.0)) for w in (1 / 3, 0.6, 0.8)]
+    assert weighted[1] < weighted[0] and weighted[1] < weighted[2], "best at 3 / (2 + 3) on the word"
+    assert count_hint_loss(shares(1 / 3), subject, centres) < count_hint_loss(shares(0.6), subject, centres)
+
+
 def test_subject_word_is_the_shape_or_colour_asked_about() -> None:
     assert subject_word("What colour is the star?") == "star"
     assert subject_word("What shape is the white object?") == "white"
@@ -184,6 +197,14 @@ def test_training_rows_keep_a_random_share_at_stock_positions(untrained) -> None
     assert not torch.equal(hinted.hints, losses.hints), "the count question's first hint changed"
     alone = step_losses(vlm, rows[:1], kept[:1], batch[:1])
     assert torch.equal(step_losses(vlm, rows[:1], kept[:1], batch[:1], count_hint=True).hints, alone.hints)
+    on_head_1 = step_losses(vlm, rows[1:], kept[1:], batch[1:], count_hint=True, count_head=1, word_weight=3.0)
+    plain = step_losses(vlm, rows[1:], kept[1:], batch[1:])
+    replaced = step_losses(vlm, rows[1:], kept[1:], batch[1:], count_hint=True, count_head=0, word_weight=3.0)
+    assert not torch.equal(on_head_1.hints, plain.hints) and not torch.equal(on_head_1.hints, replaced.hints)
+    doubled = step_losses(vlm, rows[1:], kept[1:], batch[1:], True, 1, word_weight=3.0, count_weight=2.0)
+    assert doubled.hints > on_head_1.hints, "the count hint's weight scales its term"
+    with pytest.raises(ValueError, match="count_hint_head 4"):
+        step_losses(vlm, rows, kept, batch, count_hint=True, count_head=4)
 
 
 def test_pre_rows_run_the_tower_on_the_kept_patches_only(untrained) -> None:
@@ -357,6 +378,9 @@ def test_a_short_training_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tm
         ({"distractors": "maybe"}, "distractors"),
         ({"balance_counts": "maybe"}, "balance_counts"),
         ({"count_hint": "maybe"}, "count_hint"),
+        ({"count_hint_head": -1}, "count_hint_head"),
+        ({"count_hint_word_weight": 0}, "count_hint_word_weight"),
+        ({"count_hint_weight": -1}, "count_hint_weight"),
     ],
 )
 def test_bad_training_config_is_a_typed_error(bad, field) -> None:

@@ -29,7 +29,10 @@ training; the saved model is a stock checkpoint and serves with SDPA. With
 evenly between the colour word and the box-centre token of each counted object
 (:func:`count_hint_loss`): all of a head's attention on the counted objects averages
 them, and the average of two red objects is that of four, so a model hinted that way
-counted by the share of the objects that are red.
+counted by the share of the objects that are red. ``count_hint_head`` puts that hint
+on another first-layer head than the target hint's: a first-layer query at "red" is
+the word's embedding alone, the same in a count question as in a shape question, which
+wants all of head 0 on the object.
 
 Every example goes through the serving path's pruned prefill: a random share of
 the visual tokens is kept (keep ratio uniform in ``[min_keep, 1]``, a uniformly
@@ -132,6 +135,13 @@ class TrainTestbedConfig(BaseModel):
     count_hint: bool = Field(
         False, description="count questions: the first hint spreads attention over the counted centres and the word"
     )
+    count_hint_head: int = Field(
+        0, ge=0, description="first-layer head the count hint steers; 0 replaces the target hint, others add to it"
+    )
+    count_hint_word_weight: float = Field(
+        1.0, gt=0, description="the word's share in the count hint, in units of one centre's share"
+    )
+    count_hint_weight: float = Field(1.0, ge=0, description="the count hint's weight among the LLM's hints")
     seed: int = Field(0, ge=0, description="seeds the initial weights, the data order and the token dropping")
     heldout_size: int = Field(96, ge=1, description="held-out samples answered at each evaluation")
     eval_every: int = Field(400, ge=0, description="steps between held-out evaluations (0 = only at the end)")
@@ -355,17 +365,23 @@ class StepLosses:
     hints: torch.Tensor  # mean of the hints: -log(attention mass on the right tokens), read-out cross-entropy
 
 
-def count_hint_loss(attention: torch.Tensor, subject: int, centres: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of one attention row ``[L]`` against the uniform distribution over ``subject`` and the
-    ``centres`` positions ``[n]`` (one per counted object, ``n`` may be 0).
+def count_hint_loss(
+    attention: torch.Tensor, subject: int, centres: torch.Tensor, word_weight: float = 1.0
+) -> torch.Tensor:
+    """Cross-entropy of one attention row ``[L]`` against the distribution that gives ``subject``
+    ``w / (n + w)`` and each of the ``centres`` positions ``[n]`` (one per counted object, ``n`` may
+    be 0) ``1 / (n + w)``, for ``w = word_weight``.
 
     A softmax head that puts all its mass on the counted objects averages them, and an
-    average is the same for 2 objects as for 4. Keeping one share for the subject word
-    itself makes the head's output ``(v_subject + sum of n centre values) / (n + 1)``,
-    which tells ``n`` apart.
+    average is the same for 2 objects as for 4. Keeping a share for the subject word
+    itself makes the head's output ``(w v_subject + sum of n centre values) / (n + w)``,
+    which tells ``n`` apart; the centres' part ``n / (n + w)`` separates 3 from 4 best near
+    ``w = 3.5``.
     """
     slots = torch.cat([centres.new_tensor([subject]), centres])
-    return -torch.log(attention[slots] + 1e-6).mean()
+    weights = torch.ones(slots.numel(), device=attention.device)
+    weights[0] = word_weight
+    return -(weights * torch.log(attention[slots] + 1e-6)).sum() / weights.sum()
 
 
 def step_losses(
@@ -374,11 +390,17 @@ def step_losses(
     kept: Sequence[torch.Tensor],
     examples: Sequence[TrainingExample],
     count_hint: bool = False,
+    count_head: int = 0,
+    word_weight: float = 1.0,
+    count_weight: float = 1.0,
 ) -> StepLosses:
     """Teacher-forced answer loss over left-padded rows, and the attention hints (see the module docstring).
 
     With ``count_hint``, a count question whose counted centres were all kept gets
-    :func:`count_hint_loss` as its first-layer hint instead of the mass on its target tokens.
+    :func:`count_hint_loss` on first-layer head ``count_head``: with head 0 instead of
+    the mass on its target tokens, with another head besides it. Head 0's query at a
+    colour word cannot tell a count question from a shape question (the first layer
+    sees the word's embedding alone), and a shape question wants all of it on the object.
     """
     batch = pad_rows(rows, vlm.pad_token_id, vlm.device)
     lengths = [int(e.answer_ids.numel()) for e in examples]
@@ -398,8 +420,12 @@ def step_losses(
     for b, length in enumerate(lengths):
         labels[b, tail - length :] = batch.input_ids[b, -length:]
     answer = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
+    heads = output.attentions[0].shape[1]
+    if count_hint and not 0 <= count_head < heads:
+        raise ValueError(f"count_hint_head {count_head} is not a head of the first layer (it has {heads})")
     hints = []
     first, second = output.attentions[0][:, 0], output.attentions[1][:, 0]  # [B, L, L], head 0
+    counting = output.attentions[0][:, count_head]  # [B, L, L]
     for b, (example, kept_b, length) in enumerate(zip(examples, kept, lengths)):
         ids = batch.input_ids[b, : batch.input_ids.shape[1] - length]
         subject = torch.nonzero(ids == example.subject_id).flatten()
@@ -414,8 +440,10 @@ def step_losses(
         if count_hint and example.counted is not None:
             centres = example.counted.flatten()[kept_b].to(image_slots.device)
             if int(centres.sum()) == int(example.counted.sum()):
-                hints.append(count_hint_loss(first[b, subject], subject, image_slots[centres]))
-                continue
+                hint = count_hint_loss(counting[b, subject], subject, image_slots[centres], word_weight)
+                hints.append(count_weight * hint)
+                if count_head == 0:
+                    continue
         on_target = example.target.flatten()[kept_b]
         if on_target.any():
             hints.append(-torch.log(first[b, subject, image_slots[on_target.to(image_slots.device)]].sum() + 1e-6))
@@ -543,7 +571,16 @@ def train_testbed(
         rows, kept, features = answer_rows(
             vlm, examples, ratios, generator, pre, focused, config.target_extra, config.distractors
         )
-        losses_now = step_losses(vlm, rows, kept, examples, config.count_hint)
+        losses_now = step_losses(
+            vlm,
+            rows,
+            kept,
+            examples,
+            config.count_hint,
+            config.count_hint_head,
+            config.count_hint_word_weight,
+            config.count_hint_weight,
+        )
         answer = losses_now.answer
         probed = [
             probe.loss(f, kept_labels(e.labels.flatten(1), e.owners.flatten(), k) if before else e.labels.flatten(1))
