@@ -13,6 +13,7 @@ from arr_coc.errors import InvalidConfigError
 from arr_coc.synthetic import patch_grid
 from arr_coc.tasks.shapes_vqa import COLOURS, SHAPES, ShapesVQA, centre_tokens, token_labels, token_owners
 from arr_coc.training.testbed_training import (
+    CountHint,
     ExampleSet,
     Plan,
     TokenProbe,
@@ -191,20 +192,20 @@ def test_training_rows_keep_a_random_share_at_stock_positions(untrained) -> None
     assert kept[0].numel() == max(1, round(0.1 * features[0].shape[0])) and kept[1].numel() == features[1].shape[0]
     losses = step_losses(vlm, rows, kept, batch)
     assert losses.answer.item() > 0 and losses.hints.item() > 0
-    hinted = step_losses(vlm, rows, kept, batch, count_hint=True)
+    hinted = step_losses(vlm, rows, kept, batch, CountHint())
     assert torch.equal(hinted.answer, losses.answer)
     assert batch[0].counted is None and batch[1].counted is not None
     assert not torch.equal(hinted.hints, losses.hints), "the count question's first hint changed"
     alone = step_losses(vlm, rows[:1], kept[:1], batch[:1])
-    assert torch.equal(step_losses(vlm, rows[:1], kept[:1], batch[:1], count_hint=True).hints, alone.hints)
-    on_head_1 = step_losses(vlm, rows[1:], kept[1:], batch[1:], count_hint=True, count_head=1, word_weight=3.0)
+    assert torch.equal(step_losses(vlm, rows[:1], kept[:1], batch[:1], CountHint()).hints, alone.hints)
+    on_head_1 = step_losses(vlm, rows[1:], kept[1:], batch[1:], CountHint(head=1, word_weight=3.0))
     plain = step_losses(vlm, rows[1:], kept[1:], batch[1:])
-    replaced = step_losses(vlm, rows[1:], kept[1:], batch[1:], count_hint=True, count_head=0, word_weight=3.0)
+    replaced = step_losses(vlm, rows[1:], kept[1:], batch[1:], CountHint(head=0, word_weight=3.0))
     assert not torch.equal(on_head_1.hints, plain.hints) and not torch.equal(on_head_1.hints, replaced.hints)
-    doubled = step_losses(vlm, rows[1:], kept[1:], batch[1:], True, 1, word_weight=3.0, count_weight=2.0)
+    doubled = step_losses(vlm, rows[1:], kept[1:], batch[1:], CountHint(head=1, word_weight=3.0, weight=2.0))
     assert doubled.hints > on_head_1.hints, "the count hint's weight scales its term"
     with pytest.raises(ValueError, match="count_hint_head 4"):
-        step_losses(vlm, rows, kept, batch, count_hint=True, count_head=4)
+        step_losses(vlm, rows, kept, batch, CountHint(head=4))
 
 
 def test_pre_rows_run_the_tower_on_the_kept_patches_only(untrained) -> None:
@@ -388,6 +389,12 @@ def test_bad_training_config_is_a_typed_error(bad, field) -> None:
         train_testbed_config(bad)
     assert caught.value.field.startswith(field)
     assert TrainTestbedConfig().min_keep == 0.1
+
+
+def test_the_count_hint_settings_come_from_the_config_and_are_off_by_default() -> None:
+    assert CountHint.from_config(TrainTestbedConfig()) is None
+    on = {"count_hint": True, "count_hint_head": 1, "count_hint_word_weight": 3.0, "count_hint_weight": 4.0}
+    assert CountHint.from_config(train_testbed_config(on)) == CountHint(head=1, word_weight=3.0, weight=4.0)
 
 
 def test_a_time_budget_ends_the_run_early_with_a_schedule_that_replays(tmp_path) -> None:

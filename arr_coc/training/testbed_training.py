@@ -365,6 +365,21 @@ class StepLosses:
     hints: torch.Tensor  # mean of the hints: -log(attention mass on the right tokens), read-out cross-entropy
 
 
+@dataclass(frozen=True)
+class CountHint:
+    """Where and how strongly a count question's hint applies (``TrainTestbedConfig.count_hint_*``)."""
+
+    head: int = 0  # first-layer head; 0 replaces the target hint, another head adds to it
+    word_weight: float = 1.0  # the word's share, in units of one centre's share
+    weight: float = 1.0  # the hint's weight among the LLM's hints
+
+    @classmethod
+    def from_config(cls, config: TrainTestbedConfig) -> CountHint | None:
+        if not config.count_hint:
+            return None
+        return cls(config.count_hint_head, config.count_hint_word_weight, config.count_hint_weight)
+
+
 def count_hint_loss(
     attention: torch.Tensor, subject: int, centres: torch.Tensor, word_weight: float = 1.0
 ) -> torch.Tensor:
@@ -389,15 +404,12 @@ def step_losses(
     rows,
     kept: Sequence[torch.Tensor],
     examples: Sequence[TrainingExample],
-    count_hint: bool = False,
-    count_head: int = 0,
-    word_weight: float = 1.0,
-    count_weight: float = 1.0,
+    count_hint: CountHint | None = None,
 ) -> StepLosses:
     """Teacher-forced answer loss over left-padded rows, and the attention hints (see the module docstring).
 
-    With ``count_hint``, a count question whose counted centres were all kept gets
-    :func:`count_hint_loss` on first-layer head ``count_head``: with head 0 instead of
+    With a ``count_hint``, a count question whose counted centres were all kept gets
+    :func:`count_hint_loss` on first-layer head ``count_hint.head``: with head 0 instead of
     the mass on its target tokens, with another head besides it. Head 0's query at a
     colour word cannot tell a count question from a shape question (the first layer
     sees the word's embedding alone), and a shape question wants all of it on the object.
@@ -421,11 +433,10 @@ def step_losses(
         labels[b, tail - length :] = batch.input_ids[b, -length:]
     answer = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
     heads = output.attentions[0].shape[1]
-    if count_hint and not 0 <= count_head < heads:
-        raise ValueError(f"count_hint_head {count_head} is not a head of the first layer (it has {heads})")
+    if count_hint and not 0 <= count_hint.head < heads:
+        raise ValueError(f"count_hint_head {count_hint.head} is not a head of the first layer (it has {heads})")
     hints = []
     first, second = output.attentions[0][:, 0], output.attentions[1][:, 0]  # [B, L, L], head 0
-    counting = output.attentions[0][:, count_head]  # [B, L, L]
     for b, (example, kept_b, length) in enumerate(zip(examples, kept, lengths)):
         ids = batch.input_ids[b, : batch.input_ids.shape[1] - length]
         subject = torch.nonzero(ids == example.subject_id).flatten()
@@ -440,9 +451,10 @@ def step_losses(
         if count_hint and example.counted is not None:
             centres = example.counted.flatten()[kept_b].to(image_slots.device)
             if int(centres.sum()) == int(example.counted.sum()):
-                hint = count_hint_loss(counting[b, subject], subject, image_slots[centres], word_weight)
-                hints.append(count_weight * hint)
-                if count_head == 0:
+                counting = output.attentions[0][b, count_hint.head, subject]  # [L]
+                hint = count_hint_loss(counting, subject, image_slots[centres], count_hint.word_weight)
+                hints.append(count_hint.weight * hint)
+                if count_hint.head == 0:
                     continue
         on_target = example.target.flatten()[kept_b]
         if on_target.any():
@@ -554,6 +566,7 @@ def train_testbed(
     step = 0
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(config, plan))
     generator = torch.Generator().manual_seed(config.seed)
+    count_hint = CountHint.from_config(config)
     losses: list[float] = []
     accuracy = float("nan")
     started = time.perf_counter()
@@ -571,16 +584,7 @@ def train_testbed(
         rows, kept, features = answer_rows(
             vlm, examples, ratios, generator, pre, focused, config.target_extra, config.distractors
         )
-        losses_now = step_losses(
-            vlm,
-            rows,
-            kept,
-            examples,
-            config.count_hint,
-            config.count_hint_head,
-            config.count_hint_word_weight,
-            config.count_hint_weight,
-        )
+        losses_now = step_losses(vlm, rows, kept, examples, count_hint)
         answer = losses_now.answer
         probed = [
             probe.loss(f, kept_labels(e.labels.flatten(1), e.owners.flatten(), k) if before else e.labels.flatten(1))
