@@ -8,11 +8,21 @@ coarse 4x4 grid; with the projected query these give per-image mixing logits
 change across the image. Relevance is the softmax-weighted sum of the maps, a convex
 combination, hence in [0, 1].
 
-Untrained behaviour: the output layers start at zero, so every weight is 1/3 and the
-relevance is the plain mean of the three scores.
+The balancer also weighs exploiting what is relevant against exploring what else
+is there: :meth:`TensionBalancer.exploration` gives per image a weight ``[B]`` in
+[0, 1] from the same summaries and query, which the ``arr-coc`` selection uses to
+discount tokens like ones it already kept (``arr_coc.selection.relevance_coverage``).
+High when the maps do not single out one object (a shape the scorer cannot pin
+down), low when they do.
+
+Untrained behaviour: the output layers start at zero, so every weight is 1/3, the
+relevance is the plain mean of the three scores and the exploration weight is the
+``explore`` it was built with.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +50,9 @@ def summarize(scores: torch.Tensor) -> torch.Tensor:
 class TensionBalancer(nn.Module):
     """Mix ``[B, 3, H', W']`` score maps into relevance ``[B, H', W']`` given query ``[B, D]``."""
 
-    def __init__(self, query_dim: int, hidden: int = 32, query_features: int = 16) -> None:
+    def __init__(
+        self, query_dim: int, hidden: int = 32, query_features: int = 16, explore: float | None = None
+    ) -> None:
         super().__init__()
         self.query_norm = nn.LayerNorm(query_dim)
         self.query_proj = nn.Linear(query_dim, query_features)
@@ -53,11 +65,35 @@ class TensionBalancer(nn.Module):
         for layer in (self.mixer[-1], self.local):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        self.explore: nn.Sequential | None = None
+        if explore is not None:  # None: a scorer from before the head, which explores with a constant
+            self.explore = nn.Sequential(
+                nn.Linear(SUMMARY_DIM + query_features, hidden), nn.GELU(), nn.Linear(hidden, 1)
+            )
+            nn.init.zeros_(self.explore[-1].weight)
+            nn.init.constant_(self.explore[-1].bias, math.log(explore / (1.0 - explore)))
 
-    def weights(self, scores: torch.Tensor, query_embeds: torch.Tensor) -> torch.Tensor:
-        """Mixing weights ``[B, 3, H', W']``, non-negative, summing to 1 over dim 1."""
+    def context(self, scores: torch.Tensor, query_embeds: torch.Tensor) -> torch.Tensor:
+        """``[B, 63 + Q]``: the maps' summaries and the projected query, what the per-image heads read."""
         query = self.query_proj(self.query_norm(query_embeds.to(scores.dtype)))
-        global_logits = self.mixer(torch.cat([summarize(scores), query], dim=1))  # [B, 3]
+        return torch.cat([summarize(scores), query], dim=1)
+
+    def exploration(self, context: torch.Tensor) -> torch.Tensor:
+        """``[B]`` in (0, 1): how far ``arr-coc`` trades relevance for coverage, from :meth:`context`."""
+        return torch.sigmoid(self.exploration_logits(context))
+
+    def exploration_logits(self, context: torch.Tensor) -> torch.Tensor:
+        """``[B]`` logits of :meth:`exploration` (what its training fits)."""
+        if self.explore is None:
+            raise ValueError("this balancer has no exploration head")
+        return self.explore(context)[:, 0]
+
+    def weights(
+        self, scores: torch.Tensor, query_embeds: torch.Tensor, context: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Mixing weights ``[B, 3, H', W']``, non-negative, summing to 1 over dim 1."""
+        context = self.context(scores, query_embeds) if context is None else context
+        global_logits = self.mixer(context)  # [B, 3]
         logits = global_logits[:, :, None, None] + self.local(scores)
         return logits.softmax(dim=1)
 

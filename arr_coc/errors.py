@@ -40,6 +40,10 @@ class InvalidGridError(ArrCocInputError):
     """A visual-token grid that is empty or finer than the image's pixels."""
 
 
+class InvalidRelevanceError(ArrCocInputError):
+    """Appearance cells or an exploration weight, given with a relevance map, that do not fit its grid or range."""
+
+
 class InvalidBudgetError(ArrCocInputError):
     """A budget that is not an int >= 1 or a finite float in (0, 1]."""
 

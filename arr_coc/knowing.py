@@ -41,6 +41,14 @@ def appearance(texture: torch.Tensor) -> torch.Tensor:
     return ((x + shift) * scale).clamp(0.0, 1.0)
 
 
+def appearance_cells(texture: torch.Tensor) -> torch.Tensor:
+    """``[B, 13, H', W'] -> [B, 3, H', W']``: each token's colour (lightness, a*, b* in [0, 1]).
+
+    What ``arr-coc``'s coverage term compares tokens by (``arr_coc.selection.relevance_coverage``).
+    """
+    return appearance(texture)[:, :3]
+
+
 def rescale_per_image(scores: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Min-max rescale each ``[H', W']`` map of ``[B, H', W']`` to [0, 1]; flat maps -> 0."""
     flat = scores.flatten(1)
@@ -83,21 +91,53 @@ def perspectival_score(texture: torch.Tensor) -> torch.Tensor:
     return rescale_per_image(salience)
 
 
+class ShapeStem(nn.Module):
+    """What a token's pixels look like, at a finer resolution than its texture cell.
+
+    Input: the image box-filtered to ``pixels_per_cell`` pixels per token side
+    (``arr_coc.texture.texture_and_pixels``). Two stride-2 convolutions and one
+    patchifying convolution bring it to one ``channels``-vector per token. A texture
+    cell averages its token's pixels, so a star and a circle of one colour have the
+    same cell; the stem sees their outlines.
+
+    Shapes: pixels ``[B, 3, sH', sW']`` in [0, 1] (``s = pixels_per_cell``) -> ``[B, channels, H', W']``.
+    """
+
+    def __init__(self, channels: int = 16, pixels_per_cell: int = 8, width: int = 16) -> None:
+        super().__init__()
+        if pixels_per_cell < 4 or pixels_per_cell % 4:
+            raise ValueError(f"the stem needs a multiple of 4 pixels per cell, got {pixels_per_cell}")
+        self.pixels_per_cell = pixels_per_cell
+        patch = pixels_per_cell // 4
+        self.layers = nn.Sequential(
+            nn.Conv2d(3, width, 4, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(width, width * 2, 3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(width * 2, channels, patch, stride=patch),
+        )
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.layers((pixels - 0.5) / 0.25)
+
+
 class ParticipatoryScorer(nn.Module):
     """Question-conditioned relevance of each cell, learned.
 
     A three-layer convolutional encoder (receptive field 7x7 cells, enough to see a
-    small object's outline) embeds each texture cell; the query embedding is
-    normalized and projected to the same space; the score is the sigmoid of their
-    scaled dot product plus a query-independent prior per cell.
+    small object's outline) embeds each token from its texture cell and, with a
+    :class:`ShapeStem`, from its pixels; the query embedding is normalized and
+    projected to the same space; the score is the sigmoid of their scaled dot product
+    plus a query-independent prior per cell.
 
-    Shapes: texture ``[B, 13, H', W']``, query ``[B, D]`` -> ``[B, H', W']`` in [0, 1].
+    Shapes: texture ``[B, 13, H', W']``, query ``[B, D]``, stem features
+    ``[B, S, H', W']`` (or ``None`` without a stem) -> ``[B, H', W']`` in [0, 1].
     """
 
-    def __init__(self, query_dim: int, hidden: int = 32, embed_dim: int = 32) -> None:
+    def __init__(self, query_dim: int, hidden: int = 32, embed_dim: int = 32, stem_channels: int = 0) -> None:
         super().__init__()
         self.encoder = nn.Sequential(
-            nn.Conv2d(NUM_CHANNELS, hidden, 3, padding=1),
+            nn.Conv2d(NUM_CHANNELS + stem_channels, hidden, 3, padding=1),
             nn.GELU(),
             nn.Conv2d(hidden, hidden, 3, padding=2, dilation=2),
             nn.GELU(),
@@ -107,8 +147,11 @@ class ParticipatoryScorer(nn.Module):
         self.query_proj = nn.Linear(query_dim, embed_dim)
         self.embed_dim = embed_dim
 
-    def forward(self, texture: torch.Tensor, query_embeds: torch.Tensor) -> torch.Tensor:
-        encoded = self.encoder(texture)  # [B, E + 1, H', W']
+    def forward(
+        self, texture: torch.Tensor, query_embeds: torch.Tensor, stem: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        cells = texture if stem is None else torch.cat([texture, stem.to(texture.dtype)], dim=1)
+        encoded = self.encoder(cells)  # [B, E + 1, H', W']
         cells, prior = encoded[:, :-1], encoded[:, -1]
         query = self.query_proj(self.query_norm(query_embeds.to(texture.dtype)))  # [B, E]
         match = torch.einsum("behw,be->bhw", cells, query) / math.sqrt(self.embed_dim)

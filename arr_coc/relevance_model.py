@@ -38,12 +38,16 @@ class RelevanceMap:
     """Scores of one image's visual tokens.
 
     grid: ``(H', W')``; relevance: ``[H', W']`` float32 on CPU in [0, 1];
-    query: ``[D]`` the question's embedding (for question-aware selectors).
+    query: ``[D]`` the question's embedding (for question-aware selectors);
+    cells: ``[3, H', W']`` each token's appearance and explore: the exploration weight
+    in [0, 1], what ``arr-coc``'s coverage term balances the relevance against.
     """
 
     grid: tuple[int, int]
     relevance: torch.Tensor
     query: torch.Tensor
+    cells: torch.Tensor
+    explore: float
 
 
 def _embedding_key(names) -> str:
@@ -126,6 +130,8 @@ class RelevanceModel:
             raise ValueError(f"{len(bridges)} images but {len(queries)} questions")
         scored = self.scorer.score_images([b.image for b in bridges], [b.grid for b in bridges], queries)
         return [
-            RelevanceMap(bridge.grid, out.relevance.float().cpu(), query.cpu())
+            RelevanceMap(
+                bridge.grid, out.relevance.float().cpu(), query.cpu(), out.cells.float().cpu(), float(out.explore)
+            )
             for bridge, out, query in zip(bridges, scored, queries)
         ]

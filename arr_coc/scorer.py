@@ -1,7 +1,10 @@
 """RelevanceScorer: texture -> three ways of knowing -> balancing, with safetensors I/O.
 
 ``RelevanceScorer(query_dim)(images [B, 3, H, W], grid (H', W'), query_embeds [B, D])``
-returns relevance ``[B, H', W']`` in [0, 1], one score per visual token. Every
+returns relevance ``[B, H', W']`` in [0, 1], one score per visual token.
+:meth:`RelevanceScorer.score` also gives what the ``arr-coc`` selection balances that
+relevance against: each token's appearance cell ``[B, 3, H', W']`` and the balancer's
+exploration weight ``[B]``. Every
 module runs once per batch; nothing crosses images, so an image's scores alone and
 in a batch agree within float noise (1e-5), not bitwise: kernels are picked by
 batch size. :meth:`RelevanceScorer.score_images` scores images of mixed sizes,
@@ -30,6 +33,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -37,12 +41,20 @@ from torch import nn
 from arr_coc.adaptive import Calibration
 from arr_coc.balancing import TensionBalancer
 from arr_coc.errors import CheckpointFormatError, ModelNotFoundError
-from arr_coc.knowing import ParticipatoryScorer, information_score, perspectival_score
-from arr_coc.texture import DEFAULT_PIXELS_PER_CELL, texture_array
+from arr_coc.knowing import (
+    ParticipatoryScorer,
+    ShapeStem,
+    appearance_cells,
+    information_score,
+    perspectival_score,
+)
+from arr_coc.texture import DEFAULT_PIXELS_PER_CELL, check_images, texture_and_pixels, texture_array
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "arr-coc-relevance-scorer"
+LEGACY_OPTIONS = {"stem_channels": 0, "explore_head": False}
+"""What a checkpoint written before these options existed was built with."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,10 @@ class ScorerConfig:
     hidden: int = 32
     embed_dim: int = 32
     pixels_per_cell: int = DEFAULT_PIXELS_PER_CELL
+    stem_channels: int = 16  # ShapeStem features per token (0: the participatory map reads texture cells only)
+    stem_pixels_per_cell: int = 8
+    explore: float = 0.5  # the exploration weight an untrained head gives, and the constant one without a head
+    explore_head: bool = True
     seed: int = 0
     calibration_scale: float = 1.0  # Platt scaling of the relevance into target probabilities (arr_coc.adaptive)
     calibration_shift: float = 0.0
@@ -64,6 +80,8 @@ class ScorerOutput:
     """Every intermediate of one scoring pass; maps are ``[B, H', W']``."""
 
     texture: torch.Tensor  # [B, 13, H', W']
+    cells: torch.Tensor  # [B, 3, H', W'] appearance, the similarity of arr-coc's coverage term
+    explore: torch.Tensor  # [B] exploration weight in [0, 1]
     information: torch.Tensor
     perspectival: torch.Tensor
     participatory: torch.Tensor
@@ -85,10 +103,16 @@ class RelevanceScorer(nn.Module):
                 coverage_table=self.config.calibration_coverage_table,
             )
         )
+        config = self.config
+        if not 0.0 < config.explore < 1.0:
+            raise ValueError(f"explore must be in (0, 1), got {config.explore}")
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.config.seed)
-            self.participatory = ParticipatoryScorer(query_dim, self.config.hidden, self.config.embed_dim)
-            self.balancer = TensionBalancer(query_dim, self.config.hidden)
+            torch.manual_seed(config.seed)
+            self.stem = ShapeStem(config.stem_channels, config.stem_pixels_per_cell) if config.stem_channels else None
+            self.participatory = ParticipatoryScorer(query_dim, config.hidden, config.embed_dim, config.stem_channels)
+            self.balancer = TensionBalancer(
+                query_dim, config.hidden, explore=config.explore if config.explore_head else None
+            )
 
     @property
     def query_dim(self) -> int:
@@ -111,10 +135,10 @@ class RelevanceScorer(nn.Module):
         query_embeds: torch.Tensor,
         texture: torch.Tensor | None = None,
     ) -> ScorerOutput:
-        """All stages of scoring ``images [B, 3, H, W]`` on ``grid`` for ``query_embeds [B, D]``.
+        """All stages of scoring ``images [B, 3, H, W]`` (in [0, 1]) on ``grid`` for ``query_embeds [B, D]``.
 
         ``texture [B, 13, H', W']``, when given, is these images' texture cells computed
-        before (e.g. cached); ``images`` is then only used for its batch size.
+        before (e.g. cached); the shape stem still reads ``images``.
         """
         if query_embeds.dim() != 2 or query_embeds.shape != (images.shape[0], self.query_dim):
             raise ValueError(
@@ -130,21 +154,45 @@ class RelevanceScorer(nn.Module):
             start = now
 
         device = next(self.parameters()).device
+        config = self.config
+        stem_side = config.stem_pixels_per_cell if self.stem is not None else 0
+        pixels = None
         if texture is None:
-            texture = texture_array(images.to(device), grid, self.config.pixels_per_cell)
+            texture, pixels = texture_and_pixels(images.to(device), grid, config.pixels_per_cell, stem_side)
+        elif stem_side:
+            rows, cols = grid
+            pixels = F.adaptive_avg_pool2d(
+                check_images(images).to(device).float(), (rows * stem_side, cols * stem_side)
+            )
         texture = texture.to(device)
         lap("texture")
         information = information_score(texture)
         perspectival = perspectival_score(texture)
         lap("knowing_fixed")
         query_embeds = query_embeds.to(device)
-        participatory = self.participatory(texture, query_embeds)
+        stem = None if pixels is None else self.stem(pixels.clamp(0.0, 1.0))
+        participatory = self.participatory(texture, query_embeds, stem)
         lap("participatory")
         stacked = torch.stack([information, perspectival, participatory], dim=1)
-        weights = self.balancer.weights(stacked, query_embeds)
+        context = self.balancer.context(stacked, query_embeds)
+        weights = self.balancer.weights(stacked, query_embeds, context)
         relevance = (weights * stacked).sum(dim=1)
+        if self.balancer.explore is None:
+            explore = torch.full((texture.shape[0],), self.config.explore, device=device)
+        else:
+            explore = self.balancer.exploration(context)
         lap("balancing")
-        return ScorerOutput(texture, information, perspectival, participatory, weights, relevance, timings)
+        return ScorerOutput(
+            texture,
+            appearance_cells(texture),
+            explore,
+            information,
+            perspectival,
+            participatory,
+            weights,
+            relevance,
+            timings,
+        )
 
     def forward(self, images: torch.Tensor, grid: tuple[int, int], query_embeds: torch.Tensor) -> torch.Tensor:
         """Relevance ``[B, H', W']`` in [0, 1]."""
@@ -187,6 +235,8 @@ class RelevanceScorer(nn.Module):
             for i, member in enumerate(members):
                 scores[member] = ScorerOutput(
                     out.texture[i],
+                    out.cells[i],
+                    out.explore[i],
                     out.information[i],
                     out.perspectival[i],
                     out.participatory[i],
@@ -216,7 +266,7 @@ class RelevanceScorer(nn.Module):
             known = {f.name for f in fields(ScorerConfig)}
             if config.pop("format", None) != FORMAT or not known.issuperset(config):
                 raise CheckpointFormatError(f"{path / CONFIG_FILE} is not a relevance-scorer config", field="scorer")
-            scorer = cls(**config)
+            scorer = cls(**{**LEGACY_OPTIONS, **config})
             scorer.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=True)
         except FileNotFoundError as error:
             raise CheckpointFormatError(

@@ -99,22 +99,26 @@ def position_channels(grid: tuple[int, int], device=None, dtype=torch.float32) -
 
 
 def full_resolution_summaries(
-    images: torch.Tensor, grid: tuple[int, int], pixels_per_cell: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+    images: torch.Tensor, grid: tuple[int, int], pixels_per_cell: int, stem_pixels_per_cell: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """The only passes over full-resolution pixels, one image at a time.
 
-    Returns the working image ``[B, 3, pH', pW']`` (box-filtered RGB) and the per-cell
-    luma moments ``[B, 2, H', W']`` (mean, mean of squares). Going image by image
-    keeps each pass in cache: at 1344x1344 it doubles the throughput of batch 16.
+    Returns the working image ``[B, 3, pH', pW']`` (box-filtered RGB), the per-cell
+    luma moments ``[B, 2, H', W']`` (mean, mean of squares) and, with
+    ``stem_pixels_per_cell = s > 0``, the image box-filtered to ``[B, 3, sH', sW']`` for
+    the scorer's shape stem (else ``None``). Going image by image keeps each pass in
+    cache: at 1344x1344 it doubles the throughput of batch 16.
     """
     rows, cols = grid
-    work, moments = [], []
+    work, moments, stem = [], [], []
     weights = _LUMA.to(images)[None, :, None, None]
     for image in images.split(1):
         work.append(F.adaptive_avg_pool2d(image, (rows * pixels_per_cell, cols * pixels_per_cell)))
+        if stem_pixels_per_cell:
+            stem.append(F.adaptive_avg_pool2d(image, (rows * stem_pixels_per_cell, cols * stem_pixels_per_cell)))
         luma = (image * weights).sum(dim=1, keepdim=True)  # [1, 1, H, W]
         moments.append(F.adaptive_avg_pool2d(torch.cat([luma, luma * luma], dim=1), grid))
-    return torch.cat(work), torch.cat(moments)
+    return torch.cat(work), torch.cat(moments), torch.cat(stem) if stem else None
 
 
 def texture_array(
@@ -132,14 +136,29 @@ def texture_array(
     Returns:
         ``[B, 13, H', W']`` float32, channels as in the module table.
     """
+    return texture_and_pixels(images, grid, pixels_per_cell)[0]
+
+
+def texture_and_pixels(
+    images: torch.Tensor,
+    grid: tuple[int, int],
+    pixels_per_cell: int = DEFAULT_PIXELS_PER_CELL,
+    stem_pixels_per_cell: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`texture_array` and, in the same pass over the pixels, the shape stem's input.
+
+    Returns texture ``[B, 13, H', W']`` and, with ``stem_pixels_per_cell = s > 0``, the
+    images box-filtered to ``[B, 3, sH', sW']`` in [0, 1] (else ``None``).
+    """
     images = check_images(images).float()
     rows, cols = check_grid(grid, tuple(images.shape[-2:]))
     p = pixels_per_cell
-    work, luma_moments = full_resolution_summaries(images, (rows, cols), p)
+    work, luma_moments, stem_pixels = full_resolution_summaries(images, (rows, cols), p, stem_pixels_per_cell)
     if not torch.isfinite(work).all():  # a box mean propagates any NaN or inf of its pixels
         raise InvalidImageError("images contain NaN or infinite values", field="images")
     work = work.clamp(0.0, 1.0)
-
+    if stem_pixels is not None:
+        stem_pixels = stem_pixels.clamp(0.0, 1.0)
     lab = kornia.color.rgb_to_lab(work)  # L in [0, 100], a/b in about [-128, 127]
     lightness = lab[:, :1] / 100.0  # [B, 1, pH', pW']
     gradients = kornia.filters.spatial_gradient(lightness, mode="sobel", normalized=True)[:, 0] * 2.0
@@ -154,7 +173,7 @@ def texture_array(
     contrast = (luma_moments[:, 1:] - luma_moments[:, :1] ** 2).clamp(0.0, 0.25).sqrt()
     positions = position_channels((rows, cols), images.device).expand(images.shape[0], -1, -1, -1)
 
-    return torch.cat(
+    texture = torch.cat(
         [
             rgb,  # 0-2
             mean_l,  # 3
@@ -167,3 +186,4 @@ def texture_array(
         ],
         dim=1,
     )
+    return texture, stem_pixels

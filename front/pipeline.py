@@ -139,6 +139,8 @@ class Pipeline:
             budget=variant.budget,
             stage=variant.stage,
             relevance=scored.relevance,
+            cells=scored.cells,
+            explore=scored.explore,
             grid=scored.grid,
             **{name: getattr(generation, name) for name in GenerationFields.model_fields},
         )
@@ -188,7 +190,16 @@ class Pipeline:
         scored, variant = job.scored, job.variant
         relevance = torch.tensor(scored.relevance).reshape(scored.grid)
         if variant.method not in FEATURE_METHODS:
-            kept = allocate(relevance[None], variant.budget, variant.method, seed, calibration=scored.calibration)
+            cells = torch.tensor(scored.cells).reshape(-1, *scored.grid) if scored.cells else None
+            kept = allocate(
+                relevance[None],
+                variant.budget,
+                variant.method,
+                seed,
+                cells=None if cells is None else [cells],
+                explore=scored.explore,
+                calibration=scored.calibration,
+            )
             return relevance, kept[0].tolist()
         item = self.answer_item(job, GenerationFields())
         return relevance, checked((await call_runner(self.vlm_runner, "select", [item]))[0]).kept

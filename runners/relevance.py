@@ -63,6 +63,8 @@ class ScoreItem(BaseModel):
 class ScoreOutput(BaseModel):
     grid: tuple[int, int] = (0, 0)
     relevance: list[float] = Field(default_factory=list, description="H' x W' scores, raster order")
+    cells: list[float] = Field(default_factory=list, description="3 x H' x W' appearance cells, channel-major")
+    explore: float = Field(0.0, ge=0.0, le=1.0, description="arr-coc's exploration weight for this image")
     calibration: Calibration = Field(default_factory=Calibration, description="how the scorer's auto budgets count")
     timings_ms: dict[str, float] = Field(default_factory=dict)
     batch_size: int = 1
@@ -178,6 +180,8 @@ class RelevanceRunner:
                 ScoreOutput(
                     grid=maps[i].grid,
                     relevance=maps[i].relevance.flatten().tolist(),
+                    cells=maps[i].cells.flatten().tolist(),
+                    explore=maps[i].explore,
                     calibration=self.model.scorer.calibration,
                     timings_ms={"relevance": elapsed_ms},
                     batch_size=len(items),

@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from arr_coc.adaptive import AutoBudget
-from arr_coc.errors import ArrCocInputError
+from arr_coc.errors import ArrCocInputError, InvalidRelevanceError
 from arr_coc.settings import get_settings
 from arr_coc.vlm.types import AnswerRequest, AnswerResult, GenerationParams
 from model_store import sources
@@ -58,6 +58,8 @@ class AnswerItem(BaseModel):
     budget: int | float | AutoBudget
     stage: str = "post"
     relevance: list[float] | None = None
+    cells: list[float] | None = None  # 3 x H' x W', channel-major, from the same scoring as relevance
+    explore: float | None = Field(None, ge=0.0, le=1.0)
     grid: tuple[int, int] | None = None
     max_new_tokens: int
     temperature: float
@@ -83,9 +85,16 @@ class AnswerOutput(BaseModel):
 def to_request(item: AnswerItem) -> AnswerRequest:
     """One item as the library's request (typed errors on bad input)."""
     image = item.pixels.image()
-    relevance = None
+    relevance = cells = None
     if item.relevance is not None and item.grid is not None:
         relevance = torch.tensor(item.relevance, dtype=torch.float32).reshape(item.grid)
+        if item.cells:
+            tokens = item.grid[0] * item.grid[1]
+            if len(item.cells) % tokens:
+                raise InvalidRelevanceError(
+                    f"{len(item.cells)} appearance values do not split into {item.grid} cells", field="cells"
+                )
+            cells = torch.tensor(item.cells, dtype=torch.float32).reshape(-1, *item.grid)
     return AnswerRequest(
         image=image,
         question=item.question,
@@ -93,6 +102,8 @@ def to_request(item: AnswerItem) -> AnswerRequest:
         budget=item.budget,
         stage=item.stage,
         relevance=relevance,
+        cells=cells,
+        explore=item.explore,
         generation=GenerationParams(
             max_new_tokens=item.max_new_tokens,
             temperature=item.temperature,

@@ -10,7 +10,7 @@ from drawing import as_batch, gradient, noise, scene, shapes, text
 import arr_coc.scorer as scorer_module
 from arr_coc.balancing import TensionBalancer
 from arr_coc.errors import CheckpointFormatError, ModelNotFoundError
-from arr_coc.knowing import information_score, perspectival_score
+from arr_coc.knowing import appearance, information_score, perspectival_score
 from arr_coc.scorer import RelevanceScorer
 from arr_coc.texture import texture_array
 
@@ -155,7 +155,11 @@ def test_gradients_reach_every_learned_parameter(images):
         loss.backward()
         optimizer.step()
     for name, parameter in scorer.named_parameters():
+        if name.startswith("balancer.explore."):  # fitted to the selection's outcome (test_exploration.py)
+            assert parameter.grad is None, name
+            continue
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert any(n.startswith("stem.") for n, _ in scorer.named_parameters())
     assert any(n.startswith("participatory.") for n, _ in scorer.named_parameters())
     assert any(n.startswith("balancer.") for n, _ in scorer.named_parameters())
 
@@ -204,3 +208,52 @@ def test_load_damaged_checkpoint(tmp_path, damage):
 def test_query_of_wrong_size_is_refused():
     with pytest.raises(ValueError):
         RelevanceScorer(QUERY_DIM)(torch.rand(1, 3, 56, 56), (2, 2), torch.zeros(1, QUERY_DIM + 1))
+
+
+def test_score_gives_appearance_cells_and_an_exploration_weight_per_image(images):
+    scorer = RelevanceScorer(QUERY_DIM, explore=0.3).eval()
+    with torch.inference_mode():
+        out = scorer.score(as_batch(*images), (6, 8), torch.randn(len(images), QUERY_DIM))
+    assert out.cells.shape == (len(images), 3, 6, 8)
+    assert float(out.cells.min()) >= 0.0 and float(out.cells.max()) <= 1.0
+    assert torch.equal(out.cells, appearance(out.texture)[:, :3])
+    assert out.explore.shape == (len(images),)
+    assert torch.allclose(out.explore, torch.full((len(images),), 0.3))  # an untrained head gives its initial weight
+
+
+def test_exploration_head_reads_the_question(images):
+    scorer = RelevanceScorer(QUERY_DIM).eval()
+    for parameter in scorer.balancer.explore.parameters():
+        parameter.data.add_(torch.randn_like(parameter) * 0.5)
+    batch = as_batch(images[0], images[0])
+    with torch.inference_mode():
+        out = scorer.score(batch, (6, 8), torch.randn(2, QUERY_DIM))
+    assert float((out.explore[0] - out.explore[1]).abs()) > 1e-4
+    assert bool(((out.explore > 0) & (out.explore < 1)).all())
+
+
+def test_a_checkpoint_from_before_the_stem_and_the_exploration_head_loads(tmp_path, images):
+    legacy = RelevanceScorer(QUERY_DIM, stem_channels=0, explore_head=False, explore=0.4)
+    path = legacy.save(tmp_path / "legacy")
+    config = json.loads((path / "config.json").read_text())
+    for key in ("stem_channels", "stem_pixels_per_cell", "explore_head"):
+        del config[key]
+    (path / "config.json").write_text(json.dumps(config))
+    loaded = RelevanceScorer.load(path)
+    assert loaded.stem is None and loaded.balancer.explore is None
+    query = torch.randn(1, QUERY_DIM)
+    with torch.inference_mode():
+        out = loaded.score(as_batch(images[0]), (6, 8), query)
+        assert torch.equal(out.relevance, legacy.eval().score(as_batch(images[0]), (6, 8), query).relevance)
+    assert torch.allclose(out.explore, torch.tensor([0.4]))  # no head: the constant it was built with
+
+
+@pytest.mark.parametrize("explore", [0.0, 1.0, -0.5, float("nan")])
+def test_an_exploration_weight_outside_the_open_unit_interval_is_refused(explore):
+    with pytest.raises(ValueError, match="explore"):
+        RelevanceScorer(QUERY_DIM, explore=explore)
+
+
+def test_a_stem_that_cannot_patchify_is_refused():
+    with pytest.raises(ValueError, match="multiple of 4"):
+        RelevanceScorer(QUERY_DIM, stem_pixels_per_cell=6)

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arr_coc.errors import InvalidBudgetError, InvalidGridError, UnknownMethodError
+from arr_coc.errors import InvalidBudgetError, InvalidGridError, InvalidRelevanceError, UnknownMethodError
 from arr_coc.selection import SELECTORS, allocate, resolve_budget
 
 CORE_METHODS = ["none", "uniform", "random", "arr-coc"]
@@ -45,6 +45,62 @@ def test_allocate_properties(rows, cols, budget, method, seed, data):
         dropped[kept] = False
         if dropped.any():
             assert relevance[kept].min() >= relevance[dropped].max()
+
+
+def two_objects(rows=16, cols=16):
+    """Relevance and appearance cells of a bright red 2x2 object (raster 17, 18, 33, 34) and a
+    dimmer blue one (170, 171, 186, 187) on grey."""
+    cells = torch.full((3, rows, cols), 0.5)
+    relevance = torch.full((rows, cols), 0.05)
+    cells[:, 1:3, 1:3] = torch.tensor([0.5, 0.9, 0.8])[:, None, None]
+    relevance[1:3, 1:3] = torch.tensor([[0.95, 0.94], [0.93, 0.92]])
+    cells[:, 10:12, 10:12] = torch.tensor([0.3, 0.6, 0.1])[:, None, None]
+    relevance[10:12, 10:12] = torch.tensor([[0.6, 0.59], [0.58, 0.57]])
+    return relevance, cells
+
+
+def test_arr_coc_reaches_every_relevant_object_before_a_second_token_of_one():
+    relevance, cells = two_objects()
+    (top,) = allocate(relevance[None], 2, "arr-coc")
+    (covering,) = allocate(relevance[None], 2, "arr-coc", cells=[cells], explore=0.9)
+    assert top.tolist() == [17, 18]  # both from the red object
+    assert covering.tolist() == [17, 170]  # the red object's best token, then the blue object's best
+    (six,) = allocate(relevance[None], 6, "arr-coc", cells=[cells], explore=0.9)
+    assert set(six.tolist()) >= {17, 18, 33, 34, 170}  # then the rest of the most relevant object
+    assert float(relevance.flatten()[six].min()) >= 0.5  # never the background
+
+
+def test_arr_coc_without_exploration_or_cells_is_the_relevance_top_k():
+    relevance, cells = two_objects()
+    top = torch.sort(torch.topk(relevance.flatten(), 5).indices).values
+    assert torch.equal(allocate(relevance[None], 5, "arr-coc", cells=[cells], explore=0.0)[0], top)
+    assert torch.equal(allocate(relevance[None], 5, "arr-coc", explore=0.9)[0], top)
+
+
+def test_arr_coc_exploration_is_per_image_in_a_batch():
+    relevance, cells = two_objects()
+    batch = allocate(
+        torch.stack([relevance, relevance]), 2, "arr-coc", cells=torch.stack([cells, cells]), explore=[0.0, 0.9]
+    )
+    assert [k.tolist() for k in batch] == [[17, 18], [17, 170]]
+
+
+@pytest.mark.parametrize("explore", [-0.1, 1.5, float("nan")])
+def test_an_exploration_weight_outside_the_unit_interval_is_a_typed_error(explore):
+    relevance, cells = two_objects()
+    with pytest.raises(InvalidRelevanceError) as error:
+        allocate(relevance[None], 2, "arr-coc", cells=[cells], explore=explore)
+    assert error.value.field == "explore"
+
+
+@pytest.mark.parametrize(
+    "cells", [torch.rand(3, 7, 8), torch.rand(10, 3), torch.full((3, 8, 8), float("nan")), torch.ones(3, 8, 8).long()]
+)
+def test_appearance_cells_off_the_grid_are_a_typed_error(cells):
+    relevance, _ = two_objects()
+    with pytest.raises(InvalidRelevanceError) as error:
+        allocate(relevance[None], 2, "arr-coc", cells=[cells], explore=0.5)
+    assert error.value.field == "cells"
 
 
 def test_top_relevance_ties_keep_lower_index():

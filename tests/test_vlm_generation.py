@@ -18,7 +18,7 @@ from arr_coc.errors import (
     InvalidQuestionError,
     UnknownMethodError,
 )
-from arr_coc.selection import resolve_budget
+from arr_coc.selection import allocate, resolve_budget
 from arr_coc.vlm.types import AnswerRequest, GenerationParams
 
 QUESTION = "Where is the red house?"
@@ -68,11 +68,15 @@ def test_result_fields(testbed_pipeline):
     assert 0 <= int(result.kept.min()) and int(result.kept.max()) < result.total_tokens
     assert result.relevance.shape == (height, width)
     assert float(result.relevance.min()) >= 0.0 and float(result.relevance.max()) <= 1.0
-    # arr-coc keeps the top-K of the returned relevance map
-    flat = result.relevance.flatten()
-    dropped = torch.ones_like(flat, dtype=torch.bool)
-    dropped[result.kept] = False
-    assert float(flat[result.kept].min()) >= float(flat[dropped].max())
+    # arr-coc keeps what the allocator picks from the returned relevance, the scorer's cells and exploration
+    bridge = pipeline.token_grid(request.image)
+    query = pipeline.question_embedding(QUESTION)[None]
+    (scored,) = pipeline.scorer.score_images([bridge.image], [bridge.grid], query)
+    assert torch.allclose(scored.relevance.cpu(), result.relevance, atol=1e-5)
+    (expected,) = allocate(
+        [result.relevance], 0.3, "arr-coc", cells=[scored.cells.cpu()], explore=float(scored.explore)
+    )
+    assert torch.equal(result.kept, expected)
     assert 1 <= len(result.token_ids) <= 7
     assert result.answer == pipeline.vlm.tokenizer.decode(result.token_ids, skip_special_tokens=True)
     for stage in ("preprocess", "vision", "scoring", "prefill", "decode", "total"):

@@ -19,7 +19,13 @@ from numbers import Integral, Real
 import torch
 
 from arr_coc.adaptive import AUTO, IDENTITY, AutoBudget, Calibration, auto_count
-from arr_coc.errors import InvalidBudgetError, InvalidGridError, InvalidStageError, UnknownMethodError
+from arr_coc.errors import (
+    InvalidBudgetError,
+    InvalidGridError,
+    InvalidRelevanceError,
+    InvalidStageError,
+    UnknownMethodError,
+)
 from arr_coc.selection.registry import FEATURE_METHODS, SELECTORS
 from arr_coc.selection.types import Grid, SelectionInput
 from arr_coc.vocabulary import STAGES
@@ -112,6 +118,19 @@ def _as_items(relevance, grid) -> tuple[list[torch.Tensor], list[Grid]]:
     return [m.reshape(-1) for m in maps], grids
 
 
+def _token_cells(cells: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """``[A, H', W']`` or ``[N, A]`` appearance cells of one image as ``[N, A]``; typed error if off-grid or not finite."""
+    n = grid[0] * grid[1]
+    cells = torch.as_tensor(cells)
+    if not cells.is_floating_point() or not torch.isfinite(cells).all():
+        raise InvalidRelevanceError("appearance cells must hold finite floats", field="cells")
+    if cells.dim() == 3 and tuple(cells.shape[1:]) == tuple(grid):
+        return cells.flatten(1).T
+    if cells.dim() == 2 and cells.shape[0] == n:
+        return cells
+    raise InvalidRelevanceError(f"appearance cells {tuple(cells.shape)} do not fit the grid {grid}", field="cells")
+
+
 def allocate(
     relevance: torch.Tensor | Sequence[torch.Tensor],
     budget: Budget | Sequence[Budget],
@@ -122,6 +141,8 @@ def allocate(
     features: Sequence[torch.Tensor] | None = None,
     query: Sequence[torch.Tensor] | None = None,
     question_tokens: Sequence[torch.Tensor] | None = None,
+    cells: torch.Tensor | Sequence[torch.Tensor | None] | None = None,
+    explore: float | Sequence[float] = 0.0,
     calibration: Calibration = IDENTITY,
 ) -> list[torch.Tensor]:
     """Kept visual-token indices for each image of a batch.
@@ -139,6 +160,10 @@ def allocate(
         query: per image ``[C]`` question embedding, for question-aware methods.
         question_tokens: per image ``[Q_b, C]`` embeddings of the question's tokens,
             for ``cdpruner`` (which raises without them).
+        cells: ``[B, A, H', W']`` or per image ``[A, H'_b, W'_b]`` / ``[N_b, A]`` appearance
+            cells (the scorer's), the similarity of ``arr-coc``'s coverage term.
+        explore: ``arr-coc``'s exploration weight in [0, 1] (the scorer's), or one per image;
+            0, or no ``cells``, keeps the relevance top-K.
         calibration: the scorer's :class:`~arr_coc.adaptive.Calibration`, which turns
             relevance into target probabilities and ``coverage`` into a count, for ``auto`` budgets.
 
@@ -158,15 +183,22 @@ def allocate(
     questions = [None] * count
     if question_tokens is not None:
         questions = _per_item(question_tokens, count, "question_tokens")
+    appearances = [None] * count if cells is None else _per_item(list(cells), count, "cells")
+    explores = _per_item(explore, count, "explore")
 
     kept = []
-    for scores, g, b, m, s, f, q, t in zip(maps, grids, budgets, methods, seeds, feats, queries, questions):
+    items = zip(maps, grids, budgets, methods, seeds, feats, queries, questions, appearances, explores)
+    for scores, g, b, m, s, f, q, t, a, e in items:
         if m in FEATURE_METHODS and f is None:
             raise ValueError(f"method {m!r} needs the visual features")
         if scores.is_floating_point() and torch.isnan(scores).any():
             raise ValueError("relevance contains NaN")
+        if a is not None:
+            a = _token_cells(a, g)
         k = resolve_budget(b, scores.numel(), scores.flatten(), calibration)
-        item = SelectionInput(relevance=scores, grid=g, features=f, query=q, question_tokens=t)
+        item = SelectionInput(
+            relevance=scores, grid=g, features=f, query=q, question_tokens=t, cells=a, explore=float(e)
+        )
         indices = SELECTORS[m](item, k, int(s))
         kept.append(torch.sort(indices.long().cpu()).values)
     return kept

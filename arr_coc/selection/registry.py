@@ -6,7 +6,7 @@ from arr_coc.selection.cdpruner import select_cdpruner
 from arr_coc.selection.divprune import select_divprune
 from arr_coc.selection.none import select_all
 from arr_coc.selection.random import select_random
-from arr_coc.selection.top_relevance import select_top_relevance
+from arr_coc.selection.relevance_coverage import select_relevance_coverage
 from arr_coc.selection.types import Selector
 from arr_coc.selection.uniform import select_uniform
 from arr_coc.vocabulary import FEATURE_METHODS
@@ -15,7 +15,7 @@ SELECTORS: dict[str, Selector] = {
     "none": select_all,
     "uniform": select_uniform,
     "random": select_random,
-    "arr-coc": select_top_relevance,
+    "arr-coc": select_relevance_coverage,
     "divprune": select_divprune,
     "cdpruner": select_cdpruner,
 }

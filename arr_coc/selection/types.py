@@ -21,6 +21,10 @@ class SelectionInput:
         ``question_tokens``), or ``None``.
     question_tokens: ``[Q, C]`` embeddings of the question's ``Q`` tokens in the
         feature space (``cdpruner``), or ``None``.
+    cells: ``[N, A]`` appearance of each token from its pixels (the scorer's
+        :func:`arr_coc.knowing.appearance_cells`), for ``arr-coc``'s coverage term, or ``None``.
+    explore: ``arr-coc``'s exploration weight in [0, 1] (the scorer's balancer sets it;
+        0 = the relevance top-K).
     """
 
     relevance: torch.Tensor | None
@@ -28,6 +32,8 @@ class SelectionInput:
     features: torch.Tensor | None = None
     query: torch.Tensor | None = None
     question_tokens: torch.Tensor | None = None
+    cells: torch.Tensor | None = None
+    explore: float = 0.0
 
     @property
     def num_tokens(self) -> int:

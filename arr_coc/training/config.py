@@ -42,6 +42,9 @@ class TrainConfig(BaseModel):
     participatory_weight: float = Field(
         1.0, ge=0, description="weight of the same loss on the question-conditioned (participatory) map alone"
     )
+    explore_samples: int = Field(
+        1000, ge=0, description="training samples the exploration weight is fitted on, after the loop (0: not fitted)"
+    )
     hidden: int = Field(32, ge=1, description="scorer hidden width")
     embed_dim: int = Field(32, ge=1, description="scorer cell/query embedding width")
     methods: list[str] = Field(["arr-coc", "uniform", "random", "divprune", "cdpruner"])

@@ -5,7 +5,9 @@
 their own). Per step it reports the loss and its parts, the learning rate and the
 gradient norms (total and per module, before clipping); every
 ``heatmap_every`` steps and at the end, heatmaps of a few held-out samples; every
-``eval_every`` steps and at the end, the held-out recall table.
+``eval_every`` steps and at the end, the held-out recall table. After the loop, the
+balancer's exploration weight is fitted to the selection's outcome on
+``explore_samples`` training samples (:mod:`arr_coc.training.exploration`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from arr_coc.scorer import RelevanceScorer
 from arr_coc.selection import allocate
 from arr_coc.training.config import TrainConfig
 from arr_coc.training.data import CachedSample, batches, size_groups, stack
+from arr_coc.training.exploration import ExplorationFit, fit_exploration
 from arr_coc.training.loss import relevance_loss
 from arr_coc.training.recall import RecallTable, recall_table
 
@@ -63,6 +66,7 @@ class TrainResult:
     scorer: RelevanceScorer
     recall: RecallTable
     losses: list[float] = field(default_factory=list)
+    exploration: ExplorationFit | None = None
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -76,8 +80,11 @@ def heatmap_panels(scorer: RelevanceScorer, samples: Sequence[CachedSample]) -> 
     """Per sample: relevance overlay with the arr-coc 25 % selection | target mask overlay, captioned."""
     panels = []
     for sample in samples:
-        relevance = scorer(sample.image[None], sample.grid, sample.query[None])[0].float().cpu()
-        (kept,) = allocate(relevance[None], HEATMAP_BUDGET, "arr-coc")
+        scored = scorer.score(sample.image[None], sample.grid, sample.query[None])
+        relevance = scored.relevance[0].float().cpu()
+        (kept,) = allocate(
+            relevance[None], HEATMAP_BUDGET, "arr-coc", cells=scored.cells.cpu(), explore=float(scored.explore[0])
+        )
         picture = to_pil(sample.image)
         left = overlay(picture, relevance, kept)
         right = overlay(picture, sample.target.float())
@@ -171,7 +178,18 @@ def train_scorer(
         if config.eval_every and step % config.eval_every == 0 and not last:
             logger.recall(recall_table(scorer, heldout, config.methods, config.budgets, config.seed), step)
     scorer.eval()
+    exploration = None
+    if config.explore_samples:
+        exploration = fit_exploration(scorer, train[: config.explore_samples], config.seed)
+        logger.log(
+            {
+                "train/explore_utility": exploration.utility_fitted,
+                **{f"train/explore_utility/{w:g}": u for w, u in exploration.utility_by_weight.items()},
+                "train/explore_mean": float(exploration.predicted.mean()),
+            },
+            config.steps,
+        )
     final = recall_table(scorer, heldout, config.methods, config.budgets, config.seed)
     logger.heatmaps(heatmap_panels(scorer, shown), config.steps)
     logger.recall(final, config.steps)
-    return TrainResult(scorer, final, losses)
+    return TrainResult(scorer, final, losses, exploration)

@@ -42,7 +42,8 @@ def recall_table(
     if not scored:
         raise ValueError("no held-out sample has target tokens: recall is undefined")
     for index, sample in scored:
-        relevance = scorer(sample.image[None], sample.grid, sample.query[None])[0].float().cpu()
+        scored = scorer.score(sample.image[None], sample.grid, sample.query[None])
+        relevance, cells, explore = scored.relevance[0].float().cpu(), scored.cells[0].cpu(), float(scored.explore[0])
         for method in methods:
             if method in FEATURE_METHODS and sample.features is None:
                 raise ValueError(f"method {method!r} needs held-out samples encoded with features")
@@ -56,6 +57,8 @@ def recall_table(
                     features=[sample.features],
                     query=[sample.query],
                     question_tokens=[sample.question_tokens],
+                    cells=[cells],
+                    explore=explore,
                 )
                 sums[method][float(budget)] += recall_at_budget(kept, sample.target)
     scorer.train(was_training)

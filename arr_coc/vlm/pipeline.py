@@ -194,6 +194,8 @@ class VLMPipeline:
         relevance: list[torch.Tensor | None] = [
             None if r.relevance is None else check_relevance(r.relevance, g) for r, g in zip(requests, grids)
         ]
+        cells = [None if r.relevance is None else r.cells for r in requests]
+        explore = [0.0 if r.relevance is None or r.explore is None else r.explore for r in requests]
         pre = [b for b, r in enumerate(requests) if r.stage == "pre"]
         cache = self.feature_cache
         keys = [image_key(r.image) for r in requests] if cache.enabled else [None] * len(requests)
@@ -210,7 +212,7 @@ class VLMPipeline:
                 textures=[cached[b].texture for b in to_score],
             )
             for b, out in zip(to_score, scored):
-                relevance[b] = out.relevance
+                relevance[b], cells[b], explore[b] = out.relevance, out.cells.cpu(), float(out.explore)
                 if keys[b] and cached[b].texture is None:
                     cache.put(keys[b], texture=out.texture)
         relevance = [scores.float().cpu() for scores in relevance]
@@ -226,6 +228,8 @@ class VLMPipeline:
                 features=features,
                 query=[queries[b] for b in members],
                 question_tokens=[questions[b] for b in members],
+                cells=[cells[b] for b in members],
+                explore=[explore[b] for b in members],
                 calibration=self.scorer.calibration,
             )
             for b, k in zip(members, chosen):

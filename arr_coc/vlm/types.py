@@ -42,6 +42,9 @@ class AnswerRequest:
         (:class:`arr_coc.adaptive.AutoBudget`, or the string ``"auto"``: as many as the question needs).
     relevance: ``[H', W']`` scores already computed for this image and question
         (by the relevance runner); ``None`` lets the pipeline run its own scorer.
+    cells, explore: what the same scoring pass gave ``arr-coc``'s coverage term with
+        ``relevance``: appearance cells ``[3, H', W']`` and the exploration weight in
+        [0, 1]. Without them a given relevance map is selected by its top-K.
     stage: ``post`` selects from the vision tower's outputs (every method); ``pre``
         selects before the tower, which then runs on the kept tokens only
         (``none``, ``uniform``, ``random``, ``arr-coc``).
@@ -54,6 +57,8 @@ class AnswerRequest:
     generation: GenerationParams = field(default_factory=GenerationParams)
     relevance: torch.Tensor | None = None
     stage: str = "post"
+    cells: torch.Tensor | None = None
+    explore: float | None = None
 
 
 @dataclass

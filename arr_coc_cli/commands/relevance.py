@@ -42,7 +42,8 @@ def ascii_map(relevance, mask) -> str:
 
 
 def score_without_vlm(args: argparse.Namespace, image):
-    """``(grid, relevance [H', W'])``: grid from ``--grid`` or the 28-pixel default, question hash-embedded."""
+    """``(grid, relevance [H', W'], cells [3, H', W'], explore)``: grid from ``--grid`` or the 28-pixel default,
+    question hash-embedded."""
     import torch
 
     from arr_coc.images import to_tensor
@@ -53,18 +54,20 @@ def score_without_vlm(args: argparse.Namespace, image):
     grid = tuple(args.grid) if args.grid else default_grid(image.size)
     query = hash_embedding(args.question, scorer.query_dim)[None]
     with torch.inference_mode():
-        return grid, scorer(to_tensor(image)[None], grid, query)[0]
+        scored = scorer.score(to_tensor(image)[None], grid, query)
+    return grid, scored.relevance[0], scored.cells[0], float(scored.explore[0])
 
 
 def score_with_vlm(args: argparse.Namespace, image):
-    """``(grid, relevance [H', W'])`` from the VLM's own token grid and question embedding (no LLM pass)."""
+    """``(grid, relevance [H', W'], cells, explore)`` from the VLM's own token grid and question embedding
+    (no LLM pass)."""
     from arr_coc.errors import InvalidGridError
     from arr_coc.relevance_model import RelevanceModel
 
     if args.grid:
         raise InvalidGridError("--grid and --model exclude each other: the model fixes the grid", field="grid")
     scored = RelevanceModel.from_pretrained(args.model, scorer=args.scorer or None).score([image], [args.question])[0]
-    return scored.grid, scored.relevance
+    return scored.grid, scored.relevance, scored.cells, scored.explore
 
 
 def select_with_vlm_features(args: argparse.Namespace, image):
@@ -99,8 +102,8 @@ def run(args: argparse.Namespace) -> int:
     if args.method in FEATURE_METHODS:
         grid, relevance, kept = select_with_vlm_features(args, image)
     else:
-        grid, relevance = (score_with_vlm if args.model else score_without_vlm)(args, image)
-        kept = allocate(relevance[None], args.budget, args.method, args.seed)[0]
+        grid, relevance, cells, explore = (score_with_vlm if args.model else score_without_vlm)(args, image)
+        kept = allocate(relevance[None], args.budget, args.method, args.seed, cells=[cells], explore=explore)[0]
     if args.heatmap:
         overlay(image, relevance, kept).save(args.heatmap)
     if args.json:
