@@ -114,7 +114,9 @@ def full_resolution_summaries(
     weights = _LUMA.to(images)[None, :, None, None]
     for image in images.split(1):
         work.append(F.adaptive_avg_pool2d(image, (rows * pixels_per_cell, cols * pixels_per_cell)))
-        if stem_pixels_per_cell:
+        if stem_pixels_per_cell == pixels_per_cell:
+            stem.append(work[-1])
+        elif stem_pixels_per_cell:
             stem.append(F.adaptive_avg_pool2d(image, (rows * stem_pixels_per_cell, cols * stem_pixels_per_cell)))
         luma = (image * weights).sum(dim=1, keepdim=True)  # [1, 1, H, W]
         moments.append(F.adaptive_avg_pool2d(torch.cat([luma, luma * luma], dim=1), grid))

@@ -6,6 +6,8 @@ For 448x448 images on a 16x16 grid and 1344x1344 on 48x48, at batch 1, 16 and 64
 images per second of ``RelevanceScorer`` (texture -> knowing -> balancing, untrained
 weights, which cost the same as trained ones) and the share of each stage (stage
 shares are host-side laps, so on CUDA they show launch order, not kernel time).
+Each case also times the scorer without its shape stem and exploration head (the
+architecture before them) in the same run, interleaved, and prints the ratio.
 """
 
 from __future__ import annotations
@@ -53,17 +55,26 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = parse_device(args.device)
     scorer = RelevanceScorer(QUERY_DIM).eval().to(device)
+    without_stem = RelevanceScorer(QUERY_DIM, stem_channels=0, explore_head=False).eval().to(device)
     generator = torch.Generator().manual_seed(0)
     print(f"torch {torch.__version__}, {device}, {args.threads} threads, {args.repeats} repeats, query dim {QUERY_DIM}")
-    print(f"{'image':>10} {'grid':>6} {'batch':>5} {'images/s':>9}   stage shares")
+    print(f"{'image':>10} {'grid':>6} {'batch':>5} {'images/s':>9} {'no stem':>8} {'ratio':>6}   stage shares")
     for size, grid in CASES:
         for batch in args.batches:
             images = torch.rand(batch, 3, size, size, generator=generator).to(device)
             queries = torch.randn(batch, QUERY_DIM, generator=generator).to(device)
-            rate, stages = measure(scorer, images, grid, queries, args.repeats)
+            rates, baseline = [], []
+            for _ in range(2):  # interleaved, so both see the same machine
+                rate, stages = measure(scorer, images, grid, queries, args.repeats)
+                rates.append(rate)
+                baseline.append(measure(without_stem, images, grid, queries, args.repeats)[0])
+            rate, base = max(rates), max(baseline)
             total = sum(stages.values())
             shares = "  ".join(f"{name} {100 * ms / total:4.1f}%" for name, ms in stages.items())
-            print(f"{size:>4}x{size:<5} {grid[0]:>2}x{grid[1]:<3} {batch:>5} {rate:>9.1f}   {shares}")
+            print(
+                f"{size:>4}x{size:<5} {grid[0]:>2}x{grid[1]:<3} {batch:>5} {rate:>9.1f} {base:>8.1f} "
+                f"{rate / base:>6.2f}   {shares}"
+            )
 
 
 if __name__ == "__main__":

@@ -7,11 +7,12 @@ boxes are square, the star's inner radius is 0.382 (the regular pentagram), nois
 sigma is drawn from 0-8, and questions are sampled the other way round: first a
 random scene (colours and shapes uniform, repeats allowed), then a template and a
 subject among those the scene makes askable. The script prints accuracy (also per
-question template) and target recall for ``full``, ``arr-coc-10`` and ``arr-coc-25`` on
-these scenes next to the same figures on this project's own held-out split.
+question template) and target recall for each of ``--variants`` on these scenes next
+to the same figures on this project's own held-out split.
 
     .venv/bin/python benchmarks/other_renderer.py --size 200
     .venv/bin/python benchmarks/other_renderer.py --size 600 --model DIR    # other weights, the embedded scorer
+    .venv/bin/python benchmarks/other_renderer.py --sets other --variants full arr-coc-5 divprune-5 cdpruner-5
 """
 
 from __future__ import annotations
@@ -128,21 +129,28 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=200)
     parser.add_argument("--model", default=None, help="VLM directory (default: the embedded testbed)")
     parser.add_argument("--scorer", default=str(EMBEDDED_SCORER), help="scorer directory (default: the embedded one)")
+    parser.add_argument(
+        "--variants", nargs="+", default=["full", "arr-coc-25", "arr-coc-10"], help="registered variants"
+    )
+    parser.add_argument("--sets", nargs="+", choices=["own", "other"], default=["own", "other"], help="which scenes")
     args = parser.parse_args()
+    variants = [get_variant(name) for name in args.variants]  # unknown names fail before any model loads
     pipeline = VLMPipeline.from_pretrained(args.model, scorer=args.scorer, device="cpu", dtype="fp32")
     grid_for = processor_grid(pipeline.vlm.processor)
     sets = {
-        "own renderer (held-out)": ShapesVQA(args.size, "heldout", 0, grid_for),
-        "other renderer": OtherRenderer(args.size, grid_for),
+        "own renderer (held-out)": ShapesVQA(args.size, "heldout", 0, grid_for) if "own" in args.sets else None,
+        "other renderer": OtherRenderer(args.size, grid_for) if "other" in args.sets else None,
     }
     kinds = ("colour", "shape", "count")
     print(f"{'scenes':<24} {'variant':<11} {'accuracy':>8} {'recall':>7}" + "".join(f" {k:>7}" for k in kinds))
     for name, dataset in sets.items():
-        for variant in ("full", "arr-coc-25", "arr-coc-10"):
-            records = list(evaluate_variant(pipeline, get_variant(variant), dataset, batch_size=8, max_new_tokens=4))
+        if dataset is None:
+            continue
+        for variant in variants:
+            records = list(evaluate_variant(pipeline, variant, dataset, batch_size=8, max_new_tokens=4))
             summary = {**summarize(records, 1.0), **per_kind_accuracy(records)}
             by_kind = "".join(f" {summary.get(f'accuracy/{k}', float('nan')):>7.3f}" for k in kinds)
-            print(f"{name:<24} {variant:<11} {summary['accuracy']:>8.3f} {summary['recall']:>7.3f}{by_kind}")
+            print(f"{name:<24} {variant.name:<11} {summary['accuracy']:>8.3f} {summary['recall']:>7.3f}{by_kind}")
 
 
 if __name__ == "__main__":

@@ -107,6 +107,46 @@ def test_the_participatory_map_can_be_trained_on_its_own() -> None:
     assert scorer.participatory.query_proj.weight.grad.abs().sum() > 0
 
 
+def test_the_balancer_keeps_its_equal_mix_through_the_warmup_while_the_maps_learn() -> None:
+    from arr_coc.training.data import CachedSample
+    from arr_coc.training.loop import train_scorer
+
+    generator = torch.Generator().manual_seed(0)
+    target = torch.zeros(6, 8, dtype=torch.bool)
+    target[2:4, 3:5] = True
+    samples = [
+        CachedSample(
+            torch.rand(3, 168, 224, generator=generator),
+            (6, 8),
+            torch.randn(16, generator=generator),
+            target,
+            None,
+            "What colour is the star?",
+            "red",
+            "colour",
+        )
+        for _ in range(4)
+    ]
+    config = train_config(
+        {
+            "steps": 3,
+            "batch_size": 2,
+            "balancer_warmup_steps": 3,
+            "explore_samples": 0,
+            "methods": ["arr-coc"],
+            "heatmap_every": 0,
+            "stem_pixels_per_cell": 4,
+        }
+    )
+    result = train_scorer(config, samples, samples, query_dim=16, progress=False)
+    fresh = type(result.scorer)(16, stem_pixels_per_cell=4)
+    trained, initial = result.scorer.state_dict(), fresh.state_dict()
+    assert all(torch.equal(trained[k], initial[k]) for k in initial if k.startswith("balancer."))
+    assert any(not torch.equal(trained[k], initial[k]) for k in initial if k.startswith("stem."))
+    assert any(not torch.equal(trained[k], initial[k]) for k in initial if k.startswith("participatory."))
+    assert result.exploration is None  # explore_samples 0: the head keeps its initial weight
+
+
 def test_config_layers_and_errors() -> None:
     config = train_config({"steps": 10, "lr": 0.1}, {"steps": 20, "seed": None}, {"lr": 0.2})
     assert (config.steps, config.lr, config.seed) == (20, 0.2, 0)
@@ -116,6 +156,10 @@ def test_config_layers_and_errors() -> None:
         ({"methods": ["blur"]}, "methods"),
         ({"dataset": "coco"}, "dataset"),
         ({"participatory_weight": -1}, "participatory_weight"),
+        ({"balancer_warmup_steps": -1}, "balancer_warmup_steps"),
+        ({"stem_pixels_per_cell": 6}, "stem_pixels_per_cell"),
+        ({"stem_channels": -2}, "stem_channels"),
+        ({"explore_samples": -1}, "explore_samples"),
     ):
         with pytest.raises(InvalidConfigError) as caught:
             train_config(bad)

@@ -39,6 +39,12 @@ class TrainConfig(BaseModel):
     bce_weight: float = Field(1.0, ge=0, description="weight of the class-balanced BCE term")
     rank_weight: float = Field(1.0, ge=0, description="weight of the pairwise ranking term")
     rank_temperature: float = Field(0.1, gt=0, description="softness of the ranking term")
+    balancer_warmup_steps: int = Field(
+        0,
+        ge=0,
+        description="steps the balancer keeps its equal mix while the maps learn (else it can settle on a "
+        "question-blind map before the participatory one reads the question, and its softmax never recovers)",
+    )
     participatory_weight: float = Field(
         1.0, ge=0, description="weight of the same loss on the question-conditioned (participatory) map alone"
     )
@@ -47,6 +53,10 @@ class TrainConfig(BaseModel):
     )
     hidden: int = Field(32, ge=1, description="scorer hidden width")
     embed_dim: int = Field(32, ge=1, description="scorer cell/query embedding width")
+    stem_channels: int = Field(16, ge=0, description="shape-stem features per token (0: no shape stem)")
+    stem_pixels_per_cell: int = Field(
+        4, ge=4, multiple_of=4, description="pixels per token side the shape stem reads (4: the texture's own)"
+    )
     methods: list[str] = Field(["arr-coc", "uniform", "random", "divprune", "cdpruner"])
     budgets: list[float] = Field([0.1, 0.25, 0.5], min_length=1, description="kept ratios for recall@budget")
     heatmap_every: int = Field(100, ge=0, description="steps between heatmap images (0 = only at the end)")

@@ -150,7 +150,14 @@ def train_scorer(
     """Train a fresh :class:`RelevanceScorer` for ``config.steps`` steps; returns it with its held-out recall."""
     logger = logger or NullLogger()
     torch.manual_seed(config.seed)
-    scorer = RelevanceScorer(query_dim, hidden=config.hidden, embed_dim=config.embed_dim, seed=config.seed)
+    scorer = RelevanceScorer(
+        query_dim,
+        hidden=config.hidden,
+        embed_dim=config.embed_dim,
+        stem_channels=config.stem_channels,
+        stem_pixels_per_cell=config.stem_pixels_per_cell,
+        seed=config.seed,
+    )
     scorer.train()
     optimizer = torch.optim.AdamW(scorer.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_schedule(config))
@@ -159,6 +166,7 @@ def train_scorer(
     losses: list[float] = []
     bar = tqdm(range(1, config.steps + 1), desc="train-scorer", disable=not progress)
     for step in bar:
+        scorer.balancer.requires_grad_(step > config.balancer_warmup_steps)
         loss, parts = batch_loss(scorer, next(stream), config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

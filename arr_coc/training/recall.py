@@ -42,8 +42,8 @@ def recall_table(
     if not scored:
         raise ValueError("no held-out sample has target tokens: recall is undefined")
     for index, sample in scored:
-        scored = scorer.score(sample.image[None], sample.grid, sample.query[None])
-        relevance, cells, explore = scored.relevance[0].float().cpu(), scored.cells[0].cpu(), float(scored.explore[0])
+        out = scorer.score(sample.image[None], sample.grid, sample.query[None])
+        relevance, cells, explore = out.relevance[0].float().cpu(), out.cells[0].cpu(), float(out.explore[0])
         for method in methods:
             if method in FEATURE_METHODS and sample.features is None:
                 raise ValueError(f"method {method!r} needs held-out samples encoded with features")

@@ -5,8 +5,9 @@ other than the one training used), fits Platt scaling of relevance to "is a targ
 token" (:func:`arr_coc.adaptive.fit_calibration`) and the coverage table that turns
 ``coverage`` into a probability threshold (:func:`arr_coc.adaptive.fit_coverage_table`),
 writes both into the scorer checkpoint, and prints, per coverage, the mean share of
-target tokens kept and the mean kept ratio on those samples: what ``coverage`` means
-for this scorer.
+target tokens kept and the mean kept ratio on those samples when ``arr-coc`` selects
+that many tokens (relevance balanced against coverage, as served): what ``coverage``
+means for this scorer.
 """
 
 from __future__ import annotations
@@ -17,18 +18,32 @@ from pathlib import Path
 COVERAGES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 
-def coverage_table(maps: list, targets: list, calibration, coverages=COVERAGES) -> list[tuple[float, float, float]]:
-    """``(coverage, mean target recall, mean kept ratio)`` of the top-``K(auto)`` tokens of each ``[N]`` map."""
-    import torch
+def coverage_table(
+    maps: list, targets: list, calibration, coverages=COVERAGES, cells: list | None = None, explore: list | None = None
+) -> list[tuple[float, float, float]]:
+    """``(coverage, mean target recall, mean kept ratio)`` of ``arr-coc``'s ``auto`` selection of each ``[N]`` map.
 
-    from arr_coc.adaptive import AutoBudget, auto_count
+    ``cells`` (``[3, H', W']`` per map) and ``explore`` (a weight per map) are the scorer's; without them
+    the selection is the relevance top-K.
+    """
+    from arr_coc.adaptive import AutoBudget
+    from arr_coc.selection import allocate
 
+    cells = cells or [None] * len(maps)
+    explore = explore or [0.0] * len(maps)
     rows = []
     for coverage in coverages:
         recalls, ratios = [], []
-        for relevance, target in zip(maps, targets):
-            k = auto_count(relevance, AutoBudget(coverage=coverage), calibration)
-            kept = torch.sort(relevance, descending=True, stable=True).indices[:k]
+        for relevance, target, appearance, weight in zip(maps, targets, cells, explore):
+            (kept,) = allocate(
+                [relevance],
+                AutoBudget(coverage=coverage),
+                "arr-coc",
+                cells=None if appearance is None else [appearance],
+                explore=weight,
+                calibration=calibration,
+            )
+            k = kept.numel()
             if target.sum() > 0:
                 recalls.append(float(target[kept].sum() / target.sum()))
             ratios.append(k / relevance.numel())
@@ -48,12 +63,14 @@ def run(args: argparse.Namespace) -> int:
     scorer_dir = Path(args.scorer or EMBEDDED_SCORER)
     model = RelevanceModel.from_pretrained(args.model or EMBEDDED_MODEL, scorer=scorer_dir, device="cpu")
     dataset = ShapesVQA(args.size, "train", seed=args.seed, grid_for=processor_grid(model.processor))
-    maps, targets = [], []
+    maps, targets, cells, explore = [], [], [], []
     for start in range(0, len(dataset), 16):
         samples = [dataset[i] for i in range(start, min(start + 16, len(dataset)))]
         for sample, scored in zip(samples, model.score([s.image for s in samples], [s.question for s in samples])):
             maps.append(scored.relevance.flatten())
             targets.append(sample.target_mask.flatten().float())
+            cells.append(scored.cells)
+            explore.append(scored.explore)
     before = model.scorer.calibration
     platt = fit_calibration(torch.cat(maps), torch.cat(targets))
     calibration = platt.model_copy(update={"coverage_table": fit_coverage_table(maps, targets, platt)})
@@ -67,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"{'coverage':>8} {'target recall':>13} {'kept ratio':>10}   ({len(maps)} training-split samples, seed {args.seed})"
     )
-    for coverage, recall, ratio in coverage_table(maps, targets, calibration):
+    for coverage, recall, ratio in coverage_table(maps, targets, calibration, cells=cells, explore=explore):
         print(f"{coverage:>8.2f} {recall:>13.3f} {ratio:>10.3f}")
     return 0
 
