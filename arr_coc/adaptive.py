@@ -164,25 +164,41 @@ def fit_calibration(relevance: torch.Tensor, targets: torch.Tensor, steps: int =
 
 
 def fit_coverage_table(
-    maps: list[torch.Tensor], targets: list[torch.Tensor], calibration: Calibration
+    maps: list[torch.Tensor],
+    targets: list[torch.Tensor],
+    calibration: Calibration,
+    orders: list[torch.Tensor] | None = None,
 ) -> tuple[tuple[float, float], ...]:
-    """``(coverage, threshold)`` pairs: the mean share of target tokens with ``p >= threshold``.
+    """``(coverage, threshold)`` pairs: the mean share of target tokens kept when ``p >= threshold`` sets the count.
 
     ``maps`` are ``[N_b]`` relevance maps and ``targets`` their ``[N_b]`` 0/1 labels;
-    images without a target do not count toward the mean. The thresholds are the
-    percentiles of the target tokens' probabilities (:data:`TABLE_ROWS` of them, so
-    neighbouring rows differ by about 1 % of coverage), then ``(1, 0)``.
+    images without a target do not count toward the mean. ``orders`` gives, per image,
+    the order ``[N_b]`` in which the serving selection keeps tokens (it keeps the first
+    ``K``: ``arr-coc`` trades relevance for coverage); without it, by probability, so a
+    threshold keeps exactly the tokens above it. The thresholds are the percentiles of
+    the target tokens' probabilities (:data:`TABLE_ROWS` of them, so neighbouring rows
+    differ by about 1 % of coverage), then ``(1, 0)``; a row's coverage is at least the
+    one above it.
     """
-    labelled = [(target_probability(m, calibration), t.bool()) for m, t in zip(maps, targets) if t.any()]
+    orders = orders or [None] * len(maps)
+    labelled = [
+        (target_probability(m, calibration), t.bool(), order) for m, t, order in zip(maps, targets, orders) if t.any()
+    ]
     if not labelled:
         raise ValueError("fitting a coverage table needs images with target tokens")
-    pooled = torch.cat([probability[target] for probability, target in labelled]).double()
+    labelled = [
+        (p, t, torch.sort(p, descending=True, stable=True).indices if order is None else order)
+        for p, t, order in labelled
+    ]
+    pooled = torch.cat([probability[target] for probability, target, _ in labelled]).double()
     levels = torch.linspace(1.0, 0.0, TABLE_ROWS + 1, dtype=torch.float64)
     thresholds = torch.unique(torch.quantile(pooled, levels)).flip(0).tolist()
-    table = []
+    table, floor = [], 0.0
     for threshold in thresholds:
-        recalls = [
-            float((target & (probability >= threshold)).sum() / target.sum()) for probability, target in labelled
-        ]
-        table.append((sum(recalls) / len(recalls), threshold))
+        recalls = []
+        for probability, target, order in labelled:
+            kept = order[: int((probability >= threshold).sum())]
+            recalls.append(float(target[kept].sum() / target.sum()))
+        floor = max(floor, sum(recalls) / len(recalls))
+        table.append((floor, threshold))
     return (*table, (1.0, 0.0))

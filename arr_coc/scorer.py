@@ -66,7 +66,7 @@ class ScorerConfig:
     embed_dim: int = 32
     pixels_per_cell: int = DEFAULT_PIXELS_PER_CELL
     stem_channels: int = 16  # ShapeStem features per token (0: the participatory map reads texture cells only)
-    stem_pixels_per_cell: int = 8
+    stem_pixels_per_cell: int = 4  # 4: the texture's own working pixels, no second pass over the image
     explore: float = 0.5  # the exploration weight an untrained head gives, and the constant one without a head
     explore_head: bool = True
     seed: int = 0

@@ -152,6 +152,39 @@ def test_the_coverage_table_means_what_it_says_on_the_data_it_was_fitted_on():
         fit_coverage_table(maps[-1:], targets[-1:], calibration)
 
 
+def test_the_coverage_table_follows_the_order_the_selection_keeps_tokens_in():
+    generator = torch.Generator().manual_seed(2)
+    maps, targets, orders = [], [], []
+    for _ in range(60):
+        relevance = torch.rand(64, generator=generator) * 0.6
+        target = torch.zeros(64)
+        target[:4] = 1.0
+        relevance[:4] = 0.3 + 0.7 * torch.rand(4, generator=generator)
+        by_relevance = torch.sort(relevance, descending=True, stable=True).indices
+        others = by_relevance[target[by_relevance] == 0]
+        # a selection that spends its first picks on other tokens before the targets
+        decoys = int(torch.randint(0, 4, (1,), generator=generator))
+        orders.append(torch.cat([others[:decoys], by_relevance[target[by_relevance] == 1], others[decoys:]]))
+        maps.append(relevance)
+        targets.append(target)
+    calibration = fit_calibration(torch.cat(maps), torch.cat(targets))
+    plain = fit_coverage_table(maps, targets, calibration)
+    served = fit_coverage_table(maps, targets, calibration, orders)
+    assert [t for _, t in plain] == [t for _, t in served]  # the same thresholds, other coverages
+    assert [c for c, _ in served] == sorted(c for c, _ in served)
+
+    def realized(table) -> float:
+        tabled = calibration.model_copy(update={"coverage_table": table})
+        recalls = []
+        for relevance, target, order in zip(maps, targets, orders):
+            k = auto_count(relevance, AutoBudget(coverage=0.75), tabled)
+            recalls.append(float(target[order[:k]].sum() / target.sum()))
+        return sum(recalls) / len(recalls)
+
+    assert abs(realized(served) - 0.75) < 0.05  # coverage means what the selection keeps
+    assert abs(realized(plain) - 0.75) > 0.05  # a table fitted for the top-K does not
+
+
 @pytest.mark.parametrize(
     "table",
     [((0.5, 0.2), (0.4, 0.1)), ((0.4, 0.1), (0.5, 0.2)), ((0.5, 1.5),), ((-0.1, 0.5),)],

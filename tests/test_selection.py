@@ -192,3 +192,17 @@ def test_question_tokens_reach_the_selector_per_image(monkeypatch):
 def test_question_tokens_must_match_the_batch():
     with pytest.raises(ValueError, match="question_tokens"):
         allocate([torch.rand(4), torch.rand(4)], 1, question_tokens=[torch.rand(2, 8)])
+
+
+def test_arr_coc_beyond_the_greedy_picks_fills_by_the_gain_they_leave():
+    from arr_coc.selection.relevance_coverage import GREEDY_PICKS
+
+    generator = torch.Generator().manual_seed(3)
+    rows, cols = 24, 24
+    relevance = torch.rand(rows, cols, generator=generator)
+    cells = torch.rand(3, rows, cols, generator=generator)
+    k = GREEDY_PICKS + 100
+    (kept,) = allocate(relevance[None], k, "arr-coc", cells=[cells], explore=0.7)
+    assert kept.numel() == k and torch.equal(kept, torch.unique(kept))
+    (first,) = allocate(relevance[None], GREEDY_PICKS, "arr-coc", cells=[cells], explore=0.7)
+    assert set(first.tolist()) <= set(kept.tolist())  # the greedy picks are kept, then the rest

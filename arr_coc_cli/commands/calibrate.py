@@ -3,7 +3,8 @@
 Scores ``--size`` fresh training-split samples of the synthetic VQA task (``--seed``
 other than the one training used), fits Platt scaling of relevance to "is a target
 token" (:func:`arr_coc.adaptive.fit_calibration`) and the coverage table that turns
-``coverage`` into a probability threshold (:func:`arr_coc.adaptive.fit_coverage_table`),
+``coverage`` into a probability threshold (:func:`arr_coc.adaptive.fit_coverage_table`,
+through the order in which ``arr-coc``'s selection keeps the tokens),
 writes both into the scorer checkpoint, and prints, per coverage, the mean share of
 target tokens kept and the mean kept ratio on those samples when ``arr-coc`` selects
 that many tokens (relevance balanced against coverage, as served): what ``coverage``
@@ -39,6 +40,7 @@ def coverage_table(
                 [relevance],
                 AutoBudget(coverage=coverage),
                 "arr-coc",
+                grid=None if appearance is None else [tuple(appearance.shape[1:])],
                 cells=None if appearance is None else [appearance],
                 explore=weight,
                 calibration=calibration,
@@ -56,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
     from arr_coc.adaptive import fit_calibration, fit_coverage_table
     from arr_coc.relevance_model import RelevanceModel
+    from arr_coc.selection import SelectionInput
+    from arr_coc.selection.relevance_coverage import select_relevance_coverage
     from arr_coc.tasks.shapes_vqa import ShapesVQA
     from arr_coc.training.data import processor_grid
     from arr_coc.vlm.testbed import EMBEDDED_MODEL, EMBEDDED_SCORER
@@ -73,7 +77,14 @@ def run(args: argparse.Namespace) -> int:
             explore.append(scored.explore)
     before = model.scorer.calibration
     platt = fit_calibration(torch.cat(maps), torch.cat(targets))
-    calibration = platt.model_copy(update={"coverage_table": fit_coverage_table(maps, targets, platt)})
+    orders = [  # the order in which arr-coc keeps each image's tokens, so coverage means what it serves
+        select_relevance_coverage(
+            SelectionInput(relevance=m, grid=tuple(c.shape[1:]), cells=c.flatten(1).T, explore=e), m.numel(), 0
+        )
+        for m, c, e in zip(maps, cells, explore)
+    ]
+    table = fit_coverage_table(maps, targets, platt, orders)
+    calibration = platt.model_copy(update={"coverage_table": table})
     model.scorer.calibrate(calibration)
     out = Path(args.out) if args.out else scorer_dir
     model.scorer.save(out)
