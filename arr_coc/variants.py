@@ -62,13 +62,17 @@ class Variant(BaseModel):
         }
 
 
+# the fixed budgets of the built-in variants, in percent of the image's visual tokens
+PERCENTS = (3, 5, 10, 25, 50)
+
+
 def _builtin() -> dict[str, Variant]:
     variants = [Variant(name="full", method="none", budget=1.0)]
     for method in ("arr-coc", "uniform", "random", "divprune", "cdpruner"):
-        for percent in (10, 25, 50):
+        for percent in PERCENTS:
             variants.append(Variant(name=f"{method}-{percent}", method=method, budget=percent / 100))
     for method in ("arr-coc", "uniform", "random"):  # chosen before the vision tower, which runs on the kept only
-        for percent in (10, 25, 50):
+        for percent in PERCENTS:
             variants.append(Variant(name=f"{method}-pre-{percent}", method=method, budget=percent / 100, stage="pre"))
     variants.append(
         Variant(name="arr-coc-auto", method="arr-coc", budget=AutoBudget())

@@ -28,7 +28,7 @@ from arr_coc.evaluation import evaluate_variant, summarize
 from arr_coc.synthetic import Sample
 from arr_coc.tasks.shapes_vqa import COLOURS, SHAPES, ShapesVQA, question_for
 from arr_coc.training.data import processor_grid
-from arr_coc.variants import get_variant
+from arr_coc.variants import ad_hoc, get_variant
 from arr_coc.vlm.pipeline import VLMPipeline
 from arr_coc.vlm.testbed import EMBEDDED_SCORER
 from training_hooks.jobs.quality_job import per_kind_accuracy
@@ -124,6 +124,14 @@ class OtherRenderer:
             return Sample(image, question_for(kind, subject), answer, torch.from_numpy(target), kind)
 
 
+def variant_named(name: str):
+    """A registered variant, or an ad-hoc one written ``method@budget`` or ``method@budget@stage``."""
+    if "@" not in name:
+        return get_variant(name)
+    method, budget, *stage = name.split("@")
+    return ad_hoc(method, budget if budget == "auto" else float(budget), *stage)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=200)
@@ -134,7 +142,7 @@ def main() -> None:
     )
     parser.add_argument("--sets", nargs="+", choices=["own", "other"], default=["own", "other"], help="which scenes")
     args = parser.parse_args()
-    variants = [get_variant(name) for name in args.variants]  # unknown names fail before any model loads
+    variants = [variant_named(name) for name in args.variants]  # bad names fail before any model loads
     pipeline = VLMPipeline.from_pretrained(args.model, scorer=args.scorer, device="cpu", dtype="fp32")
     grid_for = processor_grid(pipeline.vlm.processor)
     sets = {

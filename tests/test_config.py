@@ -7,7 +7,7 @@ from pydantic import ValidationError
 
 from arr_coc.errors import InvalidBudgetError, UnknownMethodError, UnknownVariantError
 from arr_coc.settings import Settings
-from arr_coc.variants import VARIANTS, ad_hoc, get_variant
+from arr_coc.variants import PERCENTS, VARIANTS, ad_hoc, get_variant
 from front.errors import error_response, status_for_kind
 from front.schemas import AnswerRequestBody
 
@@ -48,9 +48,24 @@ def test_bad_settings_are_refused(monkeypatch, key, value):
         Settings()
 
 
-def test_registry_has_every_method_at_three_budgets():
+def test_registry_has_every_method_at_every_budget():
     methods = {v.method for v in VARIANTS.values()}
     assert methods == {"none", "arr-coc", "uniform", "random", "divprune", "cdpruner"}
+    assert PERCENTS == (3, 5, 10, 25, 50)
+    post = [f"{m}-{p}" for m in ("arr-coc", "uniform", "random", "divprune", "cdpruner") for p in PERCENTS]
+    pre = [f"{m}-pre-{p}" for m in ("arr-coc", "uniform", "random") for p in PERCENTS]
+    assert list(VARIANTS) == ["full", *post, *pre, "arr-coc-auto", "arr-coc-pre-auto"]
+    for name, method, budget, stage in [
+        ("arr-coc-3", "arr-coc", 0.03, "post"),
+        ("cdpruner-3", "cdpruner", 0.03, "post"),
+        ("divprune-5", "divprune", 0.05, "post"),
+        ("arr-coc-pre-3", "arr-coc", 0.03, "pre"),
+        ("random-pre-5", "random", 0.05, "pre"),
+        ("uniform-pre-3", "uniform", 0.03, "pre"),
+    ]:
+        variant = get_variant(name)
+        assert (variant.name, variant.method, variant.budget, variant.stage) == (name, method, budget, stage)
+        assert variant.as_config()["budget"] == budget
     assert get_variant("arr-coc-25").budget == 0.25 and get_variant("full").method == "none"
     assert get_variant("divprune-10").as_config()["method"] == "divprune"
 

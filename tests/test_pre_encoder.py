@@ -144,9 +144,10 @@ def test_bad_stages_budgets_and_grids_get_the_typed_errors_of_post(testbed_pipel
 
 def test_pre_variants_and_ad_hoc_stage():
     for method in ("arr-coc", "uniform", "random"):
-        for percent in (10, 25, 50):
+        for percent in (3, 5, 10, 25, 50):
             variant = VARIANTS[f"{method}-pre-{percent}"]
             assert variant.stage == "pre" and variant.method == method and variant.as_config()["stage"] == "pre"
+            assert variant.budget == percent / 100
     assert not any(v.stage == "pre" for v in VARIANTS.values() if v.method in ("divprune", "cdpruner"))
     assert ad_hoc("uniform", 0.3, "pre").name == "uniform@0.3@pre"
     with pytest.raises(InvalidStageError):

@@ -2,19 +2,36 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 from wandb_jobs import arr_coc, offline_env
 
-from arr_coc.adaptive import DEFAULT_COVERAGE
+from arr_coc.adaptive import DEFAULT_COVERAGE, AutoBudget, Calibration
 from arr_coc.errors import InvalidConfigError, UnknownDatasetError
+from arr_coc.selection import allocate
+from arr_coc_cli.main import build_parser
+from training_hooks.comparison import plots
 from training_hooks.comparison.runfile import find_run_files, read_run
-from training_hooks.jobs.quality_job import QualityParams, format_markdown, quality_variants, run_quality_job
+from training_hooks.jobs import quality_job
+from training_hooks.jobs.quality_job import (
+    BUDGETS,
+    PLOT_XRANGE,
+    PLOT_XTICKS,
+    QualityParams,
+    accuracy_plot,
+    format_markdown,
+    plot_xrange,
+    quality_variants,
+    run_quality_job,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,3 +185,175 @@ def test_plots_skip_non_finite_points_and_keep_their_size(tmp_path) -> None:
     )
     with Image.open(path) as image:
         assert image.size == (800, 520) and image.format == "PNG"
+
+
+POST_METHODS = ("arr-coc", "uniform", "random", "divprune", "cdpruner")
+PRE_METHODS = ("arr-coc", "uniform", "random")
+
+
+def test_default_budgets_are_the_small_ones_the_usual_ones_and_auto() -> None:
+    assert BUDGETS == (0.03, 0.05, 0.1, 0.25, 0.5, "auto")
+    params = QualityParams()
+    assert params.budgets == [0.03, 0.05, 0.1, 0.25, 0.5, "auto"] and params.stages == ["post", "pre"]
+
+
+def test_default_rows_hold_3_and_5_percent_and_auto_for_every_method_at_each_stage() -> None:
+    variants = quality_variants(QualityParams())
+    names = [v.name for v in variants]
+    assert len(names) == len(set(names)) == 1 + 6 * len(POST_METHODS) + 6 * len(PRE_METHODS)
+    rows = {(v.method, v.stage, v.budget if isinstance(v.budget, float) else str(v.budget)): v.name for v in variants}
+    for method in POST_METHODS:
+        assert rows[(method, "post", 0.03)] == f"{method}-3"
+        assert rows[(method, "post", 0.05)] == f"{method}-5"
+    for method in PRE_METHODS:
+        assert rows[(method, "pre", 0.03)] == f"{method}-pre-3"
+        assert rows[(method, "pre", 0.05)] == f"{method}-pre-5"
+    assert not any(v.stage == "pre" for v in variants if v.method in ("divprune", "cdpruner"))
+    auto = {(v.method, v.stage): v.name for v in variants if isinstance(v.budget, AutoBudget)}
+    assert auto == {
+        ("arr-coc", "post"): "arr-coc-auto",
+        ("arr-coc", "pre"): "arr-coc-pre-auto",
+        ("uniform", "post"): "uniform@auto",
+        ("uniform", "pre"): "uniform@auto@pre",
+        ("random", "post"): "random@auto",
+        ("random", "pre"): "random@auto@pre",
+        ("divprune", "post"): "divprune@auto",
+        ("cdpruner", "post"): "cdpruner@auto",
+    }
+    assert all(v.budget == AutoBudget() for v in variants if isinstance(v.budget, AutoBudget))
+    assert names[:7] == ["full", "arr-coc-3", "arr-coc-5", "arr-coc-10", "arr-coc-25", "arr-coc-50", "arr-coc-auto"]
+
+
+def test_an_auto_budget_keeps_as_many_tokens_whatever_the_method() -> None:
+    """Why every method gets an auto row: the count comes from the relevance, the method picks which."""
+    generator = torch.Generator().manual_seed(3)
+    n, dim = 64, 8
+    relevance = torch.rand(n, generator=generator) ** 4
+    features, question = torch.randn(n, dim, generator=generator), torch.randn(2, dim, generator=generator)
+    table = Calibration(coverage_table=((0.5, 0.6), (0.9, 0.2)))
+    for calibration in (Calibration(), table):
+        counts = {
+            method: allocate(
+                [relevance],
+                AutoBudget(),
+                method,
+                grid=[(8, 8)],
+                features=[features],
+                question_tokens=[question],
+                calibration=calibration,
+            )[0].numel()
+            for method in POST_METHODS
+        }
+        assert len(set(counts.values())) == 1, counts
+        assert 1 <= counts["arr-coc"] < n
+
+
+def test_the_budgets_help_names_the_default() -> None:
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    budgets = next(a for a in action.choices["quality"]._actions if "--budgets" in a.option_strings)
+    assert "default " + " ".join(f"{b:g}" if isinstance(b, float) else b for b in BUDGETS) in budgets.help
+
+
+def test_the_percent_axis_is_logarithmic_with_readable_small_ticks() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots()
+    try:
+        plots.set_x_axis(axes, xrange=PLOT_XRANGE, xscale="log", xticks=PLOT_XTICKS, percent=True)
+        figure.canvas.draw()
+        assert axes.get_xscale() == "log"
+        assert axes.get_xlim() == pytest.approx((0.02, 1.0))
+        assert list(axes.get_xticks()) == pytest.approx([0.03, 0.05, 0.1, 0.25, 0.5, 1.0])
+        assert [t.get_text() for t in axes.get_xticklabels()] == ["3%", "5%", "10%", "25%", "50%", "100%"]
+        assert not any(t.get_text() for t in axes.get_xticklabels(minor=True))
+        plots.set_x_axis(axes, xrange=(0.0, 1.0))  # the default stays a plain linear axis
+        assert axes.get_xscale() == "linear" and axes.get_xlim() == (0.0, 1.0)
+    finally:
+        pyplot.close(figure)
+    with pytest.raises(ValueError):
+        plots.check_x_axis("log", (0.0, 1.0))
+    with pytest.raises(ValueError):
+        plots.check_x_axis("symlog")
+
+
+def _marker_x(image: Image.Image, colour: tuple[int, int, int]) -> float:
+    """Mean x of the leftmost run of columns holding ``colour`` (the data point; the legend lies right)."""
+    pixels = np.asarray(image.convert("RGB"))
+    columns = np.flatnonzero((pixels == colour).all(axis=2).any(axis=0)).tolist()
+    assert columns, f"no pixel of {colour}"
+    run = [columns[0]]
+    for x in columns[1:]:
+        if x - run[-1] > 1:
+            break
+        run.append(x)
+    return sum(run) / len(run)
+
+
+@pytest.mark.parametrize("xscale, expected", [("log", 0.2218), ("linear", 0.0444)])
+def test_a_log_plot_spreads_the_small_budgets_apart(xscale, expected, tmp_path) -> None:
+    colours = [(255, 0, 0), (0, 0, 255), (0, 160, 0)]
+    series = [
+        plots.Series(f"s{i}", [(x, 0.5)], colour=colour, line=False)
+        for i, (x, colour) in enumerate(zip((0.03, 0.05, 0.5), colours))
+    ]
+    path = plots.scatter_plot(
+        series,
+        tmp_path / f"{xscale}.png",
+        title="t",
+        xlabel="x",
+        ylabel="y",
+        xrange=PLOT_XRANGE if xscale == "log" else (0.0, 1.0),
+        yrange=(0.0, 1.0),
+        xscale=xscale,
+        xticks=PLOT_XTICKS if xscale == "log" else None,
+        xpercent=xscale == "log",
+    )
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (800, 520)
+        x3, x5, x50 = (_marker_x(image, colour) for colour in colours)
+    # log: (log 5/3) / (log 10) of the 5 %-to-50 % distance lies between 3 % and 5 %; linear: 2 / 45
+    assert (x5 - x3) / (x50 - x5) == pytest.approx(expected, abs=0.03)
+
+
+def _row(variant, method, budget, kept_ratio, accuracy, stage="post") -> dict:
+    return {
+        "variant": variant,
+        "method": method,
+        "stage": stage,
+        "budget": budget,
+        "kept_ratio": kept_ratio,
+        "accuracy": accuracy,
+    }
+
+
+def test_the_accuracy_plot_uses_the_log_percent_axis_and_labels_auto_points(tmp_path, monkeypatch) -> None:
+    rows = [
+        _row("full", "none", 1.0, 1.0, 0.9),
+        _row("arr-coc-3", "arr-coc", 0.03, 0.031, 0.6),
+        _row("arr-coc-5", "arr-coc", 0.05, 0.052, 0.7),
+        _row("arr-coc-auto", "arr-coc", f"auto@{DEFAULT_COVERAGE:g}", 0.07, 0.8),
+        _row("uniform-pre-3", "uniform", 0.03, 0.031, 0.4, stage="pre"),
+    ]
+    calls = []
+    real = quality_job.scatter_plot
+    monkeypatch.setattr(quality_job, "scatter_plot", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
+    path = accuracy_plot(rows, tmp_path / "plot.png")
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (800, 520)
+    (series, _), kwargs = calls[0]
+    assert kwargs["xscale"] == "log" and kwargs["xpercent"] is True
+    assert kwargs["xrange"] == (0.02, 1.0) and tuple(kwargs["xticks"]) == (0.03, 0.05, 0.1, 0.25, 0.5, 1.0)
+    by_name = {s.name: s for s in series}
+    assert set(by_name) == {"arr-coc", "uniform (pre)"}
+    assert by_name["arr-coc"].points == [(0.031, 0.6), (0.052, 0.7), (0.07, 0.8), (1.0, 0.9)]
+    assert by_name["arr-coc"].labels == ["", "", f"auto@{DEFAULT_COVERAGE:g}", ""]
+
+
+def test_the_plot_range_widens_only_for_a_row_below_it() -> None:
+    assert plot_xrange([_row("full", "none", 1.0, 1.0, 0.9), _row("a", "arr-coc", 0.03, 0.03, 0.5)]) == (0.02, 1.0)
+    low, high = plot_xrange([_row("a", "arr-coc", "auto@0.5", 0.01, 0.5)])
+    assert 0 < low < 0.01 and high == 1.0

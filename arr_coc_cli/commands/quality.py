@@ -40,7 +40,12 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--batch-size", type=int, help="requests per answer_batch call (default 8)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, help="methods besides full (default: all five)")
-    parser.add_argument("--budgets", nargs="+", type=_budget, help="kept ratios or auto (default 0.1 0.25 0.5)")
+    parser.add_argument(
+        "--budgets",
+        nargs="+",
+        type=_budget,
+        help="kept ratios or auto (default 0.03 0.05 0.1 0.25 0.5 auto: auto rows for every method)",
+    )
     parser.add_argument(
         "--coverages", nargs="+", type=float, help="coverages of the auto budget (default: the served one)"
     )

@@ -3,12 +3,30 @@
 One pipeline (the embedded default unless ``--model``/``--scorer`` say otherwise)
 answers the same held-out samples of the synthetic VQA task for ``full`` and each
 method at each budget, at each stage the method supports (``post``: selection on
-the vision tower's outputs; ``pre``: before the tower, for arr-coc, uniform, random). Each variant becomes a W&B eval run (``job_type=eval``,
+the vision tower's outputs; ``pre``: before the tower, for arr-coc, uniform, random).
+The default budgets, :data:`BUDGETS`, are the built-in variants' fixed ratios
+(3, 5, 10, 25 and 50 %) and ``auto``.
+
+``auto`` rows: every method gets one, at every stage it supports. An ``auto`` budget
+is a per-image *count*, which :func:`arr_coc.selection.resolve_budget` computes from
+the calibrated relevance of the scorer that the pipeline runs for every method; the
+method then chooses that many tokens its own way. The count depends only on the
+image, the question and the coverage, never on the method, so ``uniform@auto``,
+``random@auto``, ``divprune@auto`` and ``cdpruner@auto`` keep exactly as many tokens
+per image as ``arr-coc-auto``: a matched-count control that separates *how many*
+tokens a question needs (the scorer's count) from *which* ones (the method). Only
+arr-coc has registered auto variants (``arr-coc-auto``, ``arr-coc-pre-auto``); the
+other methods' auto rows take the service's ad-hoc names (``uniform@auto``,
+``uniform@auto@pre``, ...), and a coverage other than the served one is spelled out
+(``arr-coc@auto(coverage=0.9)``). ``--methods``/``--budgets`` narrow the rows.
+
+Each variant becomes a W&B eval run (``job_type=eval``,
 ``group`` = variant, the summary of :func:`arr_coc.evaluation.summarize` plus
 accuracy per question kind), so ``arr-coc compare`` and dashboards read them like
 any ``arr-coc eval`` run. The table is printed, and written to ``out`` as
 ``quality.md`` and ``quality.json`` with ``accuracy_vs_kept_ratio.png`` (one line
-per method).
+per method and stage, on a log kept-ratio axis so the 3 % and 5 % points stay
+apart; auto points are labelled).
 """
 
 from __future__ import annotations
@@ -31,9 +49,12 @@ from training_hooks.comparison.plots import PALETTE, Series, scatter_plot
 from training_hooks.jobs.jobrun import resolve_mode, start_run
 
 METHODS = ("arr-coc", "uniform", "random", "divprune", "cdpruner")
-BUDGETS = (0.1, 0.25, 0.5)
+BUDGETS = (0.03, 0.05, 0.1, 0.25, 0.5, AUTO)
 KINDS = ("colour", "shape", "count")
 COLUMNS = ("accuracy", "recall", "kept_tokens_mean", "kept_ratio", "latency_p50_ms")
+# the accuracy plot's kept-ratio axis: log scale, so the small budgets are readable
+PLOT_XRANGE = (0.02, 1.0)
+PLOT_XTICKS = (0.03, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 class QualityParams(BaseModel):
@@ -156,31 +177,48 @@ def format_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def plot_xrange(rows: list[dict[str, Any]]) -> tuple[float, float]:
+    """:data:`PLOT_XRANGE`, its left end lowered to show a row kept below it (log axis: positive)."""
+    ratios = [row["kept_ratio"] for row in rows if 0 < row["kept_ratio"] < PLOT_XRANGE[0]]
+    return (min([PLOT_XRANGE[0], *(r / 1.25 for r in ratios)]), PLOT_XRANGE[1])
+
+
 def accuracy_plot(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Accuracy vs kept ratio, one line per method and stage; ``full`` drawn as its own point at 1.0."""
-    by_method: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    """Accuracy vs kept ratio, one line per method and stage; ``full`` drawn as its own point at 1.0.
+
+    The kept-ratio axis is logarithmic, ticked at :data:`PLOT_XTICKS` as percents; ``auto`` points
+    are labelled with their budget.
+    """
+    by_method: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
     for row in rows:
         stage = row.get("stage", "post")
         label = row["method"] if stage == "post" or row["method"] == "none" else f"{row['method']} (pre)"
-        by_method[label].append((row["kept_ratio"], row["accuracy"]))
+        note = row["budget"] if isinstance(row.get("budget"), str) else ""
+        by_method[label].append((row["kept_ratio"], row["accuracy"], note))
     full = by_method.pop("none", [])
-    series = [
-        Series(
-            method,
-            sorted(points + full),
-            colour=PALETTE[i % len(PALETTE)],
-            marker=("circle", "square", "triangle")[i % 3],
+    series = []
+    for i, (method, points) in enumerate(sorted(by_method.items())):
+        points = sorted(points + full)
+        series.append(
+            Series(
+                method,
+                [(x, y) for x, y, _ in points],
+                labels=[note for _, _, note in points],
+                colour=PALETTE[i % len(PALETTE)],
+                marker=("circle", "square", "triangle")[i % 3],
+            )
         )
-        for i, (method, points) in enumerate(sorted(by_method.items()))
-    ]
     return scatter_plot(
         series,
         path,
         title="Accuracy vs kept visual tokens (held-out synthetic VQA)",
-        xlabel="kept ratio",
+        xlabel="kept ratio (log scale)",
         ylabel="accuracy",
-        xrange=(0.0, 1.0),
+        xrange=plot_xrange(rows),
         yrange=(0.0, 1.0),
+        xscale="log",
+        xticks=PLOT_XTICKS,
+        xpercent=True,
     )
 
 
