@@ -74,7 +74,7 @@ def test_result_fields(testbed_pipeline):
     (scored,) = pipeline.scorer.score_images([bridge.image], [bridge.grid], query)
     assert torch.allclose(scored.relevance.cpu(), result.relevance, atol=1e-5)
     (expected,) = allocate(
-        [result.relevance], 0.3, "arr-coc", cells=[scored.cells.cpu()], explore=float(scored.explore)
+        [result.relevance], 0.3, "arr-coc", cells=[scored.cells.detach().cpu()], explore=float(scored.explore.detach())
     )
     assert torch.equal(result.kept, expected)
     assert 1 <= len(result.token_ids) <= 7
