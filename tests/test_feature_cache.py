@@ -79,7 +79,7 @@ def test_a_second_question_skips_the_tower_and_the_texture(testbed_pipeline, mon
     requests += [AnswerRequest(image.copy(), question, "divprune", 0.3, params) for question in QUESTIONS[1:]]
     expected = [uncached.answer(r) for r in requests]
     tower = Counter(monkeypatch, uncached.vlm.model, "get_image_features")
-    texture = Counter(monkeypatch, scorer_module, "texture_array")
+    texture = Counter(monkeypatch, scorer_module, "texture_and_pixels")
     got = [cached.answer(r) for r in requests]
     assert (tower.calls, texture.calls) == (1, 1), "the second and third questions are served from the cache"
     for one, other in zip(got, expected):
@@ -95,7 +95,7 @@ def test_pre_requests_run_the_tower_but_reuse_the_texture(testbed_pipeline, monk
     pre = AnswerRequest(image, QUESTIONS[1], "arr-coc", 0.25, params, stage="pre")
     expected = uncached.answer(pre)
     cached.answer(AnswerRequest(image, QUESTIONS[0], "arr-coc", 0.5, params))
-    texture = Counter(monkeypatch, scorer_module, "texture_array")
+    texture = Counter(monkeypatch, scorer_module, "texture_and_pixels")
     result = cached.answer(pre)
     assert texture.calls == 0
     assert result.token_ids == expected.token_ids
