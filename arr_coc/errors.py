@@ -80,6 +80,10 @@ class UnsupportedModelError(ArrCocModelError):
     """A checkpoint whose ``model_type`` is not a supported Qwen-VL family."""
 
 
+class MissingChatTemplateError(UnsupportedModelError):
+    """A model whose processor has no chat template, asked to write questions (an instruction-tuned one can)."""
+
+
 class CheckpointFormatError(ArrCocModelError):
     """A scorer checkpoint whose files are missing, not safetensors, or inconsistent."""
 
@@ -90,6 +94,14 @@ class UnknownDatasetError(ArrCocInputError):
 
 class EmptyDatasetError(ArrCocInputError):
     """A dataset or evaluation limit that would give no samples."""
+
+
+class NoImagesError(EmptyDatasetError):
+    """A folder (or question file) that holds no readable image; ``field`` names the option (``images``)."""
+
+
+class NoQuestionsError(EmptyDatasetError):
+    """A question file, or a model asked to write questions, that gives no usable (image, question) pair."""
 
 
 class InvalidConfigError(ArrCocInputError):

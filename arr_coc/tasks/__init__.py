@@ -3,6 +3,9 @@
 - ``vqa``: the synthetic VQA task (:mod:`arr_coc.tasks.shapes_vqa`), a public spec;
   the embedded default model and scorer are trained on it.
 - ``synthetic``: the older shapes-by-quadrant set (:mod:`arr_coc.synthetic`).
+
+Without a dataset, :mod:`arr_coc.tasks.image_questions` reads (image, question) pairs
+from the user's own files (a folder of images, a JSONL question file), with no answers.
 """
 
 from __future__ import annotations
