@@ -16,6 +16,7 @@ from arr_coc_cli.commands import (
     compare,
     dashboard,
     evaluate,
+    export_questions,
     models,
     quality,
     relevance,
@@ -36,6 +37,7 @@ COMMANDS = [
     compare,
     quality,
     dashboard,
+    export_questions,
 ]
 
 

@@ -1,4 +1,5 @@
-"""The real server with W&B tracking on (offline): the serve run holds config and windows."""
+"""The real server with W&B tracking on (offline): the serve run holds config and windows, and its
+sampled requests export as a question file."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from drawing import scene
 from serving import Server, b64_png
 
 from arr_coc.scorer import RelevanceScorer
+from arr_coc.tasks.image_questions import load_question_file
 from arr_coc.vlm.testbed import EMBEDDED_MODEL
 from training_hooks.comparison.runfile import find_run_files, read_run
+from training_hooks.tracking.serve_samples import export_questions
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -65,6 +68,10 @@ def test_serve_run_records_windows_and_variant_config(tmp_path):
     assert any("serve/kept_ratio/mean" in row for row in ad_hoc.history)  # the budgets it got, as values
     failed = by_group["arr-coc-25"]
     assert failed.summary["errors"] == 1
+    exported = export_questions(tmp_path / "wandb", tmp_path / "questions.jsonl")  # the sampled requests
+    assert (exported.questions, exported.images, exported.skipped.get("duplicate")) == (1, 1, 2)
+    (sample,) = load_question_file(tmp_path / "questions.jsonl").samples
+    assert sample.question == "Where?" and sample.image.size == (224, 168)
 
 
 def test_unreachable_wandb_never_fails_a_request(tmp_path):

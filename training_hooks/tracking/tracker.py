@@ -15,7 +15,9 @@ and of example rendering) are logged, counted in
 
 Metric names: history rows ``serve/...`` (see ``serve_events.WindowStats.metrics``),
 summary ``latency_p50_ms``, ``latency_p95_ms``, ``throughput_rps``, ...
-(``serve_events.RunTotals.summary``), table ``serve/examples``.
+(``serve_events.RunTotals.summary``), table ``serve/examples``; its rows also go to the
+run's local folder as a question file (``serve_samples``), which ``arr-coc
+export-questions`` reads.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from training_hooks.tracking.serve_events import (
     WindowStats,
     render_example,
 )
+from training_hooks.tracking.serve_samples import SampleWriter, run_samples_folder
 
 logger = logging.getLogger(__name__)
 
@@ -156,11 +159,13 @@ def stop_detached_service(timeout_s: float) -> bool:
 
 
 class WandbBackend:
-    """The real backend: one wandb run, one incremental examples table."""
+    """The real backend: one wandb run, one incremental examples table, whose rows are also kept
+    in the run's local folder as a question file (``serve_samples.SampleWriter``)."""
 
     def __init__(self) -> None:
         self._run: Any = None
         self._table: Any = None
+        self._samples: SampleWriter | None = None
 
     def start(self, init_kwargs: Mapping[str, Any]) -> None:
         import wandb  # imported in the owner thread, never at import time
@@ -169,6 +174,8 @@ class WandbBackend:
         self._wandb = wandb
         settings = wandb.Settings(console="off", silent=True)
         self._run = wandb.init(**init_kwargs, settings=settings, reinit="create_new")
+        folder = run_samples_folder(self._run)
+        self._samples = None if folder is None else SampleWriter(folder)
 
     def log(self, metrics: Mapping[str, float], examples: Sequence[ExampleRow]) -> None:
         payload: dict[str, Any] = dict(metrics)
@@ -181,6 +188,9 @@ class WandbBackend:
                 self._table.add_data(row.question, row.answer, row.kept_ratio, *images)
             payload[EXAMPLES_KEY] = self._table
         self._run.log(payload)
+        if self._samples is not None:
+            for row in examples:
+                self._samples.add(row)
 
     def update_summary(self, values: Mapping[str, float]) -> None:
         self._run.summary.update(dict(values))
