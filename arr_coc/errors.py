@@ -88,6 +88,10 @@ class CheckpointFormatError(ArrCocModelError):
     """A scorer checkpoint whose files are missing, not safetensors, or inconsistent."""
 
 
+class ScorerMismatchError(ArrCocModelError):
+    """A scorer checkpoint loaded beside another VLM than the one it was trained for (their input embeddings differ)."""
+
+
 class UnknownDatasetError(ArrCocInputError):
     """A dataset name (or split) that no loader knows."""
 

@@ -7,30 +7,28 @@ tower. :class:`RelevanceModel` loads exactly those pieces: the processor through
 ``AutoProcessor`` (of whose image processor it runs only the resize: the VLM runner
 runs the whole processor once), and only the ``embed_tokens`` matrix ``[V, D]`` out of the
 checkpoint's safetensors (one shard read, not the whole model). Its scores equal
-those :class:`arr_coc.vlm.pipeline.VLMPipeline` computes inside its own pass.
+those :class:`arr_coc.vlm.pipeline.VLMPipeline` computes inside its own pass. A
+scorer that records another VLM than these embeddings' is refused
+(:func:`arr_coc.provenance.check_scorer_fits`).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from PIL import Image
-from safetensors import safe_open
 from transformers import AutoProcessor
-from transformers.utils import cached_file
 
-from arr_coc.errors import CheckpointFormatError, ModelNotFoundError
+from arr_coc.errors import CheckpointFormatError
+from arr_coc.input_embeddings import load_input_embeddings
+from arr_coc.provenance import ScorerProvenance, check_scorer_fits, embedding_fingerprint, vlm_name
 from arr_coc.query import check_question
 from arr_coc.scorer import RelevanceScorer
 from arr_coc.vlm.grid import resized_token_grid
 from arr_coc.vlm.loading import parse_device, parse_dtype, read_family, resolve_source
-
-SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
 
 
 @dataclass
@@ -50,40 +48,23 @@ class RelevanceMap:
     explore: float
 
 
-def _embedding_key(names) -> str:
-    candidates = [n for n in names if n.endswith("embed_tokens.weight") and "visual" not in n]
-    if len(candidates) != 1:
-        raise CheckpointFormatError(f"expected one input-embedding tensor, found {candidates}", field="model")
-    return candidates[0]
-
-
-def load_input_embeddings(source: str) -> torch.Tensor:
-    """The LLM's input-embedding matrix ``[V, D]`` of a checkpoint, as stored."""
-    try:
-        index_path = cached_file(source, INDEX_FILE, _raise_exceptions_for_missing_entries=False)
-        if index_path is not None:
-            weight_map = json.loads(Path(index_path).read_text())["weight_map"]
-            key = _embedding_key(weight_map)
-            shard = cached_file(source, weight_map[key])
-        else:
-            shard = cached_file(source, SINGLE_FILE)
-            key = None
-        with safe_open(shard, framework="pt") as weights:
-            key = key or _embedding_key(weights.keys())
-            return weights.get_tensor(key)
-    except OSError as error:
-        raise ModelNotFoundError(f"cannot read the safetensors weights of {source}: {error}", field="model") from error
-
-
 class RelevanceModel:
-    """Processor + question embeddings + scorer: ``score(images, questions) -> [RelevanceMap]``."""
+    """Processor + question embeddings + scorer: ``score(images, questions) -> [RelevanceMap]``.
 
-    def __init__(self, processor, embeddings: torch.Tensor, scorer: RelevanceScorer, dtype: torch.dtype) -> None:
+    ``embeddings [V, D]`` as stored in the VLM's checkpoint; ``vlm`` names that VLM.
+    ``provenance`` is the VLM's own record (what a scorer trained beside it records).
+    """
+
+    def __init__(
+        self, processor, embeddings: torch.Tensor, scorer: RelevanceScorer, dtype: torch.dtype, vlm: str = "the VLM"
+    ) -> None:
         if scorer.query_dim != embeddings.shape[1]:
             raise CheckpointFormatError(
                 f"the scorer takes {scorer.query_dim}-d queries but the VLM's embeddings are {embeddings.shape[1]}-d",
                 field="scorer",
             )
+        self.provenance = ScorerProvenance(vlm=vlm, fingerprint=embedding_fingerprint(embeddings))
+        check_scorer_fits(scorer, self.provenance)
         self.processor = processor
         self.device = next(scorer.parameters()).device
         # Same values the VLM would embed with: cast to its dtype first, then to float32.
@@ -107,7 +88,7 @@ class RelevanceModel:
         if isinstance(scorer, (str, Path)):
             scorer = RelevanceScorer.load(scorer)
         scorer = (scorer or RelevanceScorer(query_dim=int(embeddings.shape[1]))).to(device)
-        return cls(AutoProcessor.from_pretrained(source), embeddings, scorer, dtype)
+        return cls(AutoProcessor.from_pretrained(source), embeddings, scorer, dtype, vlm=vlm_name(model))
 
     def question_embedding(self, question: str) -> torch.Tensor:
         """``[D]`` float32: mean input embedding of the question's tokens."""

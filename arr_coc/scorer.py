@@ -11,8 +11,11 @@ batch size. :meth:`RelevanceScorer.score_images` scores images of mixed sizes,
 one call per distinct size.
 
 A checkpoint is a directory with ``config.json`` (the constructor arguments, the
-calibration for ``auto`` budgets among them) and ``model.safetensors`` (the
-weights); nothing is ever unpickled.
+calibration for ``auto`` budgets among them, and ``trained_for``: the VLM it was
+trained for, see :mod:`arr_coc.provenance`) and ``model.safetensors`` (the
+weights); nothing is ever unpickled. Record the VLM when saving:
+``scorer.save(path, trained_for=ScorerProvenance.of(vlm))``; a checkpoint without a
+record loads with a warning (its VLM is unknown and unchecked).
 
 Why not ``huggingface_hub.PyTorchModelHubMixin``: it writes the same two files, but
 its ``from_pretrained`` accepts any ``config.json`` whose keys fit the constructor
@@ -27,6 +30,7 @@ wrapping its loader in those checks, about what ``load`` is now.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
@@ -34,6 +38,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -48,13 +53,16 @@ from arr_coc.knowing import (
     information_score,
     perspectival_score,
 )
+from arr_coc.provenance import ScorerProvenance
 from arr_coc.texture import DEFAULT_PIXELS_PER_CELL, check_images, texture_and_pixels, texture_array
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "arr-coc-relevance-scorer"
+TRAINED_FOR = "trained_for"  # the config.json key of the ScorerProvenance record
 LEGACY_OPTIONS = {"stem_channels": 0, "explore_head": False}
 """What a checkpoint written before these options existed was built with."""
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -91,10 +99,17 @@ class ScorerOutput:
 
 
 class RelevanceScorer(nn.Module):
-    """Scores every visual token of an image against a question, in [0, 1]."""
+    """Scores every visual token of an image against a question, in [0, 1].
+
+    ``trained_for``: the VLM it was trained for (:class:`ScorerProvenance`), ``None`` when
+    unknown (a new scorer, or a checkpoint without a record); ``checkpoint``: the
+    directory it was loaded from, if any.
+    """
 
     def __init__(self, query_dim: int, **options) -> None:
         super().__init__()
+        self.trained_for: ScorerProvenance | None = None
+        self.checkpoint: str | None = None
         self.config = ScorerConfig(query_dim=query_dim, **options)
         self.calibrate(
             Calibration(
@@ -246,32 +261,90 @@ class RelevanceScorer(nn.Module):
                 )
         return scores
 
-    def save(self, path: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into directory ``path``."""
+    def save(self, path: str | Path, trained_for: ScorerProvenance | None = None) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into directory ``path``.
+
+        ``trained_for`` (e.g. ``ScorerProvenance.of(pipeline.vlm)``) records the VLM this
+        scorer was trained for and becomes ``self.trained_for``; without it the record
+        already held (from :meth:`load`, or set before) is written, or none.
+        """
+        if trained_for is not None:
+            if not isinstance(trained_for, ScorerProvenance):
+                raise TypeError(f"trained_for must be a ScorerProvenance, got {type(trained_for).__name__}")
+            self.trained_for = trained_for
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         weights = {name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()}
         save_file(weights, str(path / WEIGHTS_FILE), metadata={"format": FORMAT})
-        (path / CONFIG_FILE).write_text(json.dumps({"format": FORMAT, **asdict(self.config)}, indent=2) + "\n")
+        config = {"format": FORMAT, **asdict(self.config)}
+        if self.trained_for is not None:
+            config[TRAINED_FOR] = self.trained_for.model_dump()
+        (path / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         return path
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> RelevanceScorer:
-        """Load a directory written by :meth:`save`; typed errors for missing or bad files."""
+        """Load a directory written by :meth:`save`; typed errors for missing or bad files.
+
+        The ``trained_for`` record becomes ``scorer.trained_for``; a malformed one is a
+        :class:`CheckpointFormatError`, a missing one a logged warning (unknown VLM).
+        """
         path = Path(path)
         if not path.is_dir():
             raise ModelNotFoundError(f"no scorer checkpoint directory at {path}", field="scorer")
         try:
             config = json.loads((path / CONFIG_FILE).read_text())
             known = {f.name for f in fields(ScorerConfig)}
-            if config.pop("format", None) != FORMAT or not known.issuperset(config):
+            if not isinstance(config, dict) or config.pop("format", None) != FORMAT:
+                raise CheckpointFormatError(f"{path / CONFIG_FILE} is not a relevance-scorer config", field="scorer")
+            trained_for = parse_trained_for(config.pop(TRAINED_FOR, None), path / CONFIG_FILE)
+            if not known.issuperset(config):
                 raise CheckpointFormatError(f"{path / CONFIG_FILE} is not a relevance-scorer config", field="scorer")
             scorer = cls(**{**LEGACY_OPTIONS, **config})
             scorer.load_state_dict(load_file(str(path / WEIGHTS_FILE)), strict=True)
+        except CheckpointFormatError:
+            raise
         except FileNotFoundError as error:
             raise CheckpointFormatError(
                 f"incomplete checkpoint: {error.filename} is missing", field="scorer"
             ) from error
         except (ValueError, SafetensorError, RuntimeError, TypeError, OSError) as error:
             raise CheckpointFormatError(f"unreadable checkpoint at {path}: {error}", field="scorer") from error
+        scorer.trained_for, scorer.checkpoint = trained_for, str(path)
+        if trained_for is None:
+            logger.warning(
+                "the scorer at %s does not record the VLM it was trained for (unknown VLM): it is used unchecked; "
+                "arr_coc.scorer.record_trained_for adds the record",
+                path,
+            )
         return scorer.to(device).eval()
+
+
+def parse_trained_for(record, where: Path) -> ScorerProvenance | None:
+    """The ``trained_for`` record of a checkpoint's config (``None``: absent); malformed -> :class:`CheckpointFormatError`."""
+    if record is None:
+        return None
+    try:
+        return ScorerProvenance.model_validate(record)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in error.errors())
+        raise CheckpointFormatError(
+            f"{where} has a malformed '{TRAINED_FOR}' record ({problems}); it must be "
+            '{"vlm": "<id or path>", "fingerprint": "sha256:<64 hex digits>"}',
+            field="scorer",
+        ) from None
+
+
+def record_trained_for(path: str | Path, trained_for: ScorerProvenance) -> Path:
+    """Record in the checkpoint at ``path`` the VLM it was trained for, rewriting only its ``config.json``.
+
+    The weights file is left as it is, and every other config value is kept as
+    written, so the scorer scores exactly as before. The checkpoint is loaded first
+    (typed errors for a missing or broken one). Returns ``path``.
+    """
+    path = Path(path)
+    RelevanceScorer.load(path)
+    config = json.loads((path / CONFIG_FILE).read_text())
+    config[TRAINED_FOR] = ScorerProvenance.model_validate(trained_for).model_dump()
+    (path / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    return path

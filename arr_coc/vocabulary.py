@@ -18,6 +18,11 @@ STAGES = ("post", "pre")
 """Where selection happens: ``post`` on the tower's outputs, ``pre`` on pixels + question before the tower."""
 DECODE_MODES = ("auto", "eager", "static", "graph")
 TESTBED_FAMILIES = ("qwen2.5-vl-vqa", "qwen2-vl", "qwen2.5-vl", "qwen3-vl")
+SCORER_STATES = ("trained", "untrained")
+"""A deployment's relevance scorer: ``trained`` (a checkpoint, or the shipped one with the shipped testbed) or
+``untrained`` (seeded random weights); the ``scorer`` of answers, ``/v1/models`` and serve runs."""
+TRAIN_SCORER_COMMAND = "arr-coc distill-scorer --model <id> --images DIR --out DIR"
+"""The one command that trains a scorer for a VLM, taught by that VLM itself on unlabelled images."""
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 """``auto`` is bfloat16 on CUDA and float32 elsewhere (CPU bf16 matmuls are slow and inexact)."""

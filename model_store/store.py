@@ -16,6 +16,7 @@ from pathlib import Path
 import bentoml
 
 from arr_coc.errors import CheckpointFormatError, ModelNotFoundError
+from arr_coc.provenance import check_scorer_fits, vlm_name
 from arr_coc.scorer import RelevanceScorer
 from arr_coc.vlm.loading import read_family, resolve_source
 from model_store.sources import SCORER_MODEL_NAME, VLM_MODEL_NAME
@@ -45,8 +46,9 @@ def _copy_into_store(name: str, source: Path, metadata: dict) -> bentoml.Model:
 def import_models(vlm: str, scorer: str | None = None) -> list[str]:
     """Store the VLM (and scorer); returns the new tags.
 
-    Both are checked before anything is stored, so a refused scorer never leaves a
-    new ``arr-coc-vlm:latest`` behind.
+    Both are checked before anything is stored, so a refused scorer (unreadable, of
+    another width, or recording another VLM: :class:`~arr_coc.errors.ScorerMismatchError`)
+    never leaves a new ``arr-coc-vlm:latest`` behind.
     """
     family = read_family(vlm)
     checkpoint = local_checkpoint(vlm)
@@ -58,6 +60,7 @@ def import_models(vlm: str, scorer: str | None = None) -> list[str]:
                 f"the scorer at {scorer} takes {loaded.query_dim}-d queries but the VLM's embeddings are {width}-d",
                 field="scorer",
             )
+        check_scorer_fits(loaded, checkpoint, vlm=vlm_name(vlm))
     tags = [str(_copy_into_store(VLM_MODEL_NAME, checkpoint, {"source": str(vlm), "family": family.name}).tag)]
     if scorer:
         tags.append(str(_copy_into_store(SCORER_MODEL_NAME, Path(scorer), {"source": str(scorer)}).tag))

@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from arr_coc.errors import CheckpointFormatError, InvalidGridError
+from arr_coc.provenance import check_scorer_fits
 from arr_coc.scorer import RelevanceScorer
 from arr_coc.selection import allocate, check_method, check_stage, resolve_budget
 from arr_coc.vlm.decoding import generate_rows, synchronize
@@ -107,6 +108,7 @@ class VLMPipeline:
                 f"the scorer takes {scorer.query_dim}-d queries but the VLM's embeddings are {vlm.hidden_size}-d",
                 field="scorer",
             )
+        check_scorer_fits(scorer, vlm)  # ScorerMismatchError when it was trained for another VLM
         self.vlm = vlm
         self.scorer = scorer.to(vlm.device).eval()
         self.decode = resolve_decode(decode, vlm.device)
@@ -131,7 +133,9 @@ class VLMPipeline:
 
         ``model=None`` is the embedded default: the shipped VQA testbed, with its
         shipped scorer when ``scorer`` is ``None``. With any other model, ``scorer=None``
-        is the untrained seeded scorer. ``decode``: see :data:`DECODE_MODES`.
+        is the untrained seeded scorer. A scorer that records another VLM than ``model``
+        raises :class:`~arr_coc.errors.ScorerMismatchError` (:mod:`arr_coc.provenance`).
+        ``decode``: see :data:`DECODE_MODES`.
         ``feature_cache_mb``: bound of the vision-feature and texture cache (0 = off).
         """
         if model is None:

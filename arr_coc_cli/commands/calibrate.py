@@ -5,7 +5,9 @@ other than the one training used), fits Platt scaling of relevance to "is a targ
 token" (:func:`arr_coc.adaptive.fit_calibration`) and the coverage table that turns
 ``coverage`` into a probability threshold (:func:`arr_coc.adaptive.fit_coverage_table`,
 through the order in which ``arr-coc``'s selection keeps the tokens),
-writes both into the scorer checkpoint, and prints, per coverage, the mean share of
+writes both into the scorer checkpoint (with the VLM it is calibrated beside as
+its ``trained_for`` record when it had none; one recording another VLM is refused),
+and prints, per coverage, the mean share of
 target tokens kept and the mean kept ratio on those samples when ``arr-coc`` selects
 that many tokens (relevance balanced against coverage, as served): what ``coverage``
 means for this scorer.
@@ -87,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     calibration = platt.model_copy(update={"coverage_table": table})
     model.scorer.calibrate(calibration)
     out = Path(args.out) if args.out else scorer_dir
-    model.scorer.save(out)
+    model.scorer.save(out, trained_for=model.scorer.trained_for or model.provenance)
     print(
         f"calibration (scale, shift): {before.scale:.3f}, {before.shift:.3f} -> {calibration.scale:.3f}, "
         f"{calibration.shift:.3f}, with a coverage table of {len(calibration.coverage_table)} rows; wrote {out}"

@@ -7,7 +7,8 @@ embeddings are run once per sample (``arr_coc.training.data``), then the scorer
 trains alone. Logged: per-step loss, its parts, learning rate and gradient norms;
 heatmap images; held-out recall@budget of every method (history, summary and a
 table). The checkpoint goes to ``out`` and into a ``model`` artifact named
-``relevance-scorer``.
+``relevance-scorer``, recording the VLM it was trained for (``trained_for``,
+:mod:`arr_coc.provenance`).
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ def run_train_job(
 def _train_and_log(run, config: TrainConfig, device: str, progress: bool) -> Path:
     import wandb
 
+    from arr_coc.provenance import ScorerProvenance
     from arr_coc.tasks import load_dataset
     from arr_coc.training.data import encode_dataset, processor_grid
     from arr_coc.training.loop import train_scorer
@@ -117,13 +119,14 @@ def _train_and_log(run, config: TrainConfig, device: str, progress: bool) -> Pat
     heldout = encode_dataset(pipeline, heldout_set, with_features=True, desc="encode held-out", progress=progress)
     result = train_scorer(config, train, heldout, pipeline.vlm.hidden_size, WandbTrainLogger(run), progress)
 
-    out = result.scorer.save(config.out)
+    trained_for = ScorerProvenance.of(pipeline.vlm)
+    out = result.scorer.save(config.out, trained_for=trained_for)
     summary = summary_values(config, result.recall, result.losses)
     run.summary.update(summary)
     artifact = wandb.Artifact(
         ARTIFACT_NAME,
         type="model",
-        metadata={"config": config.model_dump(), **summary},
+        metadata={"config": config.model_dump(), "trained_for": trained_for.model_dump(), **summary},
         description="ARR-COC relevance scorer (config.json + model.safetensors)",
     )
     artifact.add_dir(str(out))
