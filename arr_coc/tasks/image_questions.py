@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 from PIL import Image
 
 from arr_coc.errors import (
@@ -44,6 +45,7 @@ from arr_coc.errors import (
 )
 from arr_coc.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, load_image, to_rgb
 from arr_coc.query import check_question
+from arr_coc.synthetic import Sample
 from arr_coc.tasks.shapes_vqa import COLOURS, SHAPES, question_for
 
 if TYPE_CHECKING:
@@ -97,6 +99,28 @@ class ImageQuestionSet:
 
     def __iter__(self) -> Iterator[ImageQuestion]:
         return iter(self.samples)
+
+    def as_dataset(self) -> QuestionDataset:
+        """These pairs as a :class:`arr_coc.synthetic.Dataset` (what evaluation reads)."""
+        return QuestionDataset(self.samples)
+
+
+class QuestionDataset:
+    """(image, question) pairs as a :class:`arr_coc.synthetic.Dataset` of samples with no answer.
+
+    Each :class:`~arr_coc.synthetic.Sample` has ``answer=""``, ``kind=""`` and an empty
+    ``target_mask`` (``[0, 0]`` bool): evaluation leaves them out of accuracy and recall.
+    """
+
+    def __init__(self, samples: Sequence[ImageQuestion]) -> None:
+        self.samples = list(samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        pair = self.samples[index]
+        return Sample(pair.image, pair.question, "", torch.zeros((0, 0), dtype=torch.bool), "")
 
 
 def _describe(skipped: dict[str, int]) -> str:

@@ -121,6 +121,7 @@ def generate_rows(
     timings = {} if timings is None else timings
     start = clock()
     output, batch = prefill(vlm, rows)
+    keep_first_logprobs(decoders, output.logits[:, -1])
     tokens = _push(decoders, output.logits[:, -1])
     synchronize(vlm.device)
     timings["prefill"] = (clock() - start) * 1000.0
@@ -177,6 +178,19 @@ def _decode_steps(vlm, decoders, tokens, timings, clock, step, width: int) -> It
         synchronize(vlm.device)
         timings["decode"] += (clock() - start) * 1000.0
         yield StepEvent(count, tokens)
+
+
+def keep_first_logprobs(decoders: list[RowDecoder], logits: torch.Tensor) -> None:
+    """Give each row that asked for it the log-softmax of its first step's ``logits [B, V]``: ``[V]`` float32, CPU.
+
+    Row-wise, so a row's values do not depend on its batch mates; no work when no row asked.
+    """
+    wanted = [row for row, decoder in enumerate(decoders) if decoder.keep_first_logprobs]
+    if not wanted:
+        return
+    values = torch.log_softmax(logits[wanted].float(), dim=-1).cpu()
+    for row, logprobs in zip(wanted, values):
+        decoders[row].first_logprobs = logprobs
 
 
 def _push(decoders: list[RowDecoder], logits: torch.Tensor) -> list[int | None]:

@@ -277,7 +277,16 @@ class VLMPipeline:
         return prepared
 
     def _decoders(self, prepared: Sequence[PreparedRequest]) -> list[RowDecoder]:
-        return [RowDecoder(self.vlm.tokenizer, p.params, self.vlm.eos_token_ids, self.vlm.device) for p in prepared]
+        return [
+            RowDecoder(
+                self.vlm.tokenizer,
+                p.params,
+                self.vlm.eos_token_ids,
+                self.vlm.device,
+                keep_first_logprobs=p.request.first_token_logprobs,
+            )
+            for p in prepared
+        ]
 
     @staticmethod
     def _result(p: PreparedRequest, decoder: RowDecoder, timings: dict[str, float]) -> AnswerResult:
@@ -292,6 +301,7 @@ class VLMPipeline:
             vision_cached=p.vision_cached,
             prompt_tokens=p.row.length,
             finish_reason=decoder.finish_reason,
+            first_token_logprobs=decoder.first_logprobs,
         )
 
     def warm_up(self, batch_sizes: Sequence[int] = (1,), cache_tokens: int = 0) -> dict[int, float]:

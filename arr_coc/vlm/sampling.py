@@ -35,13 +35,23 @@ class RowDecoder:
     """Generation state of one request: ids so far, stop conditions, text so far.
 
     ``push(token)`` returns whether the row is finished. End-of-sequence ids are
-    not part of the answer; neither is a stop string or anything after it.
+    not part of the answer; neither is a stop string or anything after it. With
+    ``keep_first_logprobs`` the decode loop stores the first step's log-softmax ``[V]``
+    (float32, CPU) in ``first_logprobs``.
     """
 
     def __init__(
-        self, tokenizer, params: GenerationParams, eos_token_ids: tuple[int, ...], device: str | torch.device = "cpu"
+        self,
+        tokenizer,
+        params: GenerationParams,
+        eos_token_ids: tuple[int, ...],
+        device: str | torch.device = "cpu",
+        *,
+        keep_first_logprobs: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
+        self.keep_first_logprobs = keep_first_logprobs
+        self.first_logprobs: torch.Tensor | None = None
         self.params = params
         self.eos = set(eos_token_ids)
         self.generator = torch.Generator(device=device).manual_seed(params.seed)

@@ -48,6 +48,8 @@ class AnswerRequest:
     stage: ``post`` selects from the vision tower's outputs (every method); ``pre``
         selects before the tower, which then runs on the kept tokens only
         (``none``, ``uniform``, ``random``, ``arr-coc``).
+    first_token_logprobs: also return the first answer token's distribution
+        (:attr:`AnswerResult.first_token_logprobs`); off for serving.
     """
 
     image: Image.Image
@@ -59,6 +61,7 @@ class AnswerRequest:
     stage: str = "post"
     cells: torch.Tensor | None = None
     explore: float | None = None
+    first_token_logprobs: bool = False
 
 
 @dataclass
@@ -73,6 +76,8 @@ class AnswerResult:
     vision_cached: the vision tower's outputs came from the feature cache.
     prompt_tokens: tokens the LLM was prompted with (text plus kept visual tokens).
     finish_reason: ``eos``, ``stop`` (a stop string) or ``length`` (``max_new_tokens``).
+    first_token_logprobs: ``[V]`` float32 on CPU, the log-softmax of the first decoding
+        step's logits (before temperature or top-p), when the request asked for it, else ``None``.
     """
 
     answer: str
@@ -85,6 +90,7 @@ class AnswerResult:
     vision_cached: bool = False
     prompt_tokens: int = 0
     finish_reason: str | None = None
+    first_token_logprobs: torch.Tensor | None = None
 
     @property
     def kept_tokens(self) -> int:
