@@ -117,7 +117,7 @@ class ARRCOC:
     @app.get("/v1/models")
     def openai_models(self) -> dict:
         """The variants, as OpenAI models."""
-        return openai_chat.model_list()
+        return openai_chat.model_list(settings)
 
     @app.post(
         "/v1/chat/completions",
@@ -140,8 +140,8 @@ class ARRCOC:
         except Exception as error:
             self.pipeline.failed(job, error)
             return errors.error_response(http.url.path, error)
-        self.pipeline.answered(job, output)
-        return JSONResponse(openai_chat.completion(output, job.variant.name, job.request_id))
+        answered = self.pipeline.answered(job, output)
+        return JSONResponse(openai_chat.completion(output, job.variant.name, job.request_id, answered.scorer))
 
 
 add_fallbacks(app)

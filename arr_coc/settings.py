@@ -4,6 +4,12 @@ Every field reads the environment variable ``ARR_COC_<FIELD>`` (upper case), e.g
 ``ARR_COC_MODEL=Qwen/Qwen2.5-VL-3B-Instruct`` or ``ARR_COC_VLM_MAX_BATCH_SIZE=16``.
 Defaults serve the embedded testbed model on CPU; ``bentofile.yaml`` sets the
 production values for the container.
+
+A served model without a trained scorer (a model other than the shipped testbed and
+no ``ARR_COC_SCORER``) would have the ``arr-coc`` variants select with random
+weights: :attr:`Settings.scorer_state` says so (``/v1/models``, answers, serve
+runs, the start-up log), and unless ``ARR_COC_DEFAULT_VARIANT`` is set the default
+variant is :data:`TRAINING_FREE_DEFAULT` instead.
 """
 
 from __future__ import annotations
@@ -12,10 +18,26 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, SecretStr
+from pydantic import AfterValidator, Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from arr_coc.vocabulary import DECODE_MODES, DEVICE_HELP, DTYPE_HELP, TESTBED_FAMILIES, device_name, dtype_name
+from arr_coc.vocabulary import (
+    DECODE_MODES,
+    DEVICE_HELP,
+    DTYPE_HELP,
+    SCORER_STATES,
+    TESTBED_FAMILIES,
+    TRAIN_SCORER_COMMAND,
+    device_name,
+    dtype_name,
+)
+
+EMBEDDED_TESTBED = TESTBED_FAMILIES[0]
+"""The shipped, trained testbed: the one model served with a trained scorer by default."""
+TRAINING_FREE_DEFAULT = "divprune-25"
+"""The default variant when the served model has no trained scorer: DivPrune (diversity over the tower's own
+features, no training) is the strongest training-free method of the quality table at small budgets, at the
+budget of the default ``arr-coc-25``."""
 
 
 class Settings(BaseSettings):
@@ -61,7 +83,11 @@ class Settings(BaseSettings):
         description="API key(s), comma-separated: when set, every route but /livez, /readyz and /metrics needs "
         "'Authorization: Bearer <key>'; empty = no access control",
     )
-    default_variant: str = Field("arr-coc-25", description="variant served when a request names none")
+    default_variant: str = Field(
+        "arr-coc-25",
+        description=f"variant served when a request names none; when unset and the model has no trained scorer, "
+        f"{TRAINING_FREE_DEFAULT} (training-free)",
+    )
     max_image_bytes: int = Field(20 * 1024 * 1024, gt=0, description="largest accepted image, in bytes")
     max_image_pixels: int = Field(40_000_000, gt=0, description="largest accepted image, in pixels (w*h)")
     max_question_chars: int = Field(2000, gt=0, description="longest accepted question, in characters")
@@ -101,6 +127,45 @@ class Settings(BaseSettings):
     wandb_window_s: float = Field(30.0, gt=0, description="seconds per logged window of serve metrics")
     wandb_sample_rate: float = Field(0.01, ge=0, le=1, description="share of requests logged as table examples")
     deployment: str = Field("local", description="deployment name in W&B run names")
+
+    _training_free_default: bool = PrivateAttr(False)
+
+    @model_validator(mode="after")
+    def _no_random_default(self) -> Settings:
+        """Without a trained scorer, a default variant nobody chose never selects with random weights."""
+        if not self.scorer_trained and "default_variant" not in self.model_fields_set:
+            self.default_variant = TRAINING_FREE_DEFAULT
+            self._training_free_default = True
+        return self
+
+    @property
+    def scorer_trained(self) -> bool:
+        """Whether the runners load a trained scorer: ``scorer`` names a checkpoint, or the shipped testbed is
+        served with its shipped scorer (what :func:`model_store.sources.scorer_source` loads)."""
+        return bool(self.scorer) or (not self.model and self.testbed_family == EMBEDDED_TESTBED)
+
+    @property
+    def scorer_state(self) -> Literal[SCORER_STATES]:
+        """``"trained"`` or ``"untrained"`` (seeded random weights)."""
+        return "trained" if self.scorer_trained else "untrained"
+
+    @property
+    def training_free_default(self) -> bool:
+        """Whether :attr:`default_variant` is :data:`TRAINING_FREE_DEFAULT` because there is no trained scorer."""
+        return self._training_free_default
+
+    def untrained_scorer_notice(self) -> str | None:
+        """One sentence for people (start-up log, ``/v1/models``, the web page) when the scorer is untrained."""
+        if self.scorer_trained:
+            return None
+        model = self.model or f"the {self.testbed_family} testbed"
+        why = "training-free" if self._training_free_default else "ARR_COC_DEFAULT_VARIANT"
+        command = TRAIN_SCORER_COMMAND.replace("<id>", self.model) if self.model else TRAIN_SCORER_COMMAND
+        return (
+            f"{model} has no trained relevance scorer: the arr-coc variants select with an untrained scorer "
+            f"(random weights). The default variant is {self.default_variant} ({why}). Train a scorer with "
+            f"`{command}` and serve it with ARR_COC_SCORER=DIR."
+        )
 
 
 @lru_cache(maxsize=1)

@@ -6,7 +6,9 @@ names a variant (``/v1/models`` lists them); the extension field ``arr_coc`` may
 instead give ``variant`` or ``method`` + ``budget`` (+ ``stage``). Remote
 ``http(s)`` image URLs are refused unless ``ARR_COC_IMAGE_URL_HOSTS`` names their host
 (off by default: the server then fetches nothing). Errors use OpenAI's body,
-``{"error": {"message", "type", "param", "code"}}`` (:mod:`front.errors`).
+``{"error": {"message", "type", "param", "code"}}`` (:mod:`front.errors`). Responses
+carry the extension ``arr_coc: {"scorer": "trained" | "untrained" | null}`` (the
+scorer the selection read; null for methods that read none).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field
 
 from arr_coc.errors import InvalidImageError, InvalidQuestionError, UnknownVariantError
+from arr_coc.settings import Settings
 from arr_coc.variants import VARIANTS
 from arr_coc.vocabulary import STAGES
 from front.schemas import AnswerRequestBody, Budget
@@ -151,8 +154,8 @@ def usage(output: AnswerOutput) -> dict[str, int]:
     }
 
 
-def completion(output: AnswerOutput, model: str, request_id: str) -> dict[str, Any]:
-    """A ``chat.completion`` object."""
+def completion(output: AnswerOutput, model: str, request_id: str, scorer: str | None = None) -> dict[str, Any]:
+    """A ``chat.completion`` object; ``scorer`` (``trained``/``untrained``/``None``) goes into its ``arr_coc``."""
     return {
         "id": f"chatcmpl-{request_id}",
         "object": "chat.completion",
@@ -166,6 +169,7 @@ def completion(output: AnswerOutput, model: str, request_id: str) -> dict[str, A
             }
         ],
         "usage": usage(output),
+        "arr_coc": {"scorer": scorer},
     }
 
 
@@ -175,8 +179,9 @@ def chunk(
     delta: dict[str, str],
     finish_reason: str | None = None,
     output: AnswerOutput | None = None,
+    scorer: str | None = None,
 ) -> dict[str, Any]:
-    """A ``chat.completion.chunk`` object; the last one carries ``finish_reason`` and ``usage``."""
+    """A ``chat.completion.chunk`` object; the last one carries ``finish_reason``, ``usage`` and ``arr_coc``."""
     body = {
         "id": completion_id,
         "object": "chat.completion.chunk",
@@ -186,25 +191,47 @@ def chunk(
     }
     if output is not None:
         body["usage"] = usage(output)
+        body["arr_coc"] = {"scorer": scorer}
     return body
 
 
-def model_list() -> dict[str, Any]:
-    """``/v1/models``: every registered variant, as a model, with what it keeps under the ``arr_coc`` extension."""
+def model_list(settings: Settings) -> dict[str, Any]:
+    """``/v1/models``: every registered variant, as a model, with what it keeps under the ``arr_coc`` extension.
+
+    The list's own ``arr_coc`` gives the deployment's ``default_variant``, its ``scorer``
+    (``trained``/``untrained``) and, without a trained scorer, a ``notice`` naming the
+    command that trains one; each ``arr-coc`` variant carries its ``scorer`` too.
+    """
+    scorer = settings.scorer_state
     return {
         "object": "list",
         "data": [
-            {"id": name, "object": "model", "created": 0, "owned_by": "arr-coc", "arr_coc": variant_details(variant)}
+            {
+                "id": name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "arr-coc",
+                "arr_coc": variant_details(variant, scorer),
+            }
             for name, variant in VARIANTS.items()
         ],
+        "arr_coc": {
+            "default_variant": settings.default_variant,
+            "scorer": scorer,
+            "notice": settings.untrained_scorer_notice(),
+        },
     }
 
 
-def variant_details(variant) -> dict[str, Any]:
-    """``method``, ``budget`` (a number or ``auto``), ``stage`` (and an auto budget's bounds)."""
+def variant_details(variant, scorer: str | None = None) -> dict[str, Any]:
+    """``method``, ``budget`` (a number or ``auto``), ``stage`` (and an auto budget's bounds); an ``arr-coc``
+    variant's ``scorer`` when given."""
     config = variant.as_config()
-    return {
+    details = {
         key: config[key]
         for key in ("method", "budget", "stage", "coverage", "min_tokens", "max_tokens")
         if key in config
     }
+    if scorer is not None and variant.method == "arr-coc":
+        details["scorer"] = scorer
+    return details

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -34,6 +35,8 @@ from front.uploads import decode_image_field
 from runners.relevance import Pixels, RunnerError, ScoreItem, ScoreOutput
 from runners.vlm import AnswerItem, AnswerOutput
 from training_hooks.tracking.service_tracking import Tracking, tracking_name
+
+logger = logging.getLogger("arr_coc.service")
 
 
 class RunnerInputError(ArrCocInputError):
@@ -93,11 +96,17 @@ class Pipeline:
         self.vlm_runner = vlm_runner
         self.tracking = tracking
         self.settings = settings
+        if notice := settings.untrained_scorer_notice():  # at start-up; also in /v1/models and on the web page
+            logger.warning(notice)
 
     async def keep_runners_up(self) -> None:
         """Touch both runners (``/readyz``): while this front drains, a runner it still needs stays up."""
         runners = (self.relevance_runner, self.vlm_runner)
         await asyncio.gather(*(runner.is_ready(timeout=1) for runner in runners), return_exceptions=True)
+
+    def scorer_of(self, variant: Variant) -> str | None:
+        """``"trained"``/``"untrained"``: the scorer ``variant``'s selection reads; ``None`` when it reads none."""
+        return self.settings.scorer_state if variant.method == "arr-coc" else None
 
     def pick_variant(self, body: ImageQuestion) -> Variant:
         """The request's variant: its method + budget (+ stage, + auto bounds), else its named variant, else the default."""
@@ -232,6 +241,7 @@ class Pipeline:
             kept_ratio=kept_ratio,
             timings_ms=timings,
             finish_reason=output.finish_reason,
+            scorer=self.scorer_of(variant),
             request_id=job.request_id,
         )
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
 from arr_coc.settings import get_settings
 from arr_coc.variants import VARIANTS
-from arr_coc.vocabulary import METHODS, STAGES
+from arr_coc.vocabulary import METHODS, SCORER_STATES, STAGES
 
 _settings = get_settings()
 
@@ -24,6 +24,13 @@ Budget = Annotated[
         "question needs: see coverage)"
     ),
 ]
+
+
+ScorerState = Literal[SCORER_STATES]
+SCORER_DESCRIPTION = (
+    "the relevance scorer the selection read: 'trained', or 'untrained' (random weights: the served model has no "
+    "trained scorer; `arr-coc distill-scorer` trains one)"
+)
 
 
 class _Strict(BaseModel):
@@ -99,6 +106,7 @@ class AnswerResponse(BaseModel):
     finish_reason: Literal["eos", "stop", "length"] | None = Field(
         None, description="why decoding ended: the end token, a stop string, or max_new_tokens"
     )
+    scorer: ScorerState | None = Field(None, description=f"{SCORER_DESCRIPTION}; null for methods that read none")
     request_id: str
 
 
@@ -110,6 +118,10 @@ class RelevanceResponse(BaseModel):
     kept_tokens: int
     total_tokens: int
     heatmap_png: str = Field(..., description="base64 PNG: the relevance overlay, dropped tokens dimmed")
+    scorer: ScorerState = Field(
+        default_factory=lambda: _settings.scorer_state,  # the deployment's: every map is the scorer's
+        description=SCORER_DESCRIPTION.replace("the selection read", "the map is from"),
+    )
     request_id: str
 
 

@@ -53,7 +53,7 @@ async def chat_chunks(pipeline: Pipeline, job: Job, generation: GenerationFields
                 output = event["done"]
                 pipeline.answered(job, output)
                 reason = openai_chat.FINISH_REASONS.get(output.finish_reason, "stop")
-                yield sse(openai_chat.chunk(completion_id, model, {}, reason, output))
+                yield sse(openai_chat.chunk(completion_id, model, {}, reason, output, pipeline.scorer_of(job.variant)))
     except Exception as error:
         yield sse(error_event(pipeline, job, error, "/v1/chat/completions"))
     yield sse("[DONE]")

@@ -37,11 +37,12 @@ def vlm_source(settings: Settings) -> str:
 
 
 def scorer_source(settings: Settings) -> str | None:
-    """The scorer checkpoint directory, or ``None`` for the untrained seeded scorer."""
-    from arr_coc.vlm.testbed import EMBEDDED, EMBEDDED_SCORER
+    """The scorer checkpoint directory, or ``None`` for the untrained seeded scorer (``settings.scorer_trained`` is
+    false: the front then serves a training-free default variant and flags the ``arr-coc`` ones)."""
+    from arr_coc.vlm.testbed import EMBEDDED_SCORER
 
     if settings.scorer:
         return resolve(settings.scorer)
-    if not settings.model and settings.testbed_family == EMBEDDED:
+    if settings.scorer_trained:
         return str(EMBEDDED_SCORER)
     return None

@@ -26,7 +26,9 @@ LONG = 512  # the server's max_new_tokens limit
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("lifecycle")
-    with running_server(workdir, ARR_COC_TESTBED_FAMILY="qwen2.5-vl", ARR_COC_WANDB="true") as server:
+    # a random-weight testbed has no trained scorer: pin the default variant these answers were measured with
+    env = {"ARR_COC_TESTBED_FAMILY": "qwen2.5-vl", "ARR_COC_WANDB": "true", "ARR_COC_DEFAULT_VARIANT": "arr-coc-25"}
+    with running_server(workdir, **env) as server:
         server.started = psutil.Process(server.process.pid).create_time()
         yield server
 

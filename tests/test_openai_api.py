@@ -64,7 +64,8 @@ def test_models_are_the_variants(client):
     models = client.models.list().data
     assert [model.id for model in models] == list(VARIANTS) and "arr-coc-pre-25" in VARIANTS
     details = {model.id: model.model_extra["arr_coc"] for model in models}
-    assert details["arr-coc-pre-25"] == {"method": "arr-coc", "budget": 0.25, "stage": "pre"}
+    assert details["arr-coc-pre-25"] == {"method": "arr-coc", "budget": 0.25, "stage": "pre", "scorer": "trained"}
+    assert details["divprune-25"] == {"method": "divprune", "budget": 0.25, "stage": "post"}  # reads no scorer
     assert details["arr-coc-auto"]["budget"] == "auto" and details["arr-coc-auto"]["coverage"] == DEFAULT_COVERAGE
 
 
@@ -79,6 +80,7 @@ def test_chat_completion_answers_like_answer(client, server, sample):
     assert done.object == "chat.completion" and done.model == "arr-coc-25" and len(done.choices) == 1
     assert done.choices[0].message.role == "assistant" and done.choices[0].message.content == native["answer"]
     assert done.choices[0].finish_reason in ("stop", "length")
+    assert done.model_extra["arr_coc"] == {"scorer": native["scorer"]} == {"scorer": "trained"}
     usage = done.usage.model_dump()
     assert (
         usage["visual_tokens_kept"] == native["kept_tokens"] and usage["visual_tokens_total"] == native["total_tokens"]

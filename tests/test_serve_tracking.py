@@ -60,7 +60,7 @@ def test_serve_run_records_windows_and_variant_config(tmp_path):
     assert ad_hoc.job_type == "serve"
     assert ad_hoc.config["method"] == "uniform" and ad_hoc.config["budget"] == "custom"
     assert ad_hoc.config["vlm"] == "testbed:qwen2.5-vl-vqa" and "git_commit" in ad_hoc.config
-    assert ad_hoc.config["scorer"] == str(scorer)
+    assert ad_hoc.config["scorer"] == str(scorer) and ad_hoc.config["scorer_state"] == "trained"
     assert ad_hoc.config["scorer_artifact"] == "arr-coc/relevance-scorer:v3"
     requests = sum(row.get("serve/requests", 0) for row in ad_hoc.history)
     assert requests == 3
@@ -97,3 +97,46 @@ def test_unreachable_wandb_never_fails_a_request(tmp_path):
             assert http.get("/livez").status_code == 200
     finally:
         server.stop()
+
+
+def test_a_model_without_a_trained_scorer_says_so_everywhere(tmp_path):
+    """A random-weight testbed and no ARR_COC_SCORER: the default variant is training-free, arr-coc variants still
+    answer, and the start-up log, /v1/models, the answers and the serve runs all say their scorer is untrained."""
+    server = Server(tmp_path, ARR_COC_TESTBED_FAMILY="qwen2.5-vl", ARR_COC_WANDB="1", ARR_COC_WANDB_WINDOW_S="1")
+    image = b64_png(scene(224, 168))
+    question = {"image": image, "question": "Where?", "max_new_tokens": 2}
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=120) as http:
+            listed = http.get("/v1/models").json()
+            assert listed["arr_coc"]["default_variant"] == "divprune-25" and listed["arr_coc"]["scorer"] == "untrained"
+            assert "arr-coc distill-scorer --model <id> --images DIR --out DIR" in listed["arr_coc"]["notice"]
+            arr_coc = {model["id"]: model["arr_coc"].get("scorer") for model in listed["data"]}
+            assert arr_coc["arr-coc-25"] == "untrained" and arr_coc["divprune-25"] is None
+            default = http.post("/answer", json=question).json()
+            assert default["variant"] == "divprune-25" and default["scorer"] is None, default
+            named = http.post("/answer", json={**question, "variant": "arr-coc-25"}).json()
+            assert named["variant"] == "arr-coc-25" and named["scorer"] == "untrained" and named["kept_tokens"] > 0
+            chat = {
+                "model": "arr-coc-25",
+                "max_tokens": 2,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}},
+                            {"type": "text", "text": "Where?"},
+                        ],
+                    }
+                ],
+            }
+            completion = http.post("/v1/chat/completions", json=chat).json()
+            assert completion["arr_coc"] == {"scorer": "untrained"}, completion
+            assert http.post("/relevance", json={"image": image, "question": "Where?"}).json()["scorer"] == "untrained"
+            time.sleep(2.5)  # let a window close
+    finally:
+        server.stop()
+    assert "no trained relevance scorer" in (tmp_path / "serve.log").read_text()
+    by_group = {run.group: run for run in (read_run(path) for path in find_run_files(tmp_path / "wandb"))}
+    for group in ("arr-coc-25", "divprune-25"):
+        assert by_group[group].config["scorer"] == "untrained" == by_group[group].config["scorer_state"]

@@ -47,6 +47,7 @@ ANSWER_FIELDS = {
     "kept_ratio",
     "timings_ms",
     "finish_reason",
+    "scorer",
     "request_id",
 }
 
@@ -66,7 +67,7 @@ def test_answer(http):
     result = response.json()
     assert set(result) == ANSWER_FIELDS
     assert result["variant"] == "arr-coc-25" and result["total_tokens"] == 192 and result["kept_tokens"] == 48
-    assert result["kept_ratio"] == pytest.approx(0.25)
+    assert result["kept_ratio"] == pytest.approx(0.25) and result["scorer"] == "trained"  # the shipped one
     assert {"relevance", "vision", "selection", "prefill", "decode"} <= set(result["timings_ms"])
     assert isinstance(result["answer"], str) and re.fullmatch(r"[0-9a-f]{32}", result["request_id"])
 

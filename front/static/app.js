@@ -4,7 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const KEY_STORAGE = "arr-coc-api-key";
-const DEFAULT_VARIANT = "arr-coc-25";
+const DEFAULT_VARIANT = "arr-coc-25"; // until /v1/models names the deployment's own
 let image = null; // the chosen File (or pasted Blob)
 
 // A refused request: {status, kind, field, detail} from the service's error body.
@@ -92,6 +92,17 @@ $("api-key").addEventListener("change", () => {
 // --- variants from /v1/models ------------------------------------------------
 let budgets = {}; // variant id -> its own budget (a count, a ratio or "auto")
 
+// An arr-coc variant of a model with no trained scorer selects with random weights: its option says so.
+function optionLabel(model) {
+  return model.arr_coc?.scorer === "untrained" ? `${model.id} (untrained scorer)` : model.id;
+}
+
+// The deployment's notice (no trained scorer, and the command that trains one), above the form.
+function showNotice(text) {
+  $("notice").textContent = text || "";
+  $("notice").hidden = !text;
+}
+
 function showVariantBudget() {
   const own = budgets[$("variant").value];
   $("budget").placeholder = own === undefined ? "variant's own" : `variant's own: ${own}`;
@@ -102,13 +113,16 @@ async function loadVariants() {
   try {
     const response = await fetch("/v1/models", { headers: headers() });
     if (!response.ok) throw await failure(response);
-    const models = (await response.json()).data;
+    const list = await response.json();
+    const models = list.data;
     const ids = models.map((model) => model.id);
     budgets = Object.fromEntries(models.map((model) => [model.id, model.arr_coc?.budget]));
     const current = $("variant").value;
-    $("variant").replaceChildren(...ids.map((id) => new Option(id, id)));
-    $("variant").value = ids.includes(current) ? current : ids.includes(DEFAULT_VARIANT) ? DEFAULT_VARIANT : ids[0];
+    const fallback = list.arr_coc?.default_variant || DEFAULT_VARIANT;
+    $("variant").replaceChildren(...models.map((model) => new Option(optionLabel(model), model.id)));
+    $("variant").value = ids.includes(current) ? current : ids.includes(fallback) ? fallback : ids[0];
     showVariantBudget();
+    showNotice(list.arr_coc?.notice);
   } catch (error) {
     showError(error, "loading the variants");
   }
@@ -163,7 +177,8 @@ function showDone(result) {
   const ratio = (100 * result.kept_ratio).toFixed(1);
   const kept = `kept ${result.kept_tokens} / ${result.total_tokens} visual tokens (${ratio}%)`;
   const reason = result.finish_reason ? `, stopped by ${result.finish_reason}` : "";
-  $("kept").textContent = `${result.variant}: ${kept}${reason}`;
+  const scorer = result.scorer === "untrained" ? ", chosen by an untrained scorer (random weights)" : "";
+  $("kept").textContent = `${result.variant}: ${kept}${reason}${scorer}`;
   const rows = Object.entries(result.timings_ms).map(([stage, ms]) => {
     const row = document.createElement("tr");
     row.innerHTML = "<td></td><td class=ms></td>";

@@ -8,7 +8,9 @@ State is bounded by the registry, not by clients: a registered variant has its o
 tracker; an ad-hoc ``method``+``budget`` request shares ``<method>@custom`` (or
 ``<method>@custom@pre``) with the other ad-hoc requests of its method (the kept
 ratio it got is logged per request); a name that matches no variant (a rejected
-request) counts under ``unknown``. The serving commit is read once per process.
+request) counts under ``unknown``. The serving commit is read once per process. The
+run config names the scorer (``scorer``: its checkpoint, ``testbed:<family>`` for the
+shipped one, or ``untrained``) and ``scorer_state`` (``trained``/``untrained``).
 """
 
 from __future__ import annotations
@@ -86,11 +88,16 @@ class Tracking:
         return {
             **config,
             "vlm": self.settings.model or f"testbed:{self.settings.testbed_family}",
-            "scorer": self.settings.scorer or "untrained",
+            "scorer": self.settings.scorer or self.scorer_default(),
+            "scorer_state": self.settings.scorer_state,
             "scorer_artifact": self.settings.scorer_artifact,
             "git_commit": git_commit(),
             "bento_tag": os.environ.get("BENTOML_BENTO_TAG", os.environ.get("BENTO_TAG", "")),
         }
+
+    def scorer_default(self) -> str:
+        """The scorer a deployment without ``ARR_COC_SCORER`` serves: the shipped testbed's, or ``untrained``."""
+        return f"testbed:{self.settings.testbed_family}" if self.settings.scorer_trained else "untrained"
 
     def tracker(self, variant: Variant | str):
         name = tracking_name(variant)
