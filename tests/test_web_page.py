@@ -101,6 +101,20 @@ def wait_answered(driver):
     return driver.find_element(By.ID, "answer").text
 
 
+def test_page_says_when_the_arr_coc_variants_have_no_trained_scorer(driver, tmp_path):
+    """A random-weight testbed with no scorer: a notice names the command that trains one, the page picks the
+    deployment's training-free default, and the arr-coc options say their scorer is untrained."""
+    with running_server(tmp_path, ARR_COC_TESTBED_FAMILY="qwen2.5-vl") as untrained:
+        open_page(driver, untrained)
+        notice = driver.find_element(By.ID, "notice")
+        WebDriverWait(driver, WAIT_S).until(lambda d: notice.is_displayed())
+        assert "no trained relevance scorer" in notice.text and "arr-coc distill-scorer" in notice.text
+        variants = Select(driver.find_element(By.ID, "variant"))
+        assert variants.first_selected_option.get_attribute("value") == "divprune-25"
+        labels = {option.get_attribute("value"): option.text for option in variants.options}
+        assert labels["arr-coc-25"] == "arr-coc-25 (untrained scorer)" and labels["divprune-25"] == "divprune-25"
+
+
 def test_page_loads_and_lists_the_variants(driver, server):
     open_page(driver, server)
     assert "ARR-COC" in driver.title
@@ -114,6 +128,7 @@ def test_page_loads_and_lists_the_variants(driver, server):
     assert budget.get_attribute("placeholder") == "variant's own: auto"
     variants.select_by_value("arr-coc-25")
     assert not driver.find_element(By.ID, "error").is_displayed()
+    assert not driver.find_element(By.ID, "notice").is_displayed()  # the shipped model has its trained scorer
     for kind in ("paste", "drop"):  # a pasted or dropped image becomes the preview
         assert driver.execute_async_script(SYNTHETIC_IMAGE_EVENT, kind) == f"{kind}.png (16 bytes)"
         assert driver.find_element(By.ID, "preview").is_displayed()
