@@ -18,11 +18,12 @@ EVAL_ARGS = ["--limit", "2", "--size", "4", "--dataset", "synthetic", "--image-s
 
 @pytest.fixture(scope="module")
 def eval_runs(tmp_path_factory, testbed_dir):
-    """Two eval runs in one WANDB_DIR: arr-coc-25 from flags, uniform@0.5 from Launch overrides."""
+    """Two eval runs in one WANDB_DIR: arr-coc-25 from flags (with fidelity), uniform@0.5 from Launch overrides."""
     root = tmp_path_factory.mktemp("eval")
     model = str(testbed_dir())
     plain = arr_coc(
-        ["eval", "--variant", "arr-coc-25", "--model", model, "--device", "cpu", "--dtype", "fp32", *EVAL_ARGS],
+        ["eval", "--variant", "arr-coc-25", "--model", model, "--device", "cpu", "--dtype", "fp32", "--fidelity"]
+        + EVAL_ARGS,
         offline_env(root),
         root,
     )
@@ -53,6 +54,9 @@ def test_eval_run_holds_variant_config_and_summary(eval_runs, testbed_dir) -> No
     assert run.metric("eval/kept_tokens") == [4, 4]
     assert len(run.metric("eval/latency_ms/prefill")) == 2
     assert s["examples"]["nrows"] == 2
+    assert 0.0 <= s["fidelity"] <= 1.0 and s["first_token_kl"] >= 0.0  # against the all-token answers
+    assert len(run.metric("eval/agrees")) == 2
+    assert sum(run.metric("eval/first_token_kl")) / 2 == pytest.approx(s["first_token_kl"])
 
 
 def test_launch_overrides_reach_the_eval_job(eval_runs) -> None:
@@ -60,6 +64,7 @@ def test_launch_overrides_reach_the_eval_job(eval_runs) -> None:
     run = runs["uniform@0.5"]  # the group follows the overridden variant
     assert (run.config["variant"], run.config["method"], run.config["budget"]) == ("uniform@0.5", "uniform", 0.5)
     assert run.config["limit"] == 3 and run.summary["samples"] == 3
+    assert "fidelity" not in run.summary  # only when asked for
     assert run.summary["kept_ratio"] == 0.5 and run.metric("eval/kept_tokens") == [8, 8, 8]
 
 
@@ -69,10 +74,14 @@ def test_compare_prints_both_variants_and_writes_plots(eval_runs, tmp_path: Path
     table = capsys.readouterr().out.splitlines()
     header = table[0].split()
     assert header[:3] == ["variant", "job", "runs"] and "latency_p95_ms" in header and "throughput_rps" in header
+    assert "fidelity" in header and "first_token_kl" in header
     rows = {line.split()[0]: line.split() for line in table[1:] if line.split() and line.split()[0] != "wrote"}
     assert set(rows) == {"arr-coc-25", "uniform@0.5"}
     kept = header.index("kept_ratio")
     assert (rows["arr-coc-25"][kept], rows["uniform@0.5"][kept]) == ("0.25", "0.5")
+    fidelity = header.index("fidelity")
+    assert float(rows["arr-coc-25"][fidelity]) == pytest.approx(runs["arr-coc-25"].summary["fidelity"], abs=1e-3)
+    assert rows["uniform@0.5"][fidelity] == "-"
     p95 = header.index("latency_p95_ms")
     assert float(rows["uniform@0.5"][p95]) == pytest.approx(runs["uniform@0.5"].summary["latency_p95_ms"], rel=1e-3)
     for name in ("quality_vs_kept_ratio.png", "latency_vs_kept_ratio.png"):

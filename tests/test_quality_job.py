@@ -15,7 +15,7 @@ from PIL import Image
 from wandb_jobs import arr_coc, offline_env
 
 from arr_coc.adaptive import DEFAULT_COVERAGE, AutoBudget, Calibration
-from arr_coc.errors import InvalidConfigError, UnknownDatasetError
+from arr_coc.errors import InvalidConfigError, NoImagesError, NoQuestionsError, UnknownDatasetError
 from arr_coc.selection import allocate
 from arr_coc_cli.main import build_parser
 from training_hooks.comparison import plots
@@ -83,6 +83,9 @@ def test_a_small_table_is_written_and_logged(tmp_path) -> None:
         assert row["samples"] == 6 and 0 <= row["accuracy"] <= 1 and 0 <= row["recall"] <= 1
         assert {"accuracy/colour", "accuracy/shape", "accuracy/count"} & set(row)
     assert rows[0]["kept_ratio"] == 1.0 and 0.2 < rows[1]["kept_ratio"] < 0.3
+    assert rows[0]["fidelity"] == 1.0 and rows[0]["first_token_kl"] == 0.0  # against its own answers
+    assert all(0 <= r["fidelity"] <= 1 and r["first_token_kl"] >= 0 for r in rows)
+    assert (out / "fidelity_vs_kept_ratio.png").is_file()
     table = (out / "quality.md").read_text().splitlines()
     assert len(table) == 2 + len(rows) and table[2].startswith("| full |")
     assert "| arr-coc-25 |" in done.stdout
@@ -94,6 +97,8 @@ def test_a_small_table_is_written_and_logged(tmp_path) -> None:
     assert by_group["arr-coc-pre-25"].config["stage"] == "pre"
     assert all(run.job_type == "eval" and run.group == run.config["variant"] for run in runs)
     assert by_group["arr-coc-25"].summary["accuracy"] == pytest.approx(rows[1]["accuracy"])
+    assert by_group["arr-coc-25"].summary["fidelity"] == pytest.approx(rows[1]["fidelity"])
+    assert by_group["full"].summary["first_token_kl"] == 0.0
     assert by_group["divprune-25"].config["method"] == "divprune"
 
 
@@ -106,6 +111,8 @@ def test_markdown_rows_carry_per_kind_accuracy() -> None:
         "accuracy/colour": 1.0,
         "accuracy/count": 0.25,
         "recall": 0.75,
+        "fidelity": 0.875,
+        "first_token_kl": 0.01234,
         "kept_tokens_mean": 12.0,
         "kept_ratio": 0.1,
         "latency_p50_ms": 9.0,
@@ -115,8 +122,8 @@ def test_markdown_rows_carry_per_kind_accuracy() -> None:
     }
     line = format_markdown([row]).splitlines()[2]
     assert line == (
-        "| v | arr-coc | post | 0.1 | 0.500 | 1.000 | nan | 0.250 | 0.750 | 12.0 | 0.100 | 0.125 | 0.050 | nan "
-        "| 0.200 | 9 |"
+        "| v | arr-coc | post | 0.1 | 0.500 | 1.000 | nan | 0.250 | 0.750 | 0.875 | 0.0123 | 12.0 | 0.100 | 0.125 "
+        "| 0.050 | nan | 0.200 | 9 |"
     )
     auto = format_markdown([{**row, "budget": "auto@0.6"}]).splitlines()[2]
     assert "| auto@0.6 |" in auto
@@ -357,3 +364,132 @@ def test_the_plot_range_widens_only_for_a_row_below_it() -> None:
     assert plot_xrange([_row("full", "none", 1.0, 1.0, 0.9), _row("a", "arr-coc", 0.03, 0.03, 0.5)]) == (0.02, 1.0)
     low, high = plot_xrange([_row("a", "arr-coc", "auto@0.5", 0.01, 0.5)])
     assert 0 < low < 0.01 and high == 1.0
+
+
+def test_markdown_without_answers_shows_fidelity_kept_tokens_and_latency() -> None:
+    row = {
+        "variant": "uniform-3",
+        "method": "uniform",
+        "budget": 0.03,
+        "fidelity": 0.5,
+        "first_token_kl": 0.12345,
+        "kept_tokens_mean": 1.0,
+        "kept_ratio": 0.03,
+        "kept_ratio_p95": 0.04,
+        "latency_p50_ms": 12.0,
+    }
+    header, _, line = format_markdown([row]).splitlines()
+    assert "accuracy" not in header and "recall" not in header
+    assert line == "| uniform-3 | uniform | post | 0.03 | 0.500 | 0.1235 | 1.0 | 0.030 | 0.040 | 12 |"
+
+
+def task_images(folder: Path, count: int) -> Path:
+    """``count`` held-out scenes of the task as PNG files, and one file that is not an image."""
+    from arr_coc.tasks.shapes_vqa import ShapesVQA
+
+    folder.mkdir(parents=True)
+    scenes = ShapesVQA(count, "heldout", seed=5)
+    for index in range(count):
+        scenes[index].image.save(folder / f"scene{index}.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    return folder
+
+
+def test_fidelity_on_a_folder_of_images_needs_no_answers(tmp_path) -> None:
+    out = tmp_path / "quality"
+    images = task_images(tmp_path / "images", 4)
+    args = ["quality", "--fidelity", "--images", str(images), "--methods", "uniform", "--budgets", "0.03"]
+    args += ["--stages", "post", "--batch-size", "6", "--out", str(out), "--wandb", "offline"]
+    done = arr_coc(args, offline_env(tmp_path), tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "12 questions (templates)" in done.stderr and "unreadable image: 1" in done.stderr
+    rows = json.loads((out / "quality.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["full", "uniform-3"]
+    full, pruned = rows
+    assert (full["fidelity"], full["first_token_kl"], full["samples"]) == (1.0, 0.0, 12)
+    assert pruned["fidelity"] < 1.0 and pruned["first_token_kl"] > 0.0 and pruned["kept_ratio"] < 0.05
+    assert "accuracy" not in pruned and not any(key.startswith("accuracy/") for key in pruned)
+    table = (out / "quality.md").read_text().splitlines()
+    assert "| fidelity | first-token KL |" in table[0] and "accuracy" not in table[0]
+    assert (out / "fidelity_vs_kept_ratio.png").is_file() and not (out / "accuracy_vs_kept_ratio.png").exists()
+    runs = {run.group: run for run in map(read_run, find_run_files(tmp_path / "dir"))}
+    assert runs["uniform-3"].summary["fidelity"] == pytest.approx(pruned["fidelity"])
+    assert runs["uniform-3"].summary["first_token_kl"] == pytest.approx(pruned["first_token_kl"])
+    assert runs["full"].config["dataset"] == "questions" and runs["full"].config["question_source"] == "templates"
+    assert runs["full"].config["questions"] == str(images)
+    compared = subprocess.run(
+        [sys.executable, "-m", "arr_coc_cli", "compare", str(tmp_path / "dir"), "--out", str(tmp_path / "plots")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert compared.returncode == 0, compared.stderr[-2000:]
+    header, *lines = compared.stdout.splitlines()
+    assert "fidelity" in header.split() and "first_token_kl" in header.split()
+    column = header.split().index("fidelity")
+    by_variant = {line.split()[0]: line.split() for line in lines if line.startswith(("full", "uniform-3"))}
+    assert by_variant["full"][column] == "1" and float(by_variant["uniform-3"][column]) == pytest.approx(
+        pruned["fidelity"], abs=1e-3
+    )
+
+
+def test_fidelity_on_a_question_file(tmp_path, capsys) -> None:
+    images = task_images(tmp_path / "images", 2)
+    lines = [
+        {"image": "images/scene0.png", "question": "What colour is the star?"},
+        {"image": "images/scene1.png", "question": "How many red objects are there?"},
+        {"image": "images/scene1.png"},
+        {"image": "images/broken.png", "question": "What shape is the red object?"},
+    ]
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    values = {"questions": str(questions), "methods": ["arr-coc"], "budgets": [0.1], "stages": ["post"]}
+    assert run_quality_job({**values, "out": str(tmp_path / "q")}, wandb_mode="off", device="cpu") == 0
+    assert "2 questions (file)" in capsys.readouterr().err
+    rows = json.loads((tmp_path / "q" / "quality.json").read_text())["rows"]
+    assert [r["samples"] for r in rows] == [2, 2] and rows[0]["fidelity"] == 1.0
+    assert images.is_dir()
+
+
+@pytest.mark.parametrize(
+    "values, error, message",
+    [
+        ({"images": "IMAGES", "questions": "QUESTIONS"}, InvalidConfigError, "not both"),
+        ({"fidelity": True}, InvalidConfigError, "--fidelity needs questions without answers"),
+        ({"fidelity": True, "images": "EMPTY"}, NoImagesError, "holds no image files"),
+        ({"images": "MISSING"}, NoImagesError, "no such folder"),
+        ({"questions": "QUESTIONS", "self_questions": 2}, InvalidConfigError, "--self-questions"),
+        ({"questions": "BAD"}, NoQuestionsError, "gave no (image, question) pair"),
+        ({"images": "IMAGES", "self_questions": -1}, InvalidConfigError, "self_questions"),
+    ],
+)
+def test_bad_question_sources_fail_before_any_model_work(values, error, message, tmp_path, monkeypatch) -> None:
+    images = task_images(tmp_path / "images", 1)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "questions.jsonl").write_text(json.dumps({"image": "images/scene0.png", "question": "Why?"}) + "\n")
+    (tmp_path / "bad.jsonl").write_text("{nope\n")
+    paths = {
+        "IMAGES": str(images),
+        "QUESTIONS": str(tmp_path / "questions.jsonl"),
+        "EMPTY": str(tmp_path / "empty"),
+        "MISSING": str(tmp_path / "missing"),
+        "BAD": str(tmp_path / "bad.jsonl"),
+    }
+    values = {key: paths.get(value, value) if isinstance(value, str) else value for key, value in values.items()}
+    monkeypatch.setattr("arr_coc.vlm.pipeline.VLMPipeline.from_pretrained", None)  # any model load would fail
+    with pytest.raises(error) as raised:
+        run_quality_job({**values, "out": str(tmp_path / "q")}, wandb_mode="off", device="cpu")
+    assert message in str(raised.value)
+    assert not (tmp_path / "q").exists()
+
+
+def test_the_cli_names_a_contradiction_with_exit_code_2(tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "arr_coc_cli", "quality", "--images", str(tmp_path), "--questions", "q.jsonl"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "give --images DIR or --questions FILE, not both" in result.stderr

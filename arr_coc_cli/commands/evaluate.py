@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
         "max_new_tokens": args.max_new_tokens,
         "model": args.model or "",
         "scorer": args.scorer or "",
+        "fidelity": args.fidelity,
     }
     return run_eval_job(
         {k: v for k, v in values.items() if v is not None}, wandb_mode=args.wandb, device=args.device, dtype=args.dtype
@@ -50,6 +51,11 @@ def register(subparsers) -> None:
     parser.add_argument("--image-size", type=int, default=336, help="side of the synthetic images, pixels")
     parser.add_argument("--batch-size", type=int, default=1, help="requests per answer_batch call")
     parser.add_argument("--max-new-tokens", type=int, default=8)
+    parser.add_argument(
+        "--fidelity",
+        action="store_true",
+        help="also answer with every token and log answer fidelity and first-token KL against those answers",
+    )
     parser.add_argument("--model", help="VLM hub id or directory (default: the embedded trained VQA testbed)")
     parser.add_argument("--scorer", help="relevance scorer checkpoint directory (default: the variant's)")
     add_device(parser)

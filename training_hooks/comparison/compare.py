@@ -6,7 +6,8 @@ is an ``entity/project`` (or ``project``) read with the W&B public API. Only
 summary and config are read, the same fields parallel-coordinates panels use.
 
 Rows: one per (variant, job type), the metrics averaged over its runs. ``eval``
-and ``serve`` runs give their summary; a ``train`` run gives one row per method
+and ``serve`` runs give their summary (``fidelity`` and ``first_token_kl``, the
+label-free measures, where an evaluation computed them); a ``train`` run gives one row per method
 and budget of its held-out recall table (``arr-coc@0.25 (train)``...).
 """
 
@@ -25,6 +26,8 @@ from training_hooks.comparison.plots import PALETTE, Series, scatter_plot
 METRICS = {  # column -> summary keys, first present wins
     "recall": ("recall",),
     "accuracy": ("accuracy",),
+    "fidelity": ("fidelity",),
+    "first_token_kl": ("first_token_kl",),
     "kept_ratio": ("kept_ratio", "kept_ratio_mean"),
     "kept_tokens": ("kept_tokens_mean",),
     "latency_p50_ms": ("latency_p50_ms",),
@@ -203,6 +206,7 @@ def write_plots(rows: list[Row], out: str | Path) -> list[Path]:
     """``quality_vs_kept_ratio.png`` and ``latency_vs_kept_ratio.png`` in ``out``."""
     out = Path(out)
     quality = _series(rows, "recall", "circle", " recall") + _series(rows, "accuracy", "square", " accuracy")
+    quality += _series(rows, "fidelity", "triangle", " fidelity")
     latency = _series(rows, "latency_p50_ms", "circle", " p50") + _series(rows, "latency_p95_ms", "triangle", " p95")
     return [
         scatter_plot(
@@ -210,7 +214,7 @@ def write_plots(rows: list[Row], out: str | Path) -> list[Path]:
             out / "quality_vs_kept_ratio.png",
             title="Quality vs kept visual tokens",
             xlabel="kept ratio",
-            ylabel="recall / accuracy",
+            ylabel="recall / accuracy / fidelity",
             xrange=(0.0, 1.0),
             yrange=(0.0, 1.0),
         ),

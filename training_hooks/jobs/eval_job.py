@@ -3,9 +3,11 @@
 The run config is ``variant.as_config()`` plus the model and the evaluation
 parameters, so every variant's runs meet on the same panels; ``run.summary``
 holds what parallel-coordinates panels read: accuracy, recall, kept tokens and
-ratio, latency p50/p95 (total and per stage), throughput. History: one row per
-sample (correct, recall, kept ratio, latency by stage); a table of the first
-examples with their relevance heatmaps.
+ratio, latency p50/p95 (total and per stage), throughput; with ``fidelity`` also
+answer fidelity and first-token KL against the model's own all-token answers (answered
+first, a second pass over the samples). History: one row per
+sample (correct, recall, kept ratio, latency by stage, agreement and KL with
+``fidelity``); a table of the first examples with their relevance heatmaps.
 
 Which variant: ``--variant NAME`` takes a registered one; ``--method``/``--budget``
 (alone or on top of a variant) make an ad-hoc ``method@budget`` one, ``--stage pre`` a
@@ -51,6 +53,7 @@ class EvalParams(BaseModel):
     max_new_tokens: int = Field(8, ge=1)
     model: str = ""
     scorer: str = ""
+    fidelity: bool = Field(False, description="also log answer fidelity against the all-token answers")
 
 
 def resolve_variant(params: EvalParams) -> Variant:
@@ -109,10 +112,14 @@ def run_eval_job(values: dict[str, Any], *, wandb_mode: str = "auto", device: st
         tags=(variant.method,),
     )
     with finishing(run):
-        declare_launch_inputs(run, ["variant", "method", "budget", "stage", "limit", "size", "model", "batch_size"])
+        declare_launch_inputs(
+            run, ["variant", "method", "budget", "stage", "limit", "size", "model", "batch_size", "fidelity"]
+        )
         summary = _evaluate_and_log(run, variant, params, device, dtype)
-    shown = ("samples", "accuracy", "recall", "kept_ratio", "latency_p50_ms", "latency_p95_ms", "throughput_rps")
-    print(f"{variant.name}: " + ", ".join(f"{key} {summary[key]:.4g}" for key in shown), file=sys.stdout)
+    shown = ("samples", "accuracy", "recall", "fidelity", "first_token_kl", "kept_ratio", "latency_p50_ms")
+    shown += ("latency_p95_ms", "throughput_rps")
+    printed = ", ".join(f"{key} {summary[key]:.4g}" for key in shown if key in summary)
+    print(f"{variant.name}: {printed}", file=sys.stdout)
     return 0
 
 
@@ -120,7 +127,7 @@ def _evaluate_and_log(run, variant: Variant, params: EvalParams, device: str, dt
     import wandb
     from tqdm.auto import tqdm
 
-    from arr_coc.evaluation import Stopwatch, evaluate_variant, sample_count, summarize
+    from arr_coc.evaluation import Stopwatch, evaluate_variant, reference_answers, sample_count, summarize
     from arr_coc.heatmap import overlay
     from arr_coc.tasks import load_dataset
     from arr_coc.training.data import processor_grid
@@ -140,16 +147,10 @@ def _evaluate_and_log(run, variant: Variant, params: EvalParams, device: str, dt
     count = sample_count(dataset, params.limit)
     table = wandb.Table(columns=["question", "expected", "answer", "correct", "recall", "kept", "heatmap"])
     records = []
-    clock = Stopwatch()
-    stream = evaluate_variant(
-        pipeline,
-        variant,
-        dataset,
-        limit=count,
-        batch_size=params.batch_size,
-        max_new_tokens=params.max_new_tokens,
-        seed=params.seed,
-    )
+    settings = {"limit": count, "batch_size": params.batch_size, "max_new_tokens": params.max_new_tokens}
+    references = reference_answers(pipeline, dataset, **settings, seed=params.seed) if params.fidelity else None
+    clock = Stopwatch()  # after the reference pass: throughput is the variant's own
+    stream = evaluate_variant(pipeline, variant, dataset, **settings, seed=params.seed, references=references)
     for record in tqdm(stream, total=count, desc=f"eval {variant.name}", leave=False):
         records.append(record)
         result = record.result
@@ -160,6 +161,8 @@ def _evaluate_and_log(run, variant: Variant, params: EvalParams, device: str, dt
             "eval/kept_tokens": result.kept_tokens,
         }
         row.update({f"eval/latency_ms/{stage}": ms for stage, ms in result.timings_ms.items()})
+        if record.agrees is not None:
+            row.update({"eval/agrees": float(record.agrees), "eval/first_token_kl": record.first_token_kl})
         run.log(row, step=record.index)
         if record.index < EXAMPLES:
             heatmap = overlay(record.sample.image, result.relevance, result.kept)

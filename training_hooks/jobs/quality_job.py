@@ -20,13 +20,20 @@ other methods' auto rows take the service's ad-hoc names (``uniform@auto``,
 ``uniform@auto@pre``, ...), and a coverage other than the served one is spelled out
 (``arr-coc@auto(coverage=0.9)``). ``--methods``/``--budgets`` narrow the rows.
 
+Every row also has answer fidelity, which needs no labels: the share of answers equal
+to the same model's all-token answers (the ``full`` row's, answered first), and the mean
+``KL(p_full || p_pruned)`` of the first answer token (:mod:`arr_coc.evaluation`). With
+``fidelity`` and ``images`` or ``questions`` the table is computed on the user's own
+questions instead of the task (:mod:`training_hooks.jobs.question_sets`): fidelity,
+kept tokens and latency, no accuracy or recall.
+
 Each variant becomes a W&B eval run (``job_type=eval``,
 ``group`` = variant, the summary of :func:`arr_coc.evaluation.summarize` plus
 accuracy per question kind), so ``arr-coc compare`` and dashboards read them like
 any ``arr-coc eval`` run. The table is printed, and written to ``out`` as
 ``quality.md`` and ``quality.json`` with ``accuracy_vs_kept_ratio.png`` (one line
 per method and stage, on a log kept-ratio axis so the 3 % and 5 % points stay
-apart; auto points are labelled).
+apart; auto points are labelled; none without answers) and ``fidelity_vs_kept_ratio.png``.
 """
 
 from __future__ import annotations
@@ -42,19 +49,25 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from arr_coc.adaptive import AUTO, DEFAULT_COVERAGE, AutoBudget, auto_budget
 from arr_coc.selection import FEATURE_METHODS, check_method, check_stage, resolve_budget
 from arr_coc.tasks import check_dataset
+from arr_coc.tasks.image_questions import DEFAULT_PROMPT
 from arr_coc.training.config import validate
 from arr_coc.variants import VARIANTS, Variant, ad_hoc, get_variant
 from arr_coc.vocabulary import STAGES
 from training_hooks.comparison.plots import PALETTE, Series, scatter_plot
 from training_hooks.jobs.jobrun import resolve_mode, start_run
+from training_hooks.jobs.question_sets import check_question_source, label_free, question_source_name
 
 METHODS = ("arr-coc", "uniform", "random", "divprune", "cdpruner")
 BUDGETS = (0.03, 0.05, 0.1, 0.25, 0.5, AUTO)
 KINDS = ("colour", "shape", "count")
-COLUMNS = ("accuracy", "recall", "kept_tokens_mean", "kept_ratio", "latency_p50_ms")
+COLUMNS = ("accuracy", "recall", "fidelity", "first_token_kl", "kept_tokens_mean", "kept_ratio", "latency_p50_ms")
 # the accuracy plot's kept-ratio axis: log scale, so the small budgets are readable
 PLOT_XRANGE = (0.02, 1.0)
 PLOT_XTICKS = (0.03, 0.05, 0.1, 0.25, 0.5, 1.0)
+PLOT_TITLES = {
+    "accuracy": "Accuracy vs kept visual tokens (held-out synthetic VQA)",
+    "fidelity": "Answer fidelity vs kept visual tokens (answers equal to all tokens')",
+}
 
 
 class QualityParams(BaseModel):
@@ -64,7 +77,14 @@ class QualityParams(BaseModel):
 
     dataset: str = "vqa"
     split: str = Field("heldout", description="heldout for the table; train (with a seed training did not use) to tune")
-    size: int = Field(300, ge=1, description="held-out samples")
+    size: int = Field(300, ge=1, description="held-out samples, or at most this many of the user's questions")
+    fidelity: bool = Field(False, description="fidelity on the user's questions (images or questions), no answers")
+    images: str = Field("", description="a folder of images to ask questions about")
+    questions: str = Field("", description="a JSONL question file")
+    self_questions: int = Field(0, ge=0, description="questions the VLM writes per image (0: the task's templates)")
+    question_prompt: str = Field(DEFAULT_PROMPT, min_length=1, description="what the VLM is asked; {n} = how many")
+    question_tokens: int = Field(128, ge=1, description="max new tokens of the VLM's questions")
+    max_new_tokens: int = Field(4, ge=1, description="max new tokens of each answer")
     seed: int = Field(0, ge=0)
     batch_size: int = Field(8, ge=1)
     methods: list[str] = Field(list(METHODS), min_length=1)
@@ -126,10 +146,13 @@ def quality_variants(params: QualityParams) -> list[Variant]:
 
 
 def per_kind_accuracy(records) -> dict[str, float]:
-    """``accuracy/<kind>`` and ``kept_ratio/<kind>`` for each question kind present in ``records``."""
+    """``accuracy/<kind>`` and ``kept_ratio/<kind>`` for each question kind present in ``records``
+    (samples with a kind and an answer)."""
     right: dict[str, list[bool]] = defaultdict(list)
     kept: dict[str, list[float]] = defaultdict(list)
     for record in records:
+        if not (record.sample.kind and record.sample.answer):
+            continue
         right[record.sample.kind].append(record.correct)
         kept[record.sample.kind].append(record.result.kept_ratio)
     return {
@@ -138,41 +161,42 @@ def per_kind_accuracy(records) -> dict[str, float]:
     }
 
 
+def _cell(row: dict[str, Any], key: str, spec: str) -> str:
+    return format(row.get(key, float("nan")), spec)
+
+
+LABEL_COLUMNS = (
+    ("accuracy", "accuracy", ".3f"),
+    *((f"acc. {k}", f"accuracy/{k}", ".3f") for k in KINDS),
+    ("target recall", "recall", ".3f"),
+)
+FIDELITY_COLUMNS = (("fidelity", "fidelity", ".3f"), ("first-token KL", "first_token_kl", ".4f"))
+TOKEN_COLUMNS = (
+    ("kept tokens", "kept_tokens_mean", ".1f"),
+    ("kept ratio", "kept_ratio", ".3f"),
+    ("kept ratio p95", "kept_ratio_p95", ".3f"),
+)
+KIND_KEPT_COLUMNS = tuple((f"kept {k}", f"kept_ratio/{k}", ".3f") for k in KINDS)
+LATENCY_COLUMNS = (("latency p50 ms", "latency_p50_ms", ".0f"),)
+
+
 def format_markdown(rows: list[dict[str, Any]]) -> str:
-    """The table as GitHub markdown: one row per variant."""
-    header = [
-        "variant",
-        "method",
-        "stage",
-        "budget",
-        "accuracy",
-        *[f"acc. {k}" for k in KINDS],
-        "target recall",
-        "kept tokens",
-        "kept ratio",
-        "kept ratio p95",
-        *[f"kept {k}" for k in KINDS],
-        "latency p50 ms",
-    ]
+    """The table as GitHub markdown: one row per variant (``nan`` where a row lacks a value).
+
+    Rows with answers get accuracy (overall and per kind) and target recall; rows of
+    questions without answers only fidelity, kept tokens and latency.
+    """
+    labelled = any("accuracy" in row for row in rows)
+    if labelled:
+        columns = LABEL_COLUMNS + FIDELITY_COLUMNS + TOKEN_COLUMNS + KIND_KEPT_COLUMNS + LATENCY_COLUMNS
+    else:
+        columns = FIDELITY_COLUMNS + TOKEN_COLUMNS + LATENCY_COLUMNS
+    header = ["variant", "method", "stage", "budget", *(name for name, _, _ in columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        kinds = [f"{row.get(f'accuracy/{k}', float('nan')):.3f}" for k in KINDS]
-        kept = [f"{row.get(f'kept_ratio/{k}', float('nan')):.3f}" for k in KINDS]
         budget = row["budget"] if isinstance(row["budget"], str) else f"{row['budget']:g}"
-        cells = [
-            row["variant"],
-            row["method"],
-            row.get("stage", "post"),
-            budget,
-            f"{row['accuracy']:.3f}",
-            *kinds,
-            f"{row['recall']:.3f}",
-            f"{row['kept_tokens_mean']:.1f}",
-            f"{row['kept_ratio']:.3f}",
-            f"{row.get('kept_ratio_p95', float('nan')):.3f}",
-            *kept,
-            f"{row['latency_p50_ms']:.0f}",
-        ]
+        cells = [row["variant"], row["method"], row.get("stage", "post"), budget]
+        cells += [_cell(row, key, spec) for _, key, spec in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -183,18 +207,21 @@ def plot_xrange(rows: list[dict[str, Any]]) -> tuple[float, float]:
     return (min([PLOT_XRANGE[0], *(r / 1.25 for r in ratios)]), PLOT_XRANGE[1])
 
 
-def accuracy_plot(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Accuracy vs kept ratio, one line per method and stage; ``full`` drawn as its own point at 1.0.
+def accuracy_plot(rows: list[dict[str, Any]], path: Path, metric: str = "accuracy") -> Path:
+    """``metric`` (accuracy, or fidelity) vs kept ratio, one line per method and stage; ``full`` drawn as its
+    own point at 1.0. Rows without ``metric`` are left out.
 
     The kept-ratio axis is logarithmic, ticked at :data:`PLOT_XTICKS` as percents; ``auto`` points
     are labelled with their budget.
     """
     by_method: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
     for row in rows:
+        if metric not in row:
+            continue
         stage = row.get("stage", "post")
         label = row["method"] if stage == "post" or row["method"] == "none" else f"{row['method']} (pre)"
         note = row["budget"] if isinstance(row.get("budget"), str) else ""
-        by_method[label].append((row["kept_ratio"], row["accuracy"], note))
+        by_method[label].append((row["kept_ratio"], row[metric], note))
     full = by_method.pop("none", [])
     series = []
     for i, (method, points) in enumerate(sorted(by_method.items())):
@@ -211,9 +238,9 @@ def accuracy_plot(rows: list[dict[str, Any]], path: Path) -> Path:
     return scatter_plot(
         series,
         path,
-        title="Accuracy vs kept visual tokens (held-out synthetic VQA)",
+        title=PLOT_TITLES[metric],
         xlabel="kept ratio (log scale)",
-        ylabel="accuracy",
+        ylabel=metric,
         xrange=plot_xrange(rows),
         yrange=(0.0, 1.0),
         xscale="log",
@@ -231,6 +258,7 @@ def run_quality_job(
 
     params = validate(QualityParams, values)
     check_dataset(params.dataset)
+    check_question_source(params)
     variants = quality_variants(params)
     rows = evaluate_all(params, variants, resolve_mode(wandb_mode), **resolved_names(device, dtype))
     out = Path(params.out)
@@ -238,38 +266,58 @@ def run_quality_job(
     table = format_markdown(rows)
     (out / "quality.md").write_text(table + "\n")
     (out / "quality.json").write_text(json.dumps({"params": params.model_dump(), "rows": rows}, indent=2) + "\n")
-    plot = accuracy_plot(rows, out / "accuracy_vs_kept_ratio.png")
+    plots = [accuracy_plot(rows, out / "fidelity_vs_kept_ratio.png", "fidelity")]
+    if not label_free(params):
+        plots.insert(0, accuracy_plot(rows, out / "accuracy_vs_kept_ratio.png"))
     print(table, file=sys.stdout)
-    print(f"wrote {out / 'quality.md'}, {out / 'quality.json'}, {plot}")
+    print(f"wrote {out / 'quality.md'}, {out / 'quality.json'}, " + ", ".join(map(str, plots)))
     return 0
 
 
 def evaluate_all(params: QualityParams, variants: list[Variant], mode: str, device: str, dtype: str) -> list[dict]:
     from tqdm.auto import tqdm
 
-    from arr_coc.evaluation import Stopwatch, evaluate_variant, summarize
+    from arr_coc.evaluation import Stopwatch, add_fidelity, evaluate_variant, summarize
     from arr_coc.tasks import load_dataset
     from arr_coc.training.data import processor_grid
     from arr_coc.vlm.pipeline import VLMPipeline
+    from training_hooks.jobs.question_sets import question_dataset, read_question_source
 
+    questions = read_question_source(params) if label_free(params) else None  # files first, then the model
     pipeline = VLMPipeline.from_pretrained(
         params.model or None, scorer=params.scorer or None, device=device, dtype=dtype
     )
-    dataset = load_dataset(
-        params.dataset, params.split, params.size, seed=params.seed, grid_for=processor_grid(pipeline.vlm.processor)
-    )
+    if questions is not None:
+        dataset = question_dataset(params, questions, pipeline)
+        source = {"dataset": "questions", "questions": params.questions or params.images}
+        source["question_source"] = question_source_name(params)
+    else:
+        dataset = load_dataset(
+            params.dataset, params.split, params.size, seed=params.seed, grid_for=processor_grid(pipeline.vlm.processor)
+        )
+        source = {"dataset": params.dataset, "split": params.split}
+    references = None  # the full row's answers, answered first
     rows = []
     for variant in variants:
         clock = Stopwatch()
         stream = evaluate_variant(
-            pipeline, variant, dataset, batch_size=params.batch_size, max_new_tokens=4, seed=params.seed
+            pipeline,
+            variant,
+            dataset,
+            batch_size=params.batch_size,
+            max_new_tokens=params.max_new_tokens,
+            seed=params.seed,
+            references=references,
+            first_token_logprobs=True,
         )
         records = list(tqdm(stream, total=len(dataset), desc=f"quality {variant.name}", leave=False))
+        if references is None:
+            references = [record.result for record in records]
+            add_fidelity(records, references)
         summary = {**summarize(records, clock.elapsed_s), **per_kind_accuracy(records)}
         config = variant.as_config(
-            dataset=params.dataset,
-            split=params.split,
-            size=params.size,
+            **source,
+            size=len(dataset),
             seed=params.seed,
             model=params.model or "embedded",
             scorer=params.scorer or "embedded",
