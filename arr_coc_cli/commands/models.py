@@ -2,7 +2,8 @@
 
 With no flags it imports the embedded default, the trained VQA testbed and its
 trained scorer shipped in the package, so ``bentoml build`` works on a fresh clone
-without training anything. The store lives in the serving layer (``model_store.store``),
+without training anything. A scorer whose ``trained_for`` record names another VLM
+than ``--vlm`` is refused before anything is stored (:mod:`arr_coc.provenance`). The store lives in the serving layer (``model_store.store``),
 imported when the command runs.
 """
 
@@ -42,6 +43,7 @@ def register(subparsers) -> None:
     )
     importer.add_argument(
         "--scorer",
-        help="relevance-scorer checkpoint directory (default: the embedded one with the embedded testbed, else none)",
+        help="relevance-scorer checkpoint directory, trained for this VLM: one recording another is refused "
+        "(default: the embedded one with the embedded testbed, else none)",
     )
     importer.set_defaults(func=run_import)
