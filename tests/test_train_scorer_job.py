@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from wandb_jobs import arr_coc, launch_env, offline_env
 
+from arr_coc.provenance import ScorerProvenance
 from arr_coc.scorer import RelevanceScorer
 from training_hooks.comparison.runfile import find_run_files, read_run
 
@@ -64,7 +65,7 @@ def test_train_run_logs_config_curves_heatmaps_and_recall(trained) -> None:
     assert f"{run.summary['recall/arr-coc@25']:6.3f}" in printed  # the terminal shows the same recall table
 
 
-def test_checkpoint_is_a_model_artifact_and_beats_the_baselines(trained) -> None:
+def test_checkpoint_is_a_model_artifact_and_beats_the_baselines(trained, testbed_dir) -> None:
     run, out, _ = trained
     (model,) = [a for a in run.artifacts if a.type == "model"]
     assert model.name == "relevance-scorer"
@@ -72,6 +73,7 @@ def test_checkpoint_is_a_model_artifact_and_beats_the_baselines(trained) -> None
     assert "latest" in model.aliases
     scorer = RelevanceScorer.load(out)
     assert scorer.query_dim == 64 and not scorer.training
+    assert scorer.trained_for == ScorerProvenance.of(testbed_dir())  # it knows its model
     s = run.summary
     assert s["recall/arr-coc@25"] >= s["recall/uniform@25"] + MARGIN, s
     assert s["recall/arr-coc@25"] >= s["recall/random@25"] + MARGIN, s
