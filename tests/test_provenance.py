@@ -186,3 +186,17 @@ def test_models_import_refuses_a_scorer_of_another_vlm(tmp_path, seed1, scorer_f
         "trained for the VLM" in result.stderr and str(testbed_dir()) in result.stderr and str(seed1) in result.stderr
     )
     assert not (tmp_path / "bentoml" / "models").exists() or not any((tmp_path / "bentoml" / "models").iterdir())
+
+
+def test_calibrate_records_the_vlm_of_a_checkpoint_without_one_and_refuses_another(tmp_path):
+    from arr_coc_cli.main import main
+
+    width = load_input_embeddings(EMBEDDED_MODEL).shape[1]
+    unrecorded = RelevanceScorer(width, seed=2).save(tmp_path / "old")
+    assert main(["calibrate", "--scorer", str(unrecorded), "--size", "16", "--seed", "5"]) == 0
+    assert RelevanceScorer.load(unrecorded).trained_for == ScorerProvenance.of(EMBEDDED_MODEL)
+    elsewhere = RelevanceScorer(width, seed=2).save(
+        tmp_path / "other", trained_for=ScorerProvenance(vlm="another/vlm", fingerprint="sha256:" + "0" * 64)
+    )
+    assert main(["calibrate", "--scorer", str(elsewhere), "--size", "16", "--seed", "5"]) == 2
+    assert RelevanceScorer.load(elsewhere).calibration.coverage_table == ()  # nothing written
