@@ -36,6 +36,7 @@ SLOW_MODULES = {
     "test_feature_cache",
     "test_gpu_check",
     "test_auto_rules",
+    "test_distill_job",
 }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -50,6 +50,12 @@ class TrainConfig(BaseModel):
     )
     explore_samples: int = Field(
         1000, ge=0, description="training samples the exploration weight is fitted on, after the loop (0: not fitted)"
+    )
+    teacher: Literal["labels", "attention", "attribution"] = Field(
+        "labels", description="what the scorer learns: the task's target masks, or the VLM's attention or attribution"
+    )
+    teacher_top: float = Field(
+        0.1, gt=0, le=1, description="share of a teacher map's highest tokens the BCE term treats as relevant"
     )
     hidden: int = Field(32, ge=1, description="scorer hidden width")
     embed_dim: int = Field(32, ge=1, description="scorer cell/query embedding width")

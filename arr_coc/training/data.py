@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from arr_coc.errors import EmptyDatasetError, InvalidGridError
+from arr_coc.errors import EmptyDatasetError, InvalidConfigError, InvalidGridError
 from arr_coc.synthetic import Dataset, GridFn
 from arr_coc.vlm.grid import merged_grid, resized_image
 from arr_coc.vlm.inputs import prepare_image, resized_size
@@ -38,6 +38,9 @@ class CachedSample:
     features: ``[N, D]`` merger outputs, or ``None`` when not encoded.
     question_tokens: ``[Q, D]`` float32 input embeddings of the question's tokens
         (``query`` is their mean), or ``None`` when not encoded (with ``features``).
+    teacher: ``[H', W']`` float32 in [0, 1], the VLM's own relevance of each token
+        (:mod:`arr_coc.distill.teachers`), or ``None`` when the scorer learns from ``target``.
+        Samples without labels set ``target`` to the teacher's top tokens.
     """
 
     image: torch.Tensor
@@ -49,6 +52,7 @@ class CachedSample:
     answer: str
     kind: str
     question_tokens: torch.Tensor | None = None
+    teacher: torch.Tensor | None = None
 
 
 def processor_grid(processor) -> GridFn:
@@ -134,6 +138,13 @@ def size_groups(batch: Sequence[CachedSample]) -> list[list[CachedSample]]:
     for sample in batch:
         groups[tuple(sample.image.shape)].append(sample)
     return list(groups.values())
+
+
+def stack_teachers(batch: Sequence[CachedSample]) -> torch.Tensor:
+    """``[B, H', W']`` teacher maps of a same-size batch; :class:`InvalidConfigError` if one has none."""
+    if any(s.teacher is None for s in batch):
+        raise InvalidConfigError("a sample has no teacher map; distil from teacher maps", field="teacher")
+    return torch.stack([s.teacher for s in batch])
 
 
 def stack(batch: Sequence[CachedSample]) -> tuple[torch.Tensor, tuple[int, int], torch.Tensor, torch.Tensor]:

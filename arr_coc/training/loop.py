@@ -1,5 +1,8 @@
 """The scorer training loop: AdamW on the relevance loss, with a logger hook.
 
+The loss is against the task's target masks (``teacher = "labels"``) or against
+the VLM's own teacher maps (:func:`arr_coc.training.loss.teacher_loss`).
+
 :func:`train_scorer` knows nothing of W&B: it reports through a
 :class:`TrainLogger` (``training_hooks`` provides the W&B one; tests may pass
 their own). Per step it reports the loss and its parts, the learning rate and the
@@ -15,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 import numpy as np
@@ -26,9 +30,9 @@ from arr_coc.heatmap import overlay
 from arr_coc.scorer import RelevanceScorer
 from arr_coc.selection import allocate
 from arr_coc.training.config import TrainConfig
-from arr_coc.training.data import CachedSample, batches, size_groups, stack
+from arr_coc.training.data import CachedSample, batches, size_groups, stack, stack_teachers
 from arr_coc.training.exploration import ExplorationFit, fit_exploration
-from arr_coc.training.loss import relevance_loss
+from arr_coc.training.loss import relevance_loss, teacher_loss
 from arr_coc.training.recall import RecallTable, recall_table
 
 HEATMAP_SAMPLES = 4
@@ -125,11 +129,15 @@ def batch_loss(scorer: RelevanceScorer, batch: Sequence[CachedSample], config: T
     for group in size_groups(batch):
         images, grid, queries, targets = stack(group)
         scored = scorer.score(images, grid, queries)
-        loss, group_parts = relevance_loss(scored.relevance, targets, **weights)
+        if config.teacher == "labels":
+            criterion = partial(relevance_loss, target=targets, **weights)
+        else:
+            criterion = partial(teacher_loss, teacher=stack_teachers(group), top_share=config.teacher_top, **weights)
+        loss, group_parts = criterion(scored.relevance)
         if config.participatory_weight > 0:
             # The balancer can lean on the query-blind salience maps and starve the one map
             # that reads the question of gradient; this term trains that map on its own.
-            alone, alone_parts = relevance_loss(scored.participatory, targets, **weights)
+            alone, alone_parts = criterion(scored.participatory)
             loss = loss + config.participatory_weight * alone
             group_parts["participatory"] = alone_parts["bce"] + alone_parts["rank"]
         share = len(group) / len(batch)

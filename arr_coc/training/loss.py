@@ -10,9 +10,16 @@ Two terms, each averaged per image then over the batch:
   other token", which is what a top-K selection needs.
 
 Images whose target mask is empty or full add nothing to the ranking term.
+
+A scorer distilled from the VLM (:mod:`arr_coc.distill`) learns a soft teacher
+map instead of a mask: :func:`teacher_loss` ranks by the teacher's whole order
+(pairs weighted by the teacher's gap) and applies the balanced BCE to the
+teacher's top tokens.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -50,5 +57,44 @@ def relevance_loss(
     """Scalar loss and its parts ``{"bce", "rank"}`` (batch means, as floats)."""
     bce = balanced_bce(relevance, target).mean()
     rank = pairwise_ranking(relevance, target, temperature).mean()
+    loss = bce_weight * bce + rank_weight * rank
+    return loss, {"bce": float(bce.detach()), "rank": float(rank.detach())}
+
+
+def teacher_top(teacher: torch.Tensor, share: float) -> torch.Tensor:
+    """``[B, H', W']`` bool: each image's ``ceil(share * N)`` highest-rated tokens of a soft ``teacher``."""
+    flat = teacher.flatten(1)
+    k = max(1, math.ceil(share * flat.shape[1]))
+    top = torch.zeros_like(flat, dtype=torch.bool)
+    top.scatter_(1, flat.topk(k, dim=1).indices, True)
+    return top.view_as(teacher)
+
+
+def soft_ranking(relevance: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per image ``[B]``: ``softplus((r_j - r_i) / temperature)`` over pairs the teacher orders ``t_i > t_j``,
+    each weighted by the teacher's gap ``t_i - t_j`` (so near-ties matter little), normalized by the weights."""
+    r = relevance.flatten(1)
+    t = teacher.flatten(1).to(r.dtype)
+    gaps = (r[:, None, :] - r[:, :, None]) / temperature  # [B, i, j] = r_j - r_i
+    weights = (t[:, :, None] - t[:, None, :]).clamp_min(0)  # [B, i, j] = t_i - t_j where positive
+    return (F.softplus(gaps) * weights).sum((1, 2)) / weights.sum((1, 2)).clamp_min(_EPS)
+
+
+def teacher_loss(
+    relevance: torch.Tensor,
+    teacher: torch.Tensor,
+    *,
+    top_share: float = 0.1,
+    bce_weight: float = 1.0,
+    rank_weight: float = 1.0,
+    temperature: float = 0.1,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Scalar loss against a soft teacher ``[B, H', W']`` in [0, 1] and its parts ``{"bce", "rank"}``.
+
+    ``rank``: :func:`soft_ranking` over the teacher's whole order; ``bce``: class-balanced BCE on the
+    teacher's top ``top_share`` of the tokens (what a small budget has to find).
+    """
+    bce = balanced_bce(relevance, teacher_top(teacher, top_share)).mean()
+    rank = soft_ranking(relevance, teacher, temperature).mean()
     loss = bce_weight * bce + rank_weight * rank
     return loss, {"bce": float(bce.detach()), "rank": float(rank.detach())}

@@ -1,0 +1,245 @@
+"""``arr-coc distill-scorer`` as a W&B job (``job_type="distill"``): a scorer taught by the VLM itself.
+
+Parameters: defaults < ``--config`` file < flags < Launch overrides, validated as
+:class:`arr_coc.distill.config.DistillConfig` and logged as the run config. Two
+phases, so N Launch jobs can share the teacher's work:
+
+1. teacher maps: for every pair of the run's shard (``shard K/N``; all pairs
+   when none is given) the VLM answers with all its tokens and the teacher rates
+   each token; the shard goes to ``maps`` (default ``<out>/teacher-maps``) and into
+   a ``teacher-maps`` artifact. A run with ``shard`` stops here.
+2. training: every shard of ``maps`` (they must cover the pairs once), the scorer
+   trained on them (:func:`arr_coc.training.loop.train_scorer`), saved with the VLM
+   it was trained for, logged as the ``relevance-scorer`` model artifact, with the
+   teacher maps as images and a fidelity table on held-out pairs (answers equal to
+   the model's own all-token answers).
+
+Where the pairs have labels (the synthetic task) they only evaluate: held-out
+recall of the target tokens and the teacher's own top-K recall of them.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from arr_coc.distill.config import DistillConfig, distill_config
+from arr_coc.training.config import load_config_file
+from arr_coc.training.recall import flat_recall, format_table
+from training_hooks.jobs.jobrun import (
+    declare_launch_inputs,
+    finishing,
+    launch_overrides,
+    resolve_mode,
+    run_config,
+    start_run,
+)
+from training_hooks.jobs.train_job import ARTIFACT_NAME, WandbTrainLogger
+
+MAPS_ARTIFACT = "teacher-maps"
+SHOWN_MAPS = 8
+FIDELITY_BUDGETS = (0.05, 0.1, 0.25)
+TEACHER_RECALL_BUDGETS = (0.05, 0.1, 0.25)
+
+
+def resolve_config(config_file: str | None, cli_values: dict[str, Any]) -> DistillConfig:
+    """Defaults < file < flags < Launch overrides, validated before any W&B or model work."""
+    file_values = load_config_file(config_file) if config_file else {}
+    distill_config(file_values, cli_values)  # a bad file or flag is reported as such, before overrides
+    return distill_config(file_values, cli_values, launch_overrides())
+
+
+def run_distill_job(
+    config_file: str | None,
+    cli_values: dict[str, Any],
+    *,
+    wandb_mode: str = "auto",
+    device: str = "auto",
+    progress: bool = True,
+) -> int:
+    """Resolve, compute teacher maps, train (float32, on ``device``), save, log; returns the exit code (0)."""
+    from arr_coc.vlm.loading import resolved_names
+
+    config = resolve_config(config_file, cli_values)
+    run = start_run(
+        job_type="distill",
+        config={**config.model_dump(), **resolved_names(device, "float32")},
+        mode=resolve_mode(wandb_mode),
+        group="scorer-distillation",
+    )
+    with finishing(run):
+        declare_launch_inputs(run, list(DistillConfig.model_fields))
+        config = distill_config(config.model_dump(), run_config(run, DistillConfig.model_fields))
+        result = _distill(run, config, device, progress)
+    print(result)
+    return 0
+
+
+def _distill(run, config: DistillConfig, device: str, progress: bool) -> str:
+    from arr_coc.distill.data import distill_pairs
+    from arr_coc.distill.maps import load_teacher_maps, parse_shard
+    from arr_coc.vlm.pipeline import VLMPipeline
+
+    pipeline = VLMPipeline.from_pretrained(config.model or None, device=device, dtype="float32")
+    pairs, skipped = distill_pairs(config, pipeline)
+    run.summary.update({"pairs": len(pairs), **{f"skipped/{reason}": n for reason, n in skipped.items()}})
+    maps = Path(config.maps or Path(config.out) / "teacher-maps")
+    if config.teacher == "labels":
+        return str(_train(run, config, pipeline, pairs, [None] * len(pairs), progress))
+    shards = [parse_shard(config.shard)] if config.shard else [(0, 1)]
+    if config.shard or not any(maps.glob(f"teacher-{config.teacher}-*-of-*.safetensors")):
+        teacher = _teacher(run, config, pipeline, pairs)
+        for shard in shards:
+            _teacher_shard(run, config, teacher, pipeline, pairs, shard, maps, progress)
+    if config.shard:
+        return f"teacher maps: {maps} (shard {config.shard})"
+    records = load_teacher_maps(maps, config.teacher, len(pairs))
+    return f"checkpoint: {_train(run, config, pipeline, pairs, records, progress)}"
+
+
+def _teacher(run, config: DistillConfig, pipeline, pairs):
+    """The run's :class:`TeacherConfig`, its attention layers chosen by fidelity when ``auto`` (logged)."""
+    import wandb
+
+    from arr_coc.distill.layers import choose_layers
+
+    if config.teacher != "attention" or config.teacher_layers != "auto":
+        return config.teacher_config()
+    choice = choose_layers(pipeline, pairs[: config.layer_probe], config.teacher_config())
+    rows = [[f"{lo:g}-{hi:g}", fidelity] for (lo, hi), fidelity in choice.fidelity.items()]
+    run.log({"teacher_layers_table": wandb.Table(columns=["layers", "fidelity"], data=rows)})
+    run.summary["teacher_layers"] = list(choice.layers)
+    print(f"teacher layers {choice.layers} (fidelity by layers: {choice.fidelity})")
+    return config.teacher_config(choice.layers)
+
+
+def _teacher_shard(run, config: DistillConfig, teacher, pipeline, pairs, shard, maps: Path, progress: bool) -> None:
+    import wandb
+
+    from arr_coc.distill.maps import compute_shard, save_shard, shard_path
+
+    records = compute_shard(pipeline.vlm, pairs, shard, teacher, progress)
+    path = save_shard(records, shard_path(maps, config.teacher, shard), teacher, len(pairs))
+    artifact = wandb.Artifact(
+        f"{MAPS_ARTIFACT}-{config.teacher}-{shard[0]}-of-{shard[1]}",
+        type=MAPS_ARTIFACT,
+        metadata={"teacher": teacher.model_dump(), "shard": list(shard), "pairs": len(pairs), "model": config.model},
+    )
+    artifact.add_file(str(path))
+    run.log_artifact(artifact)
+    run.log({"teacher_maps": [_teacher_image(pairs[r.index], r) for r in records[:SHOWN_MAPS]]})
+
+
+def _teacher_image(pair, record):
+    import wandb
+
+    from arr_coc.heatmap import overlay
+
+    return wandb.Image(overlay(pair.image, record.teacher), caption=f"{pair.question} (teacher)")
+
+
+def _train(run, config: DistillConfig, pipeline, pairs, records, progress: bool) -> Path:
+    import wandb
+
+    from arr_coc.distill.data import encode_pairs
+    from arr_coc.provenance import ScorerProvenance
+    from arr_coc.selection import FEATURE_METHODS
+    from arr_coc.tasks import load_dataset
+    from arr_coc.training.data import encode_dataset, processor_grid
+    from arr_coc.training.loop import train_scorer
+
+    if config.user_data:
+        cut = max(1, round(len(pairs) * (1 - config.heldout_share)))
+        if cut >= len(pairs):
+            cut = len(pairs) - 1
+        train = encode_pairs(pipeline, pairs[:cut], records[:cut], config.teacher_top, progress)
+        heldout = encode_pairs(pipeline, pairs[cut:], records[cut:], config.teacher_top, progress)
+        config = config.model_copy(update={"methods": [m for m in config.methods if m not in FEATURE_METHODS]})
+        heldout_set = None
+    else:
+        train = encode_pairs(pipeline, pairs, records, config.teacher_top, progress)
+        grid_for = processor_grid(pipeline.vlm.processor)
+        heldout_set = load_dataset(config.dataset, "heldout", config.heldout_size, seed=config.seed, grid_for=grid_for)
+        heldout = encode_dataset(pipeline, heldout_set, with_features=True, desc="encode held-out", progress=progress)
+        if config.teacher != "labels":
+            run.summary.update(_teacher_recall(pairs, records))
+    result = train_scorer(config, train, heldout, pipeline.vlm.hidden_size, WandbTrainLogger(run), progress)
+    trained_for = ScorerProvenance.of(pipeline.vlm, vlm=config.model or None)
+    out = result.scorer.save(config.out, trained_for=trained_for)
+    summary = {"final_loss": result.losses[-1], **flat_recall(result.recall)}
+    fidelity = _fidelity_rows(pipeline, result.scorer, heldout_set, pairs, config)
+    for row in fidelity:
+        summary[f"fidelity/{row['variant']}"] = row["fidelity"]
+        summary[f"first_token_kl/{row['variant']}"] = row["first_token_kl"]
+    run.summary.update(summary)
+    columns = list(fidelity[0])
+    run.log({"fidelity_table": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in fidelity])})
+    artifact = wandb.Artifact(
+        ARTIFACT_NAME,
+        type="model",
+        metadata={"config": config.model_dump(), "trained_for": trained_for.model_dump(), **summary},
+        description=f"ARR-COC relevance scorer distilled from the VLM's {config.teacher}",
+    )
+    artifact.add_dir(str(out))
+    run.log_artifact(artifact, aliases=["latest", f"{config.teacher}-steps-{config.steps}"])
+    print(format_table(result.recall), file=sys.stdout)
+    for row in fidelity:
+        print(row, file=sys.stdout)
+    return out
+
+
+def _teacher_recall(pairs, records) -> dict[str, float]:
+    """The teacher's own top-K recall of the labelled target tokens, per budget (pairs with a target)."""
+    from arr_coc.metrics import recall_at_budget
+
+    totals = dict.fromkeys(TEACHER_RECALL_BUDGETS, 0.0)
+    counted = 0
+    for pair, record in zip(pairs, records):
+        if pair.target is None or not pair.target.any():
+            continue
+        counted += 1
+        flat = record.teacher.flatten()
+        for budget in TEACHER_RECALL_BUDGETS:
+            k = max(1, round(budget * flat.numel()))
+            totals[budget] += recall_at_budget(flat.topk(k).indices, pair.target)
+    return {f"teacher_recall@{round(b * 100)}": v / max(1, counted) for b, v in totals.items()}
+
+
+def _fidelity_rows(pipeline, scorer, heldout_set, pairs, config: DistillConfig) -> list[dict[str, Any]]:
+    """Answer fidelity and first-token KL of ``arr-coc`` at :data:`FIDELITY_BUDGETS`, both stages, with the
+    new scorer, on the held-out samples (the user's held-out pairs, or the task's held-out split)."""
+    from arr_coc.distill.maps import Pair
+    from arr_coc.evaluation import evaluate_variant, reference_answers, summarize
+    from arr_coc.tasks.image_questions import ImageQuestion, ImageQuestionSet
+    from arr_coc.variants import ad_hoc
+    from arr_coc.vlm.pipeline import VLMPipeline
+
+    if heldout_set is None:
+        cut = max(1, min(len(pairs) - 1, round(len(pairs) * (1 - config.heldout_share))))
+        held: list[Pair] = pairs[cut:]
+        heldout_set = ImageQuestionSet([ImageQuestion(p.image, p.question, p.source) for p in held], {}).as_dataset()
+    distilled = VLMPipeline(pipeline.vlm, scorer, decode="eager")
+    references = reference_answers(distilled, heldout_set, batch_size=8, max_new_tokens=config.answer_tokens)
+    rows = []
+    for stage in ("post", "pre"):
+        for budget in FIDELITY_BUDGETS:
+            variant = ad_hoc("arr-coc", budget, stage)
+            records = list(
+                evaluate_variant(
+                    distilled,
+                    variant,
+                    heldout_set,
+                    batch_size=8,
+                    max_new_tokens=config.answer_tokens,
+                    seed=config.seed,
+                    references=references,
+                )
+            )
+            summary = summarize(records, 1.0)
+            row = {"variant": variant.name, "stage": stage, "budget": budget}
+            row.update({k: float(summary[k]) for k in ("fidelity", "first_token_kl", "recall")})
+            if "accuracy" in summary:
+                row["accuracy"] = float(summary["accuracy"])
+            rows.append(row)
+    return rows
