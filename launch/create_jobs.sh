@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Create the two W&B Launch jobs of ARR-COC from the bundle's container image.
+# Create the W&B Launch jobs of ARR-COC from the bundle's container image.
 #
 #   ENTITY=my-team PROJECT=arr-coc IMAGE=us-docker.pkg.dev/my-gcp/arr-coc/arr-coc:0.1.0 launch/create_jobs.sh
 #
-# Both jobs read their parameters through wandb.config, so every key of the
+# The jobs read their parameters through wandb.config, so every key of the
 # files in launch/overrides/ can be overridden from the Launch drawer or with
 # `wandb launch --config FILE`.
 set -euo pipefail
@@ -20,3 +20,8 @@ wandb job create image "$IMAGE" \
   --entity "$ENTITY" --project "$PROJECT" --name arr-coc-eval \
   --description "Evaluate one ARR-COC variant (job_type=eval, group=variant)" \
   --entry-point "arr-coc eval --variant arr-coc-25"
+
+wandb job create image "$IMAGE" \
+  --entity "$ENTITY" --project "$PROJECT" --name arr-coc-distill-scorer \
+  --description "Distil a relevance scorer from the served VLM itself, no labels (job_type=distill; shard K/N shares the teacher maps)" \
+  --entry-point "arr-coc distill-scorer --no-progress"

@@ -183,3 +183,12 @@ def test_layers_are_chosen_by_answer_fidelity_without_labels(embedded) -> None:
     assert choice.layers == (0.0, 0.25) and choice.fidelity[(0.0, 0.25)] > choice.fidelity[(0.75, 1.0)]
     with pytest.raises(InvalidConfigError, match="at least one pair"):
         choose_layers(embedded, [], TeacherConfig())
+
+
+def test_the_launch_overrides_file_is_a_valid_distill_config() -> None:
+    import json
+    from pathlib import Path
+
+    overrides = json.loads((Path(__file__).parents[1] / "launch/overrides/distill-scorer.json").read_text())
+    config = distill_config(overrides)
+    assert (config.teacher, config.teacher_layers, parse_shard(config.shard)) == ("attention", "auto", (0, 8))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from wandb_jobs import arr_coc, offline_env
 
+from arr_coc.adaptive import IDENTITY
 from arr_coc.provenance import ScorerProvenance
 from arr_coc.scorer import RelevanceScorer
 from arr_coc.tasks.shapes_vqa import ShapesVQA
@@ -46,6 +47,7 @@ def test_distill_run_logs_teacher_maps_fidelity_and_the_scorer(distilled) -> Non
     assert ("relevance-scorer", "model") in kinds
     scorer = RelevanceScorer.load(out)
     assert scorer.trained_for == ScorerProvenance.of(EMBEDDED_MODEL, vlm=scorer.trained_for.vlm)
+    assert scorer.calibration != IDENTITY and scorer.calibration.coverage_table  # auto, fitted to the teacher
     assert (out / "teacher-maps" / "teacher-attention-0-of-1.safetensors").is_file()
 
 

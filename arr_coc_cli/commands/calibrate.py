@@ -56,13 +56,9 @@ def coverage_table(
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from arr_coc.adaptive import fit_calibration, fit_coverage_table
     from arr_coc.relevance_model import RelevanceModel
-    from arr_coc.selection import SelectionInput
-    from arr_coc.selection.relevance_coverage import select_relevance_coverage
     from arr_coc.tasks.shapes_vqa import ShapesVQA
+    from arr_coc.training.calibration import fit_scorer_calibration
     from arr_coc.training.data import processor_grid
     from arr_coc.vlm.testbed import EMBEDDED_MODEL, EMBEDDED_SCORER
 
@@ -78,15 +74,7 @@ def run(args: argparse.Namespace) -> int:
             cells.append(scored.cells)
             explore.append(scored.explore)
     before = model.scorer.calibration
-    platt = fit_calibration(torch.cat(maps), torch.cat(targets))
-    orders = [  # the order in which arr-coc keeps each image's tokens, so coverage means what it serves
-        select_relevance_coverage(
-            SelectionInput(relevance=m, grid=tuple(c.shape[1:]), cells=c.flatten(1).T, explore=e), m.numel(), 0
-        )
-        for m, c, e in zip(maps, cells, explore)
-    ]
-    table = fit_coverage_table(maps, targets, platt, orders)
-    calibration = platt.model_copy(update={"coverage_table": table})
+    calibration = fit_scorer_calibration(maps, targets, cells, explore)
     model.scorer.calibrate(calibration)
     out = Path(args.out) if args.out else scorer_dir
     model.scorer.save(out, trained_for=model.scorer.trained_for or model.provenance)

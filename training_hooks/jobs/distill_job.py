@@ -10,7 +10,8 @@ phases, so N Launch jobs can share the teacher's work:
    a ``teacher-maps`` artifact. A run with ``shard`` stops here.
 2. training: every shard of ``maps`` (they must cover the pairs once), the scorer
    trained on them (:func:`arr_coc.training.loop.train_scorer`), saved with the VLM
-   it was trained for, logged as the ``relevance-scorer`` model artifact, with the
+   it was trained for and calibrated for ``auto`` budgets against the teacher's top
+   tokens (no labels), logged as the ``relevance-scorer`` model artifact, with the
    teacher maps as images and a fidelity table on held-out pairs (answers equal to
    the model's own all-token answers).
 
@@ -23,6 +24,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from arr_coc.distill.config import DistillConfig, distill_config
 from arr_coc.training.config import load_config_file
@@ -38,6 +41,7 @@ from training_hooks.jobs.jobrun import (
 from training_hooks.jobs.train_job import ARTIFACT_NAME, WandbTrainLogger
 
 MAPS_ARTIFACT = "teacher-maps"
+CALIBRATION_SAMPLES = 400
 SHOWN_MAPS = 8
 FIDELITY_BUDGETS = (0.05, 0.1, 0.25)
 TEACHER_RECALL_BUDGETS = (0.05, 0.1, 0.25)
@@ -165,6 +169,7 @@ def _train(run, config: DistillConfig, pipeline, pairs, records, progress: bool)
         if config.teacher != "labels":
             run.summary.update(_teacher_recall(pairs, records))
     result = train_scorer(config, train, heldout, pipeline.vlm.hidden_size, WandbTrainLogger(run), progress)
+    result.scorer.calibrate(_calibration(result.scorer, train[:CALIBRATION_SAMPLES], config.teacher_top))
     trained_for = ScorerProvenance.of(pipeline.vlm, vlm=config.model or None)
     out = result.scorer.save(config.out, trained_for=trained_for)
     summary = {"final_loss": result.losses[-1], **flat_recall(result.recall)}
@@ -187,6 +192,23 @@ def _train(run, config: DistillConfig, pipeline, pairs, records, progress: bool)
     for row in fidelity:
         print(row, file=sys.stdout)
     return out
+
+
+@torch.no_grad()
+def _calibration(scorer, samples, top_share: float):
+    """``auto``'s calibration against the teacher's top tokens (the task's masks for the ``labels`` teacher)."""
+    from arr_coc.training.calibration import fit_scorer_calibration
+    from arr_coc.training.loss import teacher_top
+
+    maps, targets, cells, explore = [], [], [], []
+    for sample in samples:
+        scored = scorer.score(sample.image[None], sample.grid, sample.query[None])
+        maps.append(scored.relevance[0].flatten().float().cpu())
+        cells.append(scored.cells[0].float().cpu())
+        explore.append(float(scored.explore[0]))
+        target = sample.target if sample.teacher is None else teacher_top(sample.teacher[None], top_share)[0]
+        targets.append(target.flatten().float())
+    return fit_scorer_calibration(maps, targets, cells, explore)
 
 
 def _teacher_recall(pairs, records) -> dict[str, float]:
