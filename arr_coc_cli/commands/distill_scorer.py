@@ -31,7 +31,12 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
     }
     return run_distill_job(
-        args.config, cli_values, wandb_mode=args.wandb, device=args.device, progress=not args.no_progress
+        args.config,
+        cli_values,
+        wandb_mode=args.wandb,
+        device=args.device,
+        dtype=args.dtype,
+        progress=not args.no_progress,
     )
 
 
@@ -72,7 +77,7 @@ def register(subparsers) -> None:
     parser.add_argument("--train-size", type=int, help="synthetic task: training pairs")
     parser.add_argument("--heldout-size", type=int, help="synthetic task: held-out samples")
     parser.add_argument("--seed", type=int)
-    add_device(parser, dtype=False)  # the scorer trains in float32
+    add_device(parser)  # the VLM's dtype; the scorer trains in float32
     add_wandb_mode(parser)
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     parser.set_defaults(func=run)

@@ -60,32 +60,34 @@ def run_distill_job(
     *,
     wandb_mode: str = "auto",
     device: str = "auto",
+    dtype: str = "auto",
     progress: bool = True,
 ) -> int:
-    """Resolve, compute teacher maps, train (float32, on ``device``), save, log; returns the exit code (0)."""
+    """Resolve, compute teacher maps with the VLM in ``dtype`` on ``device``, train the scorer (float32), save,
+    log; returns the exit code (0)."""
     from arr_coc.vlm.loading import resolved_names
 
     config = resolve_config(config_file, cli_values)
     run = start_run(
         job_type="distill",
-        config={**config.model_dump(), **resolved_names(device, "float32")},
+        config={**config.model_dump(), **resolved_names(device, dtype)},
         mode=resolve_mode(wandb_mode),
         group="scorer-distillation",
     )
     with finishing(run):
         declare_launch_inputs(run, list(DistillConfig.model_fields))
         config = distill_config(config.model_dump(), run_config(run, DistillConfig.model_fields))
-        result = _distill(run, config, device, progress)
+        result = _distill(run, config, device, dtype, progress)
     print(result)
     return 0
 
 
-def _distill(run, config: DistillConfig, device: str, progress: bool) -> str:
+def _distill(run, config: DistillConfig, device: str, dtype: str, progress: bool) -> str:
     from arr_coc.distill.data import distill_pairs
     from arr_coc.distill.maps import load_teacher_maps, parse_shard
     from arr_coc.vlm.pipeline import VLMPipeline
 
-    pipeline = VLMPipeline.from_pretrained(config.model or None, device=device, dtype="float32")
+    pipeline = VLMPipeline.from_pretrained(config.model or None, device=device, dtype=dtype)
     pairs, skipped = distill_pairs(config, pipeline)
     run.summary.update({"pairs": len(pairs), **{f"skipped/{reason}": n for reason, n in skipped.items()}})
     maps = Path(config.maps or Path(config.out) / "teacher-maps")
