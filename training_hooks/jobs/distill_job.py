@@ -152,6 +152,7 @@ def _train(run, config: DistillConfig, pipeline, pairs, records, progress: bool)
     from arr_coc.provenance import ScorerProvenance
     from arr_coc.selection import FEATURE_METHODS
     from arr_coc.tasks import load_dataset
+    from arr_coc.tasks.image_questions import ImageQuestion, ImageQuestionSet
     from arr_coc.training.data import encode_dataset, processor_grid
     from arr_coc.training.loop import train_scorer
 
@@ -162,7 +163,8 @@ def _train(run, config: DistillConfig, pipeline, pairs, records, progress: bool)
         train = encode_pairs(pipeline, pairs[:cut], records[:cut], config.teacher_top, progress)
         heldout = encode_pairs(pipeline, pairs[cut:], records[cut:], config.teacher_top, progress)
         config = config.model_copy(update={"methods": [m for m in config.methods if m not in FEATURE_METHODS]})
-        heldout_set = None
+        held = [ImageQuestion(p.image, p.question, p.source) for p in pairs[cut:]]
+        heldout_set = ImageQuestionSet(held, {}).as_dataset()
     else:
         train = encode_pairs(pipeline, pairs, records, config.teacher_top, progress)
         grid_for = processor_grid(pipeline.vlm.processor)
@@ -175,7 +177,7 @@ def _train(run, config: DistillConfig, pipeline, pairs, records, progress: bool)
     trained_for = ScorerProvenance.of(pipeline.vlm, vlm=config.model or None)
     out = result.scorer.save(config.out, trained_for=trained_for)
     summary = {"final_loss": result.losses[-1], **flat_recall(result.recall)}
-    fidelity = _fidelity_rows(pipeline, result.scorer, heldout_set, pairs, config)
+    fidelity = _fidelity_rows(pipeline, result.scorer, heldout_set, config)
     for row in fidelity:
         summary[f"fidelity/{row['variant']}"] = row["fidelity"]
         summary[f"first_token_kl/{row['variant']}"] = row["first_token_kl"]
@@ -230,19 +232,13 @@ def _teacher_recall(pairs, records) -> dict[str, float]:
     return {f"teacher_recall@{round(b * 100)}": v / max(1, counted) for b, v in totals.items()}
 
 
-def _fidelity_rows(pipeline, scorer, heldout_set, pairs, config: DistillConfig) -> list[dict[str, Any]]:
+def _fidelity_rows(pipeline, scorer, heldout_set, config: DistillConfig) -> list[dict[str, Any]]:
     """Answer fidelity and first-token KL of ``arr-coc`` at :data:`FIDELITY_BUDGETS`, both stages, with the
     new scorer, on the held-out samples (the user's held-out pairs, or the task's held-out split)."""
-    from arr_coc.distill.maps import Pair
     from arr_coc.evaluation import evaluate_variant, reference_answers, summarize
-    from arr_coc.tasks.image_questions import ImageQuestion, ImageQuestionSet
     from arr_coc.variants import ad_hoc
     from arr_coc.vlm.pipeline import VLMPipeline
 
-    if heldout_set is None:
-        cut = max(1, min(len(pairs) - 1, round(len(pairs) * (1 - config.heldout_share))))
-        held: list[Pair] = pairs[cut:]
-        heldout_set = ImageQuestionSet([ImageQuestion(p.image, p.question, p.source) for p in held], {}).as_dataset()
     distilled = VLMPipeline(pipeline.vlm, scorer, decode="eager")
     references = reference_answers(distilled, heldout_set, batch_size=8, max_new_tokens=config.answer_tokens)
     rows = []
