@@ -115,6 +115,18 @@ class Settings(BaseSettings):
     relevance_max_latency_ms: int = Field(20_000, ge=1)
     vlm_max_batch_size: int = Field(8, ge=1)
     vlm_max_latency_ms: int = Field(120_000, ge=1)
+    scheduler: Literal["step", "batch"] = Field(
+        "step",
+        description="VLM runner: 'step' (requests join and leave one running decode batch between steps, "
+        "streams included) or 'batch' (each adaptive batch runs to its end; streams decode alone)",
+    )
+    vlm_rows: int = Field(16, ge=1, description="step scheduler: most requests decoding at once")
+    vlm_cache_tokens: int = Field(
+        2048, ge=2, description="step scheduler: KV slots per row (prompt + answer); longer requests decode alone"
+    )
+    vlm_prefill_tokens: int = Field(
+        8192, ge=1, description="step scheduler: most prompt tokens prefilled between two decode steps"
+    )
     relevance_workers: int = Field(1, ge=1)
     vlm_workers: int = Field(1, ge=1)
     runner_timeout_s: int = Field(300, ge=1, description="request timeout of each runner, in seconds")

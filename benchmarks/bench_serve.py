@@ -1,12 +1,19 @@
-"""Requests/s and p50/p95 latency of the served pipeline, batching on vs off, vs in-process.
+"""Requests/s and p50/p95 latency of the served pipeline: batching on vs off, vs in-process; or a mixed load.
 
     python benchmarks/bench_serve.py [--requests 48] [--concurrency 1 4 16]
+    python benchmarks/bench_serve.py --workload mixed [--requests 64]
 
-Starts `bentoml serve` twice on the embedded testbed model: once with adaptive
-batching off (max_batch_size 1 in both runners), once on (16 / 8). For each, sends
-``--requests`` requests at each concurrency over loopback. Then runs the same
-requests in-process through the library, one by one and as one batch. All in one
-run, so the ratios compare like with like on this noisy machine.
+``uniform`` (default): starts `bentoml serve` on the embedded testbed model with
+adaptive batching off (max_batch_size 1 in both runners), then on (16 / 8), then
+with the step scheduler, and sends ``--requests`` requests at each concurrency over loopback; then runs the same
+requests in-process through the library, one by one and as one batch.
+
+``mixed``: the random-weight Qwen2.5-VL testbed (its answers run to
+``max_new_tokens``) served with each VLM scheduler, ``ARR_COC_SCHEDULER=batch`` then
+``step``; against each: ``--requests`` requests at concurrency 16 with
+``max_new_tokens`` drawn from 2..64, half of them streamed; a 2-token request sent
+just after 8 answers of 64 tokens, next to its latency alone; 16 concurrent streams
+next to one. All in one run, so the ratios compare like with like on this noisy machine.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -109,11 +117,105 @@ def in_process(requests: list[dict]) -> dict[str, tuple[float, float, float]]:
     }
 
 
+def stream(client: httpx.Client, body: dict) -> bool:
+    """One ``/answer_stream`` read to its ``done`` event; whether it got there."""
+    with client.stream("POST", "/answer_stream", json=body) as response:
+        if response.status_code != 200:
+            FAILURES.add(f"stream {response.status_code}")
+            return False
+        done = any(line.startswith("event: done") for line in response.iter_lines())
+    if not done:
+        FAILURES.add("a stream ended without its done event")
+    return done
+
+
+def timed(client: httpx.Client, body: dict, streamed: bool) -> float | None:
+    """Milliseconds to the whole answer (a stream: to its ``done`` event); ``None`` when it failed."""
+    start = time.perf_counter()
+    if streamed:
+        ok = stream(client, body)
+    else:
+        response = client.post("/answer", json=body)
+        ok = response.status_code == 200
+        if not ok:
+            FAILURES.add(f"{response.status_code} {response.text[:160]}")
+    return (time.perf_counter() - start) * 1000.0 if ok else None
+
+
+def mixed_load(url: str, count: int) -> dict[str, float]:
+    """Figures of one server under the mixed workload (see the module docstring)."""
+    draw = random.Random(0)
+    bodies = [
+        {"image": b64_png(IMAGES[i % 4]), "question": f"What is in part {i}?", "max_new_tokens": draw.randint(2, 64)}
+        for i in range(count)
+    ]
+    streamed = [i % 2 == 1 for i in range(count)]
+    figures: dict[str, float] = {}
+    with httpx.Client(base_url=url, timeout=600) as client:
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:  # warm-up: one wave of each kind
+            list(pool.map(lambda i: timed(client, bodies[i], streamed[i]), range(16)))
+        start = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            latencies = list(pool.map(lambda i: timed(client, bodies[i], streamed[i]), range(count)))
+        done = [ms for ms in latencies if ms is not None]
+        figures["mixed req/s"] = len(done) / (time.perf_counter() - start)
+        figures["mixed p50 ms"] = statistics.median(done) if done else float("nan")
+        figures["mixed p95 ms"] = percentile(done, 0.95) if done else float("nan")
+        figures["mixed failed"] = count - len(done)
+
+        short = {"image": b64_png(IMAGES[1]), "question": "Which?", "max_new_tokens": 2}
+        long = {"image": b64_png(IMAGES[0]), "question": "Describe it.", "max_new_tokens": 64}
+        figures["short alone ms"] = statistics.median(timed(client, short, False) or float("nan") for _ in range(5))
+        with concurrent.futures.ThreadPoolExecutor(9) as pool:
+            behind = [pool.submit(timed, client, long, False) for _ in range(8)]
+            time.sleep(0.05)
+            figures["short behind 8 long ms"] = pool.submit(timed, client, short, False).result() or float("nan")
+            concurrent.futures.wait(behind)
+        figures["short behind / alone"] = figures["short behind 8 long ms"] / figures["short alone ms"]
+
+        body = {"image": b64_png(IMAGES[0]), "question": "Describe it.", "max_new_tokens": 16}
+        for streams in (1, 16):
+            start = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(streams) as pool:
+                ok = sum(pool.map(lambda _: stream(client, body), range(streams * 4)))
+            figures[f"{streams} streams req/s"] = ok / (time.perf_counter() - start)
+        figures["16 streams / 1"] = figures["16 streams req/s"] / figures["1 streams req/s"]
+    return figures
+
+
+def mixed(count: int) -> None:
+    results: dict[str, dict[str, float]] = {}
+    for scheduler in ("batch", "step"):
+        env = {"ARR_COC_SCHEDULER": scheduler, "ARR_COC_TESTBED_FAMILY": "qwen2.5-vl"}
+        server = Server(Path(tempfile.mkdtemp()), **env)
+        try:
+            server.wait_ready()
+            results[scheduler] = mixed_load(server.url, count)
+        finally:
+            server.stop()
+    device = "CUDA" if os.environ.get("ARR_COC_VLM_GPU", "0") not in ("", "0") else "CPU"
+    print(f"mixed load on {device}: random-weight qwen2.5-vl testbed, {count} requests at concurrency 16")
+    print(f"{'figure':<26} {'batch':>9} {'step':>9} {'step/batch':>10}")
+    for key in results["batch"]:
+        batch, step = results["batch"][key], results["step"][key]
+        ratio = step / batch if batch else float("nan")
+        print(f"{key:<26} {batch:>9.2f} {step:>9.2f} {ratio:>10.2f}")
+    step = results["step"]
+    print(f"step / batch throughput: {step['mixed req/s'] / results['batch']['mixed req/s']:.2f}x (target >= 2x)")
+    print(
+        f"2-token request behind 8 long answers: {step['short behind / alone']:.2f}x its solo latency (target <= 1.5x)"
+    )
+    print(f"16 concurrent streams / one stream: {step['16 streams / 1']:.2f}x (target >= 4x)")
+    for failure in sorted(FAILURES):
+        print("failure:", failure)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=48)
+    parser.add_argument("--workload", choices=["uniform", "mixed"], default="uniform")
+    parser.add_argument("--requests", type=int, default=None, help="requests per cell (48; mixed: 64)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--batching", nargs="+", choices=["off", "on"], default=["off", "on"])
+    parser.add_argument("--batching", nargs="+", choices=["off", "on", "step"], default=["off", "on", "step"])
     parser.add_argument(
         "--no-in-process",
         dest="in_process",
@@ -121,17 +223,22 @@ def main() -> None:
         help="skip the in-process rows (the served rows only)",
     )
     args = parser.parse_args()
+    if args.workload == "mixed":
+        mixed(args.requests or 64)
+        return
+    args.requests = args.requests or 48
     requests = payloads(args.requests)
     rows = []
     configs = {
         "off": (
             "served, batching off (max_batch_size 1)",
-            {"ARR_COC_VLM_MAX_BATCH_SIZE": "1", "ARR_COC_RELEVANCE_MAX_BATCH_SIZE": "1"},
+            {"ARR_COC_SCHEDULER": "batch", "ARR_COC_VLM_MAX_BATCH_SIZE": "1", "ARR_COC_RELEVANCE_MAX_BATCH_SIZE": "1"},
         ),
         "on": (
             "served, batching on (16 / 8)",
-            {"ARR_COC_VLM_MAX_BATCH_SIZE": "8", "ARR_COC_RELEVANCE_MAX_BATCH_SIZE": "16"},
+            {"ARR_COC_SCHEDULER": "batch", "ARR_COC_VLM_MAX_BATCH_SIZE": "8", "ARR_COC_RELEVANCE_MAX_BATCH_SIZE": "16"},
         ),
+        "step": ("served, step scheduler (16 rows)", {"ARR_COC_SCHEDULER": "step", "ARR_COC_VLM_ROWS": "16"}),
     }
     for name, env in (configs[choice] for choice in args.batching):
         server = Server(Path(tempfile.mkdtemp()), **env)

@@ -232,6 +232,8 @@ class Pipeline:
             kept_ratio=kept_ratio,
             batch_sizes={"relevance": scored.batch_size, "vlm": output.batch_size},
             example=(job.image, scored, output, job.question),
+            generated_tokens=output.generated_tokens,
+            decoding=decoding_figures(output),
         )
         return AnswerResponse(
             answer=output.answer,
@@ -266,6 +268,13 @@ def is_connection_failure(error: BaseException) -> bool:
     if isinstance(error, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ServiceUnavailable)):
         return True
     return isinstance(error, RuntimeError) and "closed" in str(error).lower()
+
+
+def decoding_figures(output: AnswerOutput) -> dict[str, float]:
+    """The step scheduler's figures of one answer (none from the batch scheduler, which has no steps to share)."""
+    if not output.step_ms:
+        return {}
+    return {"running_rows": output.batch_size, "queue_depth": output.queue_depth, "step_ms": output.step_ms}
 
 
 async def call_runner(runner, name: str, items: list):

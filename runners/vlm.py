@@ -1,19 +1,32 @@
 """VLMRunner: vision encoder + pruned generation of a Qwen-VL model.
 
-``answer(items)`` is batchable: requests with different image sizes, questions,
-methods, budgets and prompt lengths share one batched prefill and decode and get
-the results they would get alone. Each item may carry the relevance map the
-relevance runner computed; without one the runner scores the image itself. If an
-item has bad input, the batch is answered one by one so only that item fails.
-``stream(item)`` yields JSON lines: text deltas, then one summary line.
+With ``ARR_COC_SCHEDULER=step`` (the default) one scheduler thread owns the model
+(:class:`arr_coc.vlm.scheduler.StepScheduler`): every request, ``answer`` or
+``stream``, joins the running decode batch at the next step and leaves it as soon
+as it is done. ``answer`` is then not adaptively batched: BentoML's dispatcher
+sends one batch at a time and waits for all of it, which is the run-to-the-end
+batching the scheduler replaces; newcomers that arrive together are prepared and
+prefilled together by the scheduler itself.
+
+With ``ARR_COC_SCHEDULER=batch``, ``answer(items)`` is adaptively batched and each
+batch runs to its end; a stream decodes alone, step by step, taking turns with
+the batches on the model lock.
+
+Either way requests with different image sizes, questions, methods, budgets and
+prompt lengths get the results they would get alone; each item may carry the
+relevance map the relevance runner computed (without one the runner scores the
+image itself); an item with bad input fails alone. ``stream(item)`` yields JSON
+lines: text deltas, then one summary line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
 from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING
 
 import anyio.to_thread
 import bentoml
@@ -36,6 +49,9 @@ from runners.relevance import (
     runner_threads,
 )
 
+if TYPE_CHECKING:  # model code is only imported in the runner's own process (the front imports this module)
+    from arr_coc.vlm.scheduler import SchedulerStats, StepScheduler, Ticket
+
 settings = get_settings()
 GATE = Gate()  # this process's requests in flight, for the drain on SIGTERM
 logger = logging.getLogger(__name__)
@@ -49,6 +65,18 @@ ABANDONED_STREAMS = bentoml.metrics.Counter(
     name="arr_coc_abandoned_streams",
     documentation="Streams whose reader left before the end; the runner stopped generating them",
 )
+RUNNING_ROWS = bentoml.metrics.Gauge(
+    name="arr_coc_running_rows", documentation="Step scheduler: requests in the running decode batch"
+)
+QUEUE_DEPTH = bentoml.metrics.Gauge(
+    name="arr_coc_queue_depth", documentation="Step scheduler: requests waiting for a row"
+)
+STEP_SECONDS = bentoml.metrics.Histogram(
+    name="arr_coc_decode_step_seconds",
+    documentation="Step scheduler: time of one decode step over every running row",
+    buckets=(0.002, 0.004, 0.006, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+)
+STEP = settings.scheduler == "step"
 
 
 class AnswerItem(BaseModel):
@@ -78,7 +106,10 @@ class AnswerOutput(BaseModel):
     prompt_tokens: int = 0
     finish_reason: str | None = None
     vision_cached: bool = False
-    batch_size: int = 1
+    batch_size: int = 1  # rows it was decoded with (step scheduler: the mean over its steps, rounded)
+    queue_depth: int = 0  # step scheduler: requests ahead of it when it arrived
+    step_ms: float = 0.0  # step scheduler: mean time of its decode steps
+    generated_tokens: int = 0  # also counts ids a stop string cut off
     error: RunnerError | None = None
 
 
@@ -114,7 +145,9 @@ def to_request(item: AnswerItem) -> AnswerRequest:
     )
 
 
-def to_output(result: AnswerResult, batch_size: int) -> AnswerOutput:
+def to_output(result: AnswerResult, batch_size: int, ticket: Ticket | None = None) -> AnswerOutput:
+    if ticket is not None and ticket.steps:
+        batch_size = round(ticket.rows_seen / ticket.steps)
     return AnswerOutput(
         answer=result.answer,
         token_ids=result.token_ids,
@@ -126,7 +159,17 @@ def to_output(result: AnswerResult, batch_size: int) -> AnswerOutput:
         vision_cached=result.vision_cached,
         prompt_tokens=result.prompt_tokens,
         finish_reason=result.finish_reason,
+        queue_depth=0 if ticket is None else ticket.queued_behind,
+        generated_tokens=len(result.token_ids) if ticket is None else ticket.generated_tokens,
+        step_ms=result.timings_ms.get("decode", 0.0) / ticket.steps if ticket is not None and ticket.steps else 0.0,
     )
+
+
+def observe(stats: SchedulerStats) -> None:
+    """A scheduler round's figures, into ``/metrics``."""
+    RUNNING_ROWS.set(stats.running)
+    QUEUE_DEPTH.set(stats.queued)
+    STEP_SECONDS.observe(stats.step_ms / 1000.0)
 
 
 def error_output(error: ArrCocInputError) -> AnswerOutput:
@@ -166,6 +209,26 @@ class VLMRunner:
                 self.pipeline.decode,
                 {size: round(ms) for size, ms in spent.items()},
             )
+        self.scheduler: StepScheduler | None = None
+        if STEP:
+            from arr_coc.vlm.scheduler import StepScheduler
+
+            self.scheduler = StepScheduler(
+                self.pipeline,
+                rows=settings.vlm_rows,
+                cache_tokens=settings.vlm_cache_tokens,
+                prefill_tokens=settings.vlm_prefill_tokens,
+                observer=observe,
+            )
+            if settings.warm_up:
+                self.scheduler.cache.warm_up()  # CUDA graphs of every row bucket
+            self.scheduler.start()
+            logger.info(
+                "VLM runner: step scheduler, %d rows of %d KV slots (%.0f MB)",
+                settings.vlm_rows,
+                settings.vlm_cache_tokens,
+                self.scheduler.cache.bytes / 2**20,
+            )
 
     def _one_by_one(self, items: list[AnswerItem]) -> list[AnswerOutput]:
         outputs = []
@@ -176,19 +239,46 @@ class VLMRunner:
                 outputs.append(error_output(error))
         return outputs
 
-    @bentoml.api(**batching(settings.vlm_max_batch_size, settings.vlm_max_latency_ms))
-    def answer(self, items: list[AnswerItem]) -> list[AnswerOutput]:
-        try:
-            results = self._locked(self.pipeline.answer_batch, [to_request(item) for item in items])
-            outputs = [to_output(result, len(items)) for result in results]
-        except ArrCocInputError:
-            outputs = self._locked(self._one_by_one, items)
+    @bentoml.api(**(batching(1, 1) if STEP else batching(settings.vlm_max_batch_size, settings.vlm_max_latency_ms)))
+    async def answer(self, items: list[AnswerItem]) -> list[AnswerOutput]:
+        if self.scheduler is None:
+            outputs = await anyio.to_thread.run_sync(self._answer_batch, items)
+        else:
+            outputs = list(await asyncio.gather(*(self._answer_step(item) for item in items)))
         GENERATED_TOKENS.labels(api="answer").inc(sum(len(output.token_ids) for output in outputs))
         return outputs
+
+    def _answer_batch(self, items: list[AnswerItem]) -> list[AnswerOutput]:
+        try:
+            results = self._locked(self.pipeline.answer_batch, [to_request(item) for item in items])
+            return [to_output(result, len(items)) for result in results]
+        except ArrCocInputError:
+            return self._locked(self._one_by_one, items)
+
+    async def _answer_step(self, item: AnswerItem) -> AnswerOutput:
+        """One request through the step scheduler; a caller that leaves frees its row."""
+        try:
+            request = to_request(item)
+        except ArrCocInputError as error:
+            return error_output(error)
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        ticket = self.scheduler.submit(request, on_done=lambda: loop.call_soon_threadsafe(_resolve, done))
+        try:
+            await done
+        except asyncio.CancelledError:
+            ticket.cancel()
+            raise
+        try:
+            return to_output(ticket.wait(0), 1, ticket)
+        except ArrCocInputError as error:
+            return error_output(error)
 
     @bentoml.api(**batching(settings.vlm_max_batch_size, settings.vlm_max_latency_ms))
     def select(self, items: list[AnswerItem]) -> list[AnswerOutput]:
         """Kept tokens only (vision pass + selection, no generation), for ``/relevance``."""
+        if self.scheduler is not None:
+            return self.scheduler.call(self._select, items)
         return self._locked(self._select, items)
 
     def _select(self, items: list[AnswerItem]) -> list[AnswerOutput]:
@@ -211,16 +301,54 @@ class VLMRunner:
 
     @bentoml.api
     async def stream(self, item: AnswerItem) -> AsyncGenerator[str, None]:
-        """JSON lines: ``{"delta"}`` per text delta, then ``{"done": AnswerOutput}``.
+        """JSON lines: ``{"delta"}`` per text delta, then ``{"done": AnswerOutput}`` (or one ``{"error"}`` line).
 
-        Each decode step runs in a worker thread under the model lock, only when the
-        previous line has been taken. A reader that leaves (the front closed the
-        connection) stops the generation after the step in progress: the steps are
-        closed here, at once, which frees their KV cache and static buffers (a sync
-        generator API would leave that to the garbage collector).
+        A reader that leaves (the front closed the connection) stops the generation
+        after the step in progress and frees what it held at once.
         """
         try:
-            answer = await anyio.to_thread.run_sync(self._locked, self.pipeline.stream, to_request(item))
+            request = to_request(item)
+        except ArrCocInputError as error:
+            yield json.dumps({"error": error_output(error).error.model_dump()}) + "\n"
+            return
+        steps = self._step_stream(request) if self.scheduler is not None else self._locked_stream(request)
+        try:
+            async for line in steps:
+                yield line
+        finally:
+            await steps.aclose()
+
+    async def _step_stream(self, request: AnswerRequest) -> AsyncGenerator[str, None]:
+        loop = asyncio.get_running_loop()
+        deltas: asyncio.Queue[str | None] = asyncio.Queue()
+        ticket = self.scheduler.submit(
+            request, listener=lambda delta: loop.call_soon_threadsafe(deltas.put_nowait, delta)
+        )
+        finished = False
+        try:
+            while (delta := await deltas.get()) is not None:
+                yield json.dumps({"delta": delta}) + "\n"
+            finished = True
+        finally:
+            if not finished:
+                ticket.cancel()
+                ABANDONED_STREAMS.inc()
+            GENERATED_TOKENS.labels(api="stream").inc(ticket.generated_tokens)
+        try:
+            final = to_output(ticket.wait(0), 1, ticket)
+        except ArrCocInputError as error:
+            yield json.dumps({"error": error_output(error).error.model_dump()}) + "\n"
+            return
+        yield json.dumps({"done": final.model_dump(exclude={"token_ids"})}) + "\n"
+
+    async def _locked_stream(self, request: AnswerRequest) -> AsyncGenerator[str, None]:
+        """Batch scheduler: each decode step in a worker thread under the model lock, once the last line was taken.
+
+        The steps are closed here when the reader leaves, which frees their KV cache and
+        static buffers at once (a sync generator API would leave that to the garbage collector).
+        """
+        try:
+            answer = await anyio.to_thread.run_sync(self._locked, self.pipeline.stream, request)
         except ArrCocInputError as error:
             yield json.dumps({"error": error_output(error).error.model_dump()}) + "\n"
             return
@@ -241,6 +369,11 @@ class VLMRunner:
         """``function(*args)`` holding the model lock: batches and stream steps take turns, as on one thread."""
         with self.model_lock:
             return function(*args)
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 json_media_type(VLMRunner)

@@ -64,8 +64,9 @@ def test_concurrency_and_timeout_fit_the_runners(template):
     bentofile = yaml.safe_load((DEPLOY.parents[1] / "bentofile.yaml").read_text())
     envs = {e["name"]: e["value"] for e in bentofile["envs"]}
     max_batch = int(envs.get("ARR_COC_VLM_MAX_BATCH_SIZE", defaults.vlm_max_batch_size))
+    rows = int(envs.get("ARR_COC_VLM_ROWS", defaults.vlm_rows))
     runner_timeout = int(envs.get("ARR_COC_RUNNER_TIMEOUT_S", defaults.runner_timeout_s))
-    assert template["spec"]["containerConcurrency"] >= max_batch
+    assert template["spec"]["containerConcurrency"] >= max(max_batch, rows)  # enough requests to fill the rows
     assert template["spec"]["timeoutSeconds"] > runner_timeout + 30  # the front waits runner + 30 s
 
 

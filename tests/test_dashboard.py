@@ -24,6 +24,7 @@ def test_the_workspace_compares_variants_on_what_users_judge():
     names = set().union(*(metric_names(p) for p in panels))
     assert {"accuracy", "kept_ratio", "recall", "prefill_p50_ms", "prefill_p95_ms", "throughput_rps"} <= names
     assert {"serve/kept_ratio/mean", "kept_ratio/count", "kept_ratio_p95"} <= names
+    assert {"serve/scheduler/running_rows/mean", "serve/scheduler/step_ms/p95", "serve/generated_tokens_per_s"} <= names
     assert any(isinstance(p, wr.WeavePanelSummaryTable) and p.table_name == "serve/examples" for p in panels)
     assert [g.name for g in workspace.runset_settings.groupby] == ["variant"]
     shown = str(workspace.runset_settings.filters)

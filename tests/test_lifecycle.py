@@ -76,6 +76,30 @@ def test_a_client_that_leaves_a_stream_stops_its_generation(server):
     assert 3 <= generated < LONG  # three abandoned streams together cost less than one whole answer
 
 
+def test_a_short_answer_does_not_wait_for_long_streams(server):
+    """The step scheduler: a 2-token request joins the running batch and leaves it long before its batch mates."""
+    before = metric(server, "arr_coc_decode_step_seconds_count")
+    with httpx.Client(base_url=server.url, timeout=300) as client:
+        streams = [client.stream("POST", "/answer_stream", json=body(LONG)) for _ in range(3)]
+        responses = [stream.__enter__() for stream in streams]
+        try:
+            lines = [response.iter_lines() for response in responses]
+            for reader in lines:
+                assert next(reader).startswith("data: ")  # every long stream is decoding
+            short = client.post("/answer", json=body(2)).json()
+            assert short["finish_reason"] == "length" and short["timings_ms"]["decode"] > 0
+            for reader in lines:  # each long stream is still sending deltas after the short answer came back
+                following = [next(reader) for _ in range(4)]
+                assert any(line.startswith("data: ") for line in following)
+                assert not any(line.startswith("event: done") for line in following)
+        finally:
+            for stream in streams:
+                stream.__exit__(None, None, None)
+    assert metric(server, "arr_coc_decode_step_seconds_count") > before
+    text = httpx.get(f"{server.url}/metrics", timeout=30).text
+    assert "arr_coc_running_rows " in text and "arr_coc_queue_depth " in text
+
+
 def slow_upload(server, payload: bytes) -> socket.socket:
     """A request whose headers and first bytes are sent, the rest held back (it is in flight meanwhile)."""
     connection = socket.create_connection(("127.0.0.1", server.port))

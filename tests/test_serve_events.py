@@ -61,6 +61,21 @@ def test_window_row_and_run_summary() -> None:
     assert (summary["requests"], summary["errors"], summary["dropped_events"]) == (23, 3, 5)
 
 
+def test_window_row_has_the_step_schedulers_figures() -> None:
+    window = WindowStats(started=0.0)
+    for rows, depth, step in ((4, 0, 10.0), (8, 2, 20.0), (12, 4, 30.0)):
+        decoding = {"running_rows": rows, "queue_depth": depth, "step_ms": step}
+        window.add(RequestEvent(50.0, generated_tokens=20, decoding=decoding))
+    window.add(RequestEvent(50.0, generated_tokens=10))  # the batch scheduler reports no steps
+    row = window.metrics(ended=2.0, dropped=0, dropped_total=0)
+    assert row["serve/generated_tokens_per_s"] == pytest.approx(35.0)
+    assert row["serve/scheduler/running_rows/mean"] == 8.0 and row["serve/scheduler/queue_depth/mean"] == 2.0
+    assert (row["serve/scheduler/step_ms/p50"], row["serve/scheduler/step_ms/p95"]) == (20.0, 30.0)
+    plain = WindowStats(started=0.0)
+    plain.add(RequestEvent(50.0, generated_tokens=10))
+    assert not any("scheduler" in key for key in plain.metrics(ended=1.0, dropped=0, dropped_total=0))
+
+
 def test_example_images_show_relevance_and_kept_tokens() -> None:
     image = np.full((40, 60, 3), 200, dtype=np.uint8)
     relevance = torch.zeros(2, 3)

@@ -54,6 +54,15 @@ def build_workspace(entity: str, project: str, deployment: str | None = None, na
                     title="batch size per runner",
                     y=[f"{PREFIX}batch_size/relevance/mean", f"{PREFIX}batch_size/vlm/mean"],
                 ),
+                wr.LinePlot(
+                    title="step scheduler: running rows and queue depth (mean)",
+                    y=[f"{PREFIX}scheduler/running_rows/mean", f"{PREFIX}scheduler/queue_depth/mean"],
+                ),
+                wr.LinePlot(
+                    title="decode step p50 / p95 (ms)",
+                    y=[f"{PREFIX}scheduler/step_ms/p50", f"{PREFIX}scheduler/step_ms/p95"],
+                ),
+                wr.LinePlot(title="generated tokens / s", y=[f"{PREFIX}generated_tokens_per_s"]),
                 wr.ScalarChart(
                     title="throughput per variant", metric=summary("throughput_rps"), groupby_aggfunc="mean"
                 ),

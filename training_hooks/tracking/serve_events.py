@@ -48,6 +48,10 @@ class RequestEvent:
     batch_sizes: runner name -> size of the batch this request ran in.
     vision_cached: whether the VLM runner took the tower's outputs from its feature
         cache (``None`` when the request had no tower pass to cache, e.g. ``pre``).
+    generated_tokens: tokens the VLM generated for it.
+    decoding: the step scheduler's view of it: ``running_rows`` (mean rows of its
+        decode steps), ``queue_depth`` (requests ahead of it on arrival), ``step_ms``
+        (mean time of its decode steps); empty with the batch scheduler.
     """
 
     latency_ms: float
@@ -57,6 +61,8 @@ class RequestEvent:
     batch_sizes: Mapping[str, int] = field(default_factory=dict)
     example: Example | None = None
     vision_cached: bool | None = None
+    generated_tokens: int = 0
+    decoding: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +97,8 @@ class WindowStats:
         self.kept: list[float] = []
         self.batches: dict[str, list[int]] = defaultdict(list)
         self.cache_lookups: list[bool] = []
+        self.generated_tokens = 0
+        self.decoding: dict[str, list[float]] = defaultdict(list)
 
     def add(self, event: RequestEvent) -> None:
         self.requests += 1
@@ -106,12 +114,17 @@ class WindowStats:
             self.batches[runner].append(size)
         if event.vision_cached is not None:
             self.cache_lookups.append(event.vision_cached)
+        self.generated_tokens += event.generated_tokens
+        for name, value in event.decoding.items():
+            self.decoding[name].append(value)
 
     def metrics(self, ended: float, dropped: int, dropped_total: int) -> dict[str, float]:
         """The window's row: counts, ``throughput_rps`` (answered requests / s), latency
         percentiles in ms (``latency_ms/p50``, ``latency_ms/<stage>/p95``...), mean
         kept ratio, batch size mean/max per runner (as seen by requests), the share of
-        tower passes served by the feature cache (``vision_cache/hit_rate``), drops."""
+        tower passes served by the feature cache (``vision_cache/hit_rate``), generated
+        tokens per second, the step scheduler's running rows and queue depth (mean)
+        and step time (p50, p95), drops."""
         seconds = max(ended - self.started, 1e-9)
         row: dict[str, float] = {
             "requests": self.requests,
@@ -133,6 +146,14 @@ class WindowStats:
             row[f"batch_size/{runner}/max"] = max(sizes)
         if self.cache_lookups:
             row["vision_cache/hit_rate"] = sum(self.cache_lookups) / len(self.cache_lookups)
+        row["generated_tokens_per_s"] = self.generated_tokens / seconds
+        for name in ("running_rows", "queue_depth"):
+            if self.decoding.get(name):
+                row[f"scheduler/{name}/mean"] = sum(self.decoding[name]) / len(self.decoding[name])
+        if self.decoding.get("step_ms"):
+            row.update(
+                {f"scheduler/step_ms/p{q}": v for q, v in percentiles(self.decoding["step_ms"], (50, 95)).items()}
+            )
         return {PREFIX + key: value for key, value in row.items()}
 
 

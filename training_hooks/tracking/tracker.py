@@ -283,6 +283,8 @@ class InferenceTracker:
         batch_sizes: Mapping[str, int] | None = None,
         example: Example | None = None,
         vision_cached: bool | None = None,
+        generated_tokens: int = 0,
+        decoding: Mapping[str, float] | None = None,
     ) -> bool:
         """Queue one request's event without blocking; ``False`` if dropped or closed.
 
@@ -294,7 +296,15 @@ class InferenceTracker:
             if self._pid != os.getpid():
                 self.start()
             event = RequestEvent(
-                latency_ms, stages_ms or {}, kept_ratio, error_kind, batch_sizes or {}, example, vision_cached
+                latency_ms,
+                stages_ms or {},
+                kept_ratio,
+                error_kind,
+                batch_sizes or {},
+                example,
+                vision_cached,
+                generated_tokens,
+                decoding or {},
             )
             self._queue.put_nowait(event)
             return True
