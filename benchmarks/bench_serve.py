@@ -12,8 +12,9 @@ requests in-process through the library, one by one and as one batch.
 ``max_new_tokens``) served with each VLM scheduler, ``ARR_COC_SCHEDULER=batch`` then
 ``step``; against each: ``--requests`` requests at concurrency 16 with
 ``max_new_tokens`` drawn from 2..64, half of them streamed; a 2-token request sent
-just after 8 answers of 64 tokens, next to its latency alone; 16 concurrent streams
-next to one. All in one run, so the ratios compare like with like on this noisy machine.
+just after 8 answers of 64 tokens (it is admitted with them), and one sent while 8
+such answers decode (each has streamed its first delta), next to its latency alone;
+16 concurrent streams next to one. All in one run, so the ratios compare like with like on this noisy machine.
 """
 
 from __future__ import annotations
@@ -142,8 +143,22 @@ def timed(client: httpx.Client, body: dict, streamed: bool) -> float | None:
     return (time.perf_counter() - start) * 1000.0 if ok else None
 
 
-def mixed_load(url: str, count: int) -> dict[str, float]:
-    """Figures of one server under the mixed workload (see the module docstring)."""
+def amid_long_streams(client: httpx.Client, short: dict, long: dict, count: int = 8) -> float:
+    """Milliseconds of ``short`` sent once ``count`` long streams are all decoding (each sent its first delta)."""
+    streams = [client.stream("POST", "/answer_stream", json=long) for _ in range(count)]
+    responses = [stream.__enter__() for stream in streams]
+    try:
+        lines = [response.iter_lines() for response in responses]
+        for reader in lines:
+            next(line for line in reader if line.startswith("data: "))
+        return timed(client, short, False) or float("nan")
+    finally:
+        for stream in streams:
+            stream.__exit__(None, None, None)
+
+
+def mixed_load(url: str, count: int, width: int = 16) -> dict[str, float]:
+    """Figures of one server under the mixed workload (see the module docstring); ``width``: concurrency."""
     draw = random.Random(0)
     bodies = [
         {"image": b64_png(IMAGES[i % 4]), "question": f"What is in part {i}?", "max_new_tokens": draw.randint(2, 64)}
@@ -152,10 +167,10 @@ def mixed_load(url: str, count: int) -> dict[str, float]:
     streamed = [i % 2 == 1 for i in range(count)]
     figures: dict[str, float] = {}
     with httpx.Client(base_url=url, timeout=600) as client:
-        with concurrent.futures.ThreadPoolExecutor(16) as pool:  # warm-up: one wave of each kind
-            list(pool.map(lambda i: timed(client, bodies[i], streamed[i]), range(16)))
+        with concurrent.futures.ThreadPoolExecutor(width) as pool:  # warm-up: one wave of each kind
+            list(pool.map(lambda i: timed(client, bodies[i], streamed[i]), range(min(width, count))))
         start = time.perf_counter()
-        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        with concurrent.futures.ThreadPoolExecutor(width) as pool:
             latencies = list(pool.map(lambda i: timed(client, bodies[i], streamed[i]), range(count)))
         done = [ms for ms in latencies if ms is not None]
         figures["mixed req/s"] = len(done) / (time.perf_counter() - start)
@@ -172,29 +187,31 @@ def mixed_load(url: str, count: int) -> dict[str, float]:
             figures["short behind 8 long ms"] = pool.submit(timed, client, short, False).result() or float("nan")
             concurrent.futures.wait(behind)
         figures["short behind / alone"] = figures["short behind 8 long ms"] / figures["short alone ms"]
+        figures["short amid 8 decoding ms"] = amid_long_streams(client, short, long)
+        figures["short amid / alone"] = figures["short amid 8 decoding ms"] / figures["short alone ms"]
 
         body = {"image": b64_png(IMAGES[0]), "question": "Describe it.", "max_new_tokens": 16}
-        for streams in (1, 16):
+        for streams in (1, width):
             start = time.perf_counter()
             with concurrent.futures.ThreadPoolExecutor(streams) as pool:
                 ok = sum(pool.map(lambda _: stream(client, body), range(streams * 4)))
             figures[f"{streams} streams req/s"] = ok / (time.perf_counter() - start)
-        figures["16 streams / 1"] = figures["16 streams req/s"] / figures["1 streams req/s"]
+        figures[f"{width} streams / 1"] = figures[f"{width} streams req/s"] / figures["1 streams req/s"]
     return figures
 
 
-def mixed(count: int) -> None:
+def mixed(count: int, width: int) -> None:
     results: dict[str, dict[str, float]] = {}
     for scheduler in ("batch", "step"):
         env = {"ARR_COC_SCHEDULER": scheduler, "ARR_COC_TESTBED_FAMILY": "qwen2.5-vl"}
         server = Server(Path(tempfile.mkdtemp()), **env)
         try:
             server.wait_ready()
-            results[scheduler] = mixed_load(server.url, count)
+            results[scheduler] = mixed_load(server.url, count, width)
         finally:
             server.stop()
     device = "CUDA" if os.environ.get("ARR_COC_VLM_GPU", "0") not in ("", "0") else "CPU"
-    print(f"mixed load on {device}: random-weight qwen2.5-vl testbed, {count} requests at concurrency 16")
+    print(f"mixed load on {device}: random-weight qwen2.5-vl testbed, {count} requests at concurrency {width}")
     print(f"{'figure':<26} {'batch':>9} {'step':>9} {'step/batch':>10}")
     for key in results["batch"]:
         batch, step = results["batch"][key], results["step"][key]
@@ -205,7 +222,7 @@ def mixed(count: int) -> None:
     print(
         f"2-token request behind 8 long answers: {step['short behind / alone']:.2f}x its solo latency (target <= 1.5x)"
     )
-    print(f"16 concurrent streams / one stream: {step['16 streams / 1']:.2f}x (target >= 4x)")
+    print(f"{width} concurrent streams / one stream: {step[f'{width} streams / 1']:.2f}x (target >= 4x at 16)")
     for failure in sorted(FAILURES):
         print("failure:", failure)
 
@@ -214,6 +231,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", choices=["uniform", "mixed"], default="uniform")
     parser.add_argument("--requests", type=int, default=None, help="requests per cell (48; mixed: 64)")
+    parser.add_argument("--width", type=int, default=16, help="mixed: concurrency and concurrent streams")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--batching", nargs="+", choices=["off", "on", "step"], default=["off", "on", "step"])
     parser.add_argument(
@@ -224,7 +242,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.workload == "mixed":
-        mixed(args.requests or 64)
+        mixed(args.requests or 64, args.width)
         return
     args.requests = args.requests or 48
     requests = payloads(args.requests)

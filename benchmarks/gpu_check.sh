@@ -46,10 +46,11 @@ step() {  # step NAME LIMIT_S COMMAND...
 export HF_HUB_OFFLINE=1 WANDB_MODE=disabled BENTOML_DO_NOT_TRACK=true
 if [ $SMOKE -eq 1 ]; then
     DEVICE=cpu MODEL=testbed SERVE_GPU=0 DTYPES="float32" LIMIT_SCALE=${LIMIT_SCALE:-4}
-    SCORER_BATCHES="1 4" BATCHES="1 4" DECODE_BATCHES="1 2" STEPS=4 REQUESTS=4 CONCURRENCY="1 2"
+    SCORER_BATCHES="1 4" BATCHES="1 4" DECODE_BATCHES="1 2" BUCKETS="1 2" STEPS=4 REQUESTS=4 CONCURRENCY="1 2" WIDTH=2
 else
     DEVICE=cuda MODEL=qwen2.5-vl-3b SERVE_GPU=0.5 DTYPES="float32 bfloat16" LIMIT_SCALE=${LIMIT_SCALE:-1}
-    SCORER_BATCHES="1 16 64" BATCHES="1 8 16 32" DECODE_BATCHES="1 16" STEPS=64 REQUESTS=64 CONCURRENCY="1 16"
+    SCORER_BATCHES="1 16 64" BATCHES="1 8 16 32" DECODE_BATCHES="1 16" BUCKETS="1 2 4 8 16" STEPS=64 REQUESTS=64 \
+        CONCURRENCY="1 16" WIDTH=16
 fi
 
 step environment 30 "$PY" -c "import torch, transformers, bentoml; print('torch', torch.__version__, 'cuda', torch.version.cuda, \
@@ -69,16 +70,18 @@ for side in 448 1344; do
     step "TTFT vs budget, ${side}x${side}" 60 "$PY" benchmarks/bench_prune.py --models $MODEL --device $DEVICE \
         --image $side --repeats 3 --budgets 1.0 0.5 0.25 0.1 auto
 done
-step "decode ms/step, eager vs graph" 60 "$PY" benchmarks/bench_decode.py --model $MODEL --device $DEVICE \
-    --modes eager graph --batches $DECODE_BATCHES --steps $STEPS
-step "decode ids in float32, eager vs graph (bf16 kernels or a bug?)" 45 "$PY" benchmarks/bench_decode.py \
-    --model $MODEL --device $DEVICE --dtype float32 --modes eager graph --batches 1 --steps $STEPS --repeats 1
+step "decode ms/step, eager vs graph vs step scheduler" 75 "$PY" benchmarks/bench_decode.py --model $MODEL \
+    --device $DEVICE --modes eager graph step --batches $DECODE_BATCHES --steps $STEPS
+step "decode ids in float32 at every bucket, eager vs graph vs step scheduler" 90 "$PY" benchmarks/bench_decode.py \
+    --model $MODEL --device $DEVICE --dtype float32 --modes eager graph step --batches $BUCKETS --steps $STEPS --repeats 1
 step "second question, vision-feature cache" 45 "$PY" benchmarks/bench_feature_cache.py --models $MODEL \
     --device $DEVICE --image 448
 step "in-process batch throughput" 50 "$PY" benchmarks/bench_batch.py --model $MODEL --device $DEVICE \
     --batches $BATCHES --budgets 1.0 0.25 0.1
 step "served: both runners on the GPU" 120 env ARR_COC_VLM_GPU=$SERVE_GPU ARR_COC_RELEVANCE_GPU=$SERVE_GPU \
-    "$PY" benchmarks/bench_serve.py --requests $REQUESTS --concurrency $CONCURRENCY --batching on --no-in-process
+    "$PY" benchmarks/bench_serve.py --requests $REQUESTS --concurrency $CONCURRENCY --batching on step --no-in-process
+step "served: mixed load, batch vs step scheduler" 150 env ARR_COC_VLM_GPU=$SERVE_GPU ARR_COC_RELEVANCE_GPU=$SERVE_GPU \
+    "$PY" benchmarks/bench_serve.py --workload mixed --requests $REQUESTS --width $WIDTH
 
 echo "failed steps: $FAILED; figures in $OUT"
 exit $FAILED

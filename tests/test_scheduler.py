@@ -107,6 +107,17 @@ def test_a_short_request_leaves_before_its_long_batch_mates(testbed_pipeline):
     assert all(len(t.wait(0).token_ids) == 40 for t in long)
 
 
+def test_first_come_first_served_into_free_rows(testbed_pipeline):
+    """One row, five requests of one length: they finish in the order they came, none overtakes."""
+    scheduler = StepScheduler(testbed_pipeline(), rows=1, cache_tokens=512)
+    finished: list[int] = []
+    for index in range(5):
+        request = AnswerRequest(shapes(160, 160, seed=index), "Which?", "arr-coc", 0.25, GenerationParams(3))
+        scheduler.submit(request, on_done=lambda index=index: finished.append(index))
+    rounds = run_to_end(scheduler)
+    assert finished == [0, 1, 2, 3, 4] and rounds >= 5 * 2
+
+
 def test_stream_deltas_and_a_reader_that_leaves(testbed_pipeline, alone):
     """Deltas add up to the answer; a cancelled row frees its row at once and its mates go on unchanged."""
     scheduler = StepScheduler(testbed_pipeline(), rows=4, cache_tokens=512)

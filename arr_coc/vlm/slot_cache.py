@@ -13,7 +13,10 @@ A row reads the slots ``[0, write_at]``, so a decode step is a pure function of
 fixed buffers (no Python number changes between steps) and CUDA can capture it.
 Running rows are packed at the front (a finished row's place is taken by the last
 running row), so a step runs the smallest bucket of rows that holds them; rows of
-the bucket past the running ones are filler and never read.
+the bucket past the running ones are filler and never read. A step also attends
+over only the first ``span`` slots, the smallest length bucket (256 x 2^n) that
+holds its longest row, so short rows do not pay for the whole cache; one graph is
+captured per (rows, span) pair.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from transformers import StaticCache
 from transformers.cache_utils import StaticLayer
 
 from arr_coc.vlm.loading import LoadedVLM
-from arr_coc.vlm.static_decoding import BATCH_BUCKETS
+from arr_coc.vlm.static_decoding import BATCH_BUCKETS, length_bucket
 
 logger = logging.getLogger(__name__)
 
@@ -36,17 +39,21 @@ def row_buckets(rows: int) -> tuple[int, ...]:
 
 
 class RowSlotLayer(StaticLayer):
-    """One layer's keys and values; a step of ``B`` rows writes row ``b``'s new entry at slot ``write_at[b]``."""
+    """One layer's keys and values; a step of ``B`` rows writes row ``b``'s new entry at slot ``write_at[b]``.
+
+    ``span``: how many slots the step attends over (set before each step).
+    """
 
     def __init__(self, max_cache_len: int, write_at: torch.Tensor) -> None:
         super().__init__(max_cache_len=max_cache_len)
         self.write_at = write_at
+        self.span = max_cache_len
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        """``key_states [B, kv_heads, 1, head_dim]`` -> the keys and values of rows ``[0, B)``, all slots."""
+        """``key_states [B, kv_heads, 1, head_dim]`` -> keys and values ``[B, kv_heads, span, head_dim]``."""
         batch, heads, _, dim = key_states.shape
         slots = self.write_at[:batch].view(batch, 1, 1, 1).expand(batch, heads, 1, dim)
-        keys, values = self.keys[:batch], self.values[:batch]
+        keys, values = self.keys[:batch, :, : self.span], self.values[:batch, :, : self.span]
         keys.scatter_(2, slots, key_states)
         values.scatter_(2, slots, value_states.to(values.dtype))
         return keys, values
@@ -73,7 +80,7 @@ class SlotCache:
             self.slots = torch.arange(length, device=vlm.device)
         self.lengths = [0] * rows
         self.graphs = graphs and vlm.device.type == "cuda"
-        self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.graphs else None
 
     @property
@@ -85,11 +92,26 @@ class SlotCache:
         """The batch a step over ``running`` packed rows runs at."""
         return next(b for b in self.buckets if b >= running)
 
+    def span(self, running: int) -> int:
+        """The slots a step over ``running`` packed rows attends over: a length bucket holding the longest."""
+        return min(self.length, length_bucket(max(self.lengths[:running]) + 1))
+
+    @property
+    def spans(self) -> list[int]:
+        """Every span a step may use."""
+        spans, span = [], length_bucket(1)
+        while span < self.length:
+            spans.append(span)
+            span *= 2
+        return [*spans, self.length]
+
     # --- the step -------------------------------------------------------------------------
 
-    def _step(self, batch: int) -> torch.Tensor:
-        """One decode step of rows ``[0, batch)`` from the buffers. Logits ``[batch, V]``."""
-        mask = self.slots <= self.write_at[:batch, None]  # [batch, S]: the row's slots and the one it writes
+    def _step(self, batch: int, span: int) -> torch.Tensor:
+        """One decode step of rows ``[0, batch)`` over slots ``[0, span)`` from the buffers. Logits ``[batch, V]``."""
+        for layer in self.cache.layers:
+            layer.span = span
+        mask = self.slots[:span] <= self.write_at[:batch, None]  # [batch, span]: its slots and the one it writes
         output = self.vlm.model(
             input_ids=self.ids[:batch],
             position_ids=self.positions[:, :batch],
@@ -110,21 +132,22 @@ class SlotCache:
         running = len(tokens)
         if any(self.lengths[row] >= self.length for row in range(running)):
             raise CacheFullError(f"a running row has used all {self.length} slots")
-        batch = self.bucket(running)
+        batch, span = self.bucket(running), self.span(running)
         self.ids[:running, 0].copy_(torch.tensor(tokens, dtype=torch.long), non_blocking=True)
-        if self.graphs and batch not in self._graphs:
-            self._capture(batch)
-        if batch in self._graphs:
-            graph, logits = self._graphs[batch]
+        self.write_at[running:batch].zero_()  # filler rows write inside the span
+        if self.graphs and (batch, span) not in self._graphs:
+            self._capture(batch, span)
+        if (batch, span) in self._graphs:
+            graph, logits = self._graphs[batch, span]
             graph.replay()
         else:
-            logits = self._step(batch)
+            logits = self._step(batch, span)
         for row in range(running):
             self.lengths[row] += 1
         return logits[:running]
 
-    def _capture(self, batch: int) -> None:
-        """Record the step of ``batch`` rows as a CUDA graph; the rows' write slots and positions are restored after.
+    def _capture(self, batch: int, span: int) -> None:
+        """Record the step of ``batch`` rows over ``span`` slots as a CUDA graph; write slots and positions restored after.
 
         The warm-up and captured steps write slots no row reads yet (they are rewritten
         before they are read). A failed capture turns graphs off.
@@ -136,17 +159,19 @@ class SlotCache:
             side.wait_stream(torch.cuda.current_stream(device))
             with torch.cuda.stream(side):
                 for _ in range(2):
-                    self.write_at.copy_(saved_write_at)
-                    warm = self._step(batch)
+                    self.write_at.copy_(saved_write_at.clamp(max=span - 1))
+                    warm = self._step(batch, span)
             torch.cuda.current_stream(device).wait_stream(side)
-            self.write_at.copy_(saved_write_at)
+            self.write_at.copy_(saved_write_at.clamp(max=span - 1))
             logits = torch.empty_like(warm)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool):
-                logits.copy_(self._step(batch))
-            self._graphs[batch] = (graph, logits)
+                logits.copy_(self._step(batch, span))
+            self._graphs[batch, span] = (graph, logits)
         except Exception as error:  # noqa: BLE001 - any capture failure means: decode uncaptured
-            logger.warning("CUDA graph capture of the %d-row step failed (%s); decoding without graphs", batch, error)
+            logger.warning(
+                "capturing the %d-row, %d-slot step failed (%s); decoding without graphs", batch, span, error
+            )
             self.graphs = False
         finally:
             self.write_at.copy_(saved_write_at)
@@ -157,10 +182,10 @@ class SlotCache:
 
         Only while no row runs: the capture's steps write past each row's last slot.
         """
-        if self.graphs:
-            for batch in self.buckets:
-                if batch not in self._graphs and self.graphs:
-                    self._capture(batch)
+        for batch in self.buckets:
+            for span in self.spans:
+                if self.graphs and (batch, span) not in self._graphs:
+                    self._capture(batch, span)
 
     # --- rows joining and leaving ---------------------------------------------------------------
 
