@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: setup browser run relevance test test-fast bench soak clean
+.PHONY: setup browser run relevance test test-fast bench soak docs docs-serve clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ run: setup
 relevance: setup
 	$(BIN)/arr-coc relevance
 
-test: setup browser
+test: setup browser $(BIN)/.docs-installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The unit tests: no server, no training or evaluation jobs.
@@ -40,6 +40,17 @@ test-fast: setup
 soak: setup
 	$(BIN)/pip install --quiet "schemathesis>=4"
 	$(BIN)/python benchmarks/soak.py --seconds 600 --concurrency 12 --fault --schemathesis --wandb hanging --sigterm
+
+# The documentation site (mkdocs.yml, docs/): built strictly, so a broken link or anchor fails.
+$(BIN)/.docs-installed: $(BIN)/.installed
+	$(BIN)/pip install --quiet -e '.[docs]'
+	touch $@
+
+docs: $(BIN)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: $(BIN)/.docs-installed
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 bench: setup
 	$(BIN)/python benchmarks/bench_scorer.py

@@ -20,25 +20,27 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("BENTOML_NO_UDS", "1")
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import bentoml
 from fastapi import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from arr_coc.heatmap import heatmap_png
-from arr_coc.settings import get_settings
 from arr_coc.variants import get_variant
 from front import auth, errors, openai_chat, openapi, streams
 from front.app import add_fallbacks, create_app
 from front.pipeline import Job, Pipeline
 from front.schemas import AnswerRequestBody, AnswerResponse, RelevanceRequestBody, RelevanceResponse
 from front.uploads import body_limit, fetch_image, is_remote, read_request, request_body_openapi, url_hosts
-from runners.draining import stop_after_drain
 from runners.relevance import RelevanceRunner
 from runners.vlm import VLMRunner
+from serving.draining import stop_after_drain
+from serving.settings import get_server_settings
 from training_hooks.tracking.service_tracking import Tracking
 
-settings = get_settings()
+settings = get_server_settings()
 LIMIT = body_limit(settings)
 SHUTDOWN_GRACE_S = 7.0  # for drain + W&B: Cloud Run kills a container 10 s after SIGTERM
 
@@ -63,25 +65,38 @@ class ARRCOC:
         """Flush and finish the W&B runs in what is left of the 10 s a container gets after SIGTERM."""
         self.pipeline.tracking.close(deadline_s=max(1.0, SHUTDOWN_GRACE_S - app.state.gate.drained_s()))
 
-    async def _start(self, http: Request, model: type, job: Job):
-        """The validated body and the scored job; a failure is recorded, then raised to the error handlers."""
+    async def _serve(
+        self, http: Request, respond: Callable[[Job], Awaitable[BaseModel | Response]]
+    ) -> BaseModel | Response:
+        """``respond(job)``'s answer; when it fails, the failure counted against ``job`` and its error response.
+
+        Every model route answers through here, so a failure anywhere on its path (the
+        body, the image, a runner, the front itself) is recorded once and answered in the
+        one error body of :mod:`front.errors`.
+        """
+        job = Job(settings.default_variant)
         try:
-            body = await read_request(http, model, LIMIT)
-            job.variant = body.variant or settings.default_variant
-            return body, await self.pipeline.start(job, body)
+            return await respond(job)
         except Exception as error:
             self.pipeline.failed(job, error)
-            raise
+            return errors.error_response(http.url.path, error)
+
+    async def _start(self, http: Request, model: type[BaseModel], job: Job) -> BaseModel:
+        """The request's body validated as ``model``, and ``job`` scored (under the variant the body names)."""
+        body = await read_request(http, model, LIMIT)
+        job.variant = body.variant or settings.default_variant
+        await self.pipeline.start(job, body)
+        return body
 
     @app.post("/answer", response_model=AnswerResponse, openapi_extra=request_body_openapi(AnswerRequestBody))
     async def answer(self, http: Request):
         """Answer a question about an image from its relevant visual tokens."""
-        body, job = await self._start(http, AnswerRequestBody, Job(settings.default_variant))
-        try:
+
+        async def respond(job: Job) -> AnswerResponse:
+            body = await self._start(http, AnswerRequestBody, job)
             return self.pipeline.answered(job, await self.pipeline.answer(job, body))
-        except Exception as error:
-            self.pipeline.failed(job, error)
-            return errors.error_response(http.url.path, error)
+
+        return await self._serve(http, respond)
 
     @app.post(
         "/answer_stream",
@@ -91,28 +106,32 @@ class ARRCOC:
     )
     async def answer_stream(self, http: Request):
         """The answer as server-sent events: ``data: {"delta"}`` per text delta, then ``event: done``."""
-        body, job = await self._start(http, AnswerRequestBody, Job(settings.default_variant))
-        return StreamingResponse(streams.answer_events(self.pipeline, job, body), media_type="text/event-stream")
+
+        async def respond(job: Job) -> StreamingResponse:
+            body = await self._start(http, AnswerRequestBody, job)
+            return StreamingResponse(streams.answer_events(self.pipeline, job, body), media_type="text/event-stream")
+
+        return await self._serve(http, respond)
 
     @app.post("/relevance", response_model=RelevanceResponse, openapi_extra=request_body_openapi(RelevanceRequestBody))
     async def relevance(self, http: Request):
         """The relevance map, the kept tokens and a heatmap PNG (kept tokens outlined, with a legend)."""
-        body, job = await self._start(http, RelevanceRequestBody, Job(settings.default_variant))
-        try:
+
+        async def respond(job: Job) -> RelevanceResponse:
+            body = await self._start(http, RelevanceRequestBody, job)
             relevance, kept = await self.pipeline.kept(job, body.seed)
-        except Exception as error:
-            self.pipeline.failed(job, error)
-            return errors.error_response(http.url.path, error)
-        return RelevanceResponse(
-            variant=job.variant.name,
-            grid=job.scored.grid,
-            relevance=relevance.tolist(),
-            kept=kept,
-            kept_tokens=len(kept),
-            total_tokens=relevance.numel(),
-            request_id=job.request_id,
-            heatmap_png=await asyncio.to_thread(heatmap_png, job.image, relevance, kept),
-        )
+            return RelevanceResponse(
+                variant=job.variant.name,
+                grid=job.scored.grid,
+                relevance=relevance.tolist(),
+                kept=kept,
+                kept_tokens=len(kept),
+                total_tokens=relevance.numel(),
+                request_id=job.request_id,
+                heatmap_png=await asyncio.to_thread(heatmap_png, job.image, relevance, kept),
+            )
+
+        return await self._serve(http, respond)
 
     @app.get("/v1/models")
     def openai_models(self) -> dict:
@@ -126,8 +145,8 @@ class ARRCOC:
     )
     async def openai_chat_completions(self, http: Request):
         """OpenAI's chat completion: one image, one question, the answer from the variant's kept tokens."""
-        job = Job(settings.default_variant)
-        try:
+
+        async def respond(job: Job) -> Response:
             chat = await read_request(http, openai_chat.ChatRequest, LIMIT, forms=False)
             job.variant = chat.model or settings.default_variant
             body = openai_chat.answer_body(chat, settings.default_max_new_tokens, url_hosts(settings))
@@ -137,11 +156,10 @@ class ARRCOC:
             if chat.stream:
                 return StreamingResponse(streams.chat_chunks(self.pipeline, job, body), media_type="text/event-stream")
             output = await self.pipeline.answer(job, body)
-        except Exception as error:
-            self.pipeline.failed(job, error)
-            return errors.error_response(http.url.path, error)
-        answered = self.pipeline.answered(job, output)
-        return JSONResponse(openai_chat.completion(output, job.variant.name, job.request_id, answered.scorer))
+            answered = self.pipeline.answered(job, output)
+            return JSONResponse(openai_chat.completion(output, job.variant.name, job.request_id, answered.scorer))
+
+        return await self._serve(http, respond)
 
 
 add_fallbacks(app)

@@ -4,4 +4,4 @@ The library has no server and no tracking: `texture` -> `knowing` -> `balancing`
 -> `scorer` rate visual tokens, `selection` keeps a budget of them, `vlm` answers.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

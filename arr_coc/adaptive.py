@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from arr_coc.errors import InvalidBudgetError
 
 AUTO = "auto"
-# the largest coverage whose mean kept ratio stays within 7 % on three validation draws (docs/quality/auto)
+# the largest coverage whose mean kept ratio stays within 7 % on three validation draws
 DEFAULT_COVERAGE = 0.84
 _EPS = 1e-6
 TABLE_ROWS = 100  # a coverage table's thresholds: percentiles of the target tokens' probabilities
@@ -82,7 +82,10 @@ IDENTITY = Calibration()
 
 
 class AutoBudget(BaseModel):
-    """``auto``: keep until ``coverage`` of the relevance mass, at least ``min_tokens``, at most ``max_tokens``."""
+    """``auto``: the tokens ``coverage`` asks for (see the module), at least ``min_tokens``, at most ``max_tokens``.
+
+    ``coverage``: :data:`arr_coc.vocabulary.COVERAGE_MEANING`.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 

@@ -112,5 +112,10 @@ class InvalidConfigError(ArrCocInputError):
     """A job config file that does not parse, or parameters outside their ranges."""
 
 
+class InvalidRecipeError(InvalidConfigError):
+    """A recipe whose stages do not chain: an unknown kind, a missing config file, an ``init`` naming no earlier
+    stage, or a ``--from`` stage whose input was never made."""
+
+
 class NoRunsError(ArrCocInputError):
     """A run folder, file or W&B project that holds no readable runs."""

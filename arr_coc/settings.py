@@ -1,15 +1,14 @@
-"""One settings object for the service, the runners and the CLI.
+"""The library's settings: which VLM and relevance scorer to load, and how to run them.
 
 Every field reads the environment variable ``ARR_COC_<FIELD>`` (upper case), e.g.
-``ARR_COC_MODEL=Qwen/Qwen2.5-VL-3B-Instruct`` or ``ARR_COC_VLM_MAX_BATCH_SIZE=16``.
-Defaults serve the embedded testbed model on CPU; ``bentofile.yaml`` sets the
-production values for the container.
+``ARR_COC_MODEL=Qwen/Qwen2.5-VL-3B-Instruct`` or ``ARR_COC_DECODE=graph``. Defaults
+load the embedded testbed model on CPU; ``bentofile.yaml`` sets the production values
+for the container. The server reads these through its own settings, which add what
+only a server needs (``serving.settings``).
 
-A served model without a trained scorer (a model other than the shipped testbed and
-no ``ARR_COC_SCORER``) would have the ``arr-coc`` variants select with random
-weights: :attr:`Settings.scorer_state` says so (``/v1/models``, answers, serve
-runs, the start-up log), and unless ``ARR_COC_DEFAULT_VARIANT`` is set the default
-variant is :data:`TRAINING_FREE_DEFAULT` instead.
+A model without a trained scorer (a model other than the shipped testbed and no
+``ARR_COC_SCORER``) has the ``arr-coc`` variants select with random weights:
+:attr:`Settings.scorer_state` says so.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, PrivateAttr, SecretStr, model_validator
+from pydantic import AfterValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from arr_coc.vocabulary import (
@@ -27,25 +26,21 @@ from arr_coc.vocabulary import (
     DTYPE_HELP,
     SCORER_STATES,
     TESTBED_FAMILIES,
-    TRAIN_SCORER_COMMAND,
     device_name,
     dtype_name,
 )
 
 EMBEDDED_TESTBED = TESTBED_FAMILIES[0]
 """The shipped, trained testbed: the one model served with a trained scorer by default."""
-TRAINING_FREE_DEFAULT = "divprune-25"
-"""The default variant when the served model has no trained scorer: DivPrune (diversity over the tower's own
-features, no training) is the strongest training-free method of the quality table at small budgets, at the
-budget of the default ``arr-coc-25``."""
+ENV_CONFIG = SettingsConfigDict(env_prefix="ARR_COC_", extra="ignore", protected_namespaces=())
+"""How every ARR-COC settings class reads the environment: field ``x`` from ``ARR_COC_X``."""
 
 
 class Settings(BaseSettings):
-    """ARR-COC configuration; see the README for the table of variables."""
+    """The models to load and how to run them; every variable is in the docs (docs/settings.md)."""
 
-    model_config = SettingsConfigDict(env_prefix="ARR_COC_", extra="ignore", protected_namespaces=())
+    model_config = ENV_CONFIG
 
-    # Models
     model: str = Field("", description="VLM hub id or local directory; empty = the embedded testbed")
     testbed_family: Literal[TESTBED_FAMILIES] = Field(
         "qwen2.5-vl-vqa",
@@ -58,7 +53,6 @@ class Settings(BaseSettings):
         description="relevance-scorer checkpoint directory; empty = the shipped scorer with the shipped testbed, "
         "else untrained (seeded)",
     )
-    scorer_artifact: str = Field("", description="W&B artifact name the scorer came from, for run configs")
     device: Annotated[str, AfterValidator(device_name)] = Field("auto", description=DEVICE_HELP)
     dtype: Annotated[str, AfterValidator(dtype_name)] = Field("auto", description=DTYPE_HELP)
     decode: Literal[DECODE_MODES] = Field(
@@ -77,79 +71,6 @@ class Settings(BaseSettings):
         2048, ge=1, description="with graph decode, warm-up captures every batch bucket up to this cache length"
     )
 
-    # Serving
-    api_key: SecretStr = Field(
-        SecretStr(""),
-        description="API key(s), comma-separated: when set, every route but /livez, /readyz and /metrics needs "
-        "'Authorization: Bearer <key>'; empty = no access control",
-    )
-    default_variant: str = Field(
-        "arr-coc-25",
-        description=f"variant served when a request names none; when unset and the model has no trained scorer, "
-        f"{TRAINING_FREE_DEFAULT} (training-free)",
-    )
-    max_image_bytes: int = Field(20 * 1024 * 1024, gt=0, description="largest accepted image, in bytes")
-    max_image_pixels: int = Field(40_000_000, gt=0, description="largest accepted image, in pixels (w*h)")
-    max_question_chars: int = Field(2000, gt=0, description="longest accepted question, in characters")
-    max_new_tokens_limit: int = Field(512, gt=0, description="largest max_new_tokens a request may ask for")
-    default_max_new_tokens: int = Field(32, gt=0, description="max_new_tokens when a request names none")
-    image_url_hosts: str = Field(
-        "", description="comma-separated hosts whose http(s) image URLs /v1/chat/completions may fetch; empty = none"
-    )
-    max_concurrency: int = Field(32, ge=1, description="model requests in flight per front worker; more get 429")
-    stream_idle_timeout_s: float = Field(60.0, gt=0, description="longest wait for a stream's next event, in seconds")
-    client_idle_timeout_s: float = Field(
-        30.0, gt=0, description="longest wait for the next part of a request body, in seconds; slower clients get 408"
-    )
-    drain_timeout_s: float = Field(
-        5.0,
-        ge=0,
-        description="on SIGTERM, the longest wait for requests in flight (new ones get 503 meanwhile); W&B then gets "
-        "what is left of Cloud Run's 10 s grace",
-    )
-
-    # Runners: adaptive batching, workers, resources
-    # BentoML rejects (503) a request it expects to exceed max_latency_ms, so these are
-    # latency ceilings, not batching windows: the dispatcher sizes its windows itself.
-    relevance_max_batch_size: int = Field(16, ge=1)
-    relevance_max_latency_ms: int = Field(20_000, ge=1)
-    vlm_max_batch_size: int = Field(8, ge=1)
-    vlm_max_latency_ms: int = Field(120_000, ge=1)
-    scheduler: Literal["step", "batch"] = Field(
-        "step",
-        description="VLM runner: 'step' (requests join and leave one running decode batch between steps, "
-        "streams included) or 'batch' (each adaptive batch runs to its end; streams decode alone)",
-    )
-    vlm_rows: int = Field(16, ge=1, description="step scheduler: most requests decoding at once")
-    vlm_cache_tokens: int = Field(
-        2048, ge=2, description="step scheduler: KV slots per row (prompt + answer); longer requests decode alone"
-    )
-    vlm_prefill_tokens: int = Field(
-        8192, ge=1, description="step scheduler: most prompt tokens prefilled between two decode steps"
-    )
-    relevance_workers: int = Field(1, ge=1)
-    vlm_workers: int = Field(1, ge=1)
-    runner_timeout_s: int = Field(300, ge=1, description="request timeout of each runner, in seconds")
-    relevance_gpu: float = Field(0.0, ge=0, description="GPU share of the relevance runner (0 = none)")
-    vlm_gpu: float = Field(0.0, ge=0, description="GPU share of the VLM runner (0 = none)")
-
-    # Tracking
-    wandb: bool = Field(False, description="track with W&B even without WANDB_API_KEY (e.g. offline)")
-    wandb_project: str = Field("arr-coc", description="W&B project of serve/train/eval runs")
-    wandb_window_s: float = Field(30.0, gt=0, description="seconds per logged window of serve metrics")
-    wandb_sample_rate: float = Field(0.01, ge=0, le=1, description="share of requests logged as table examples")
-    deployment: str = Field("local", description="deployment name in W&B run names")
-
-    _training_free_default: bool = PrivateAttr(False)
-
-    @model_validator(mode="after")
-    def _no_random_default(self) -> Settings:
-        """Without a trained scorer, a default variant nobody chose never selects with random weights."""
-        if not self.scorer_trained and "default_variant" not in self.model_fields_set:
-            self.default_variant = TRAINING_FREE_DEFAULT
-            self._training_free_default = True
-        return self
-
     @property
     def scorer_trained(self) -> bool:
         """Whether the runners load a trained scorer: ``scorer`` names a checkpoint, or the shipped testbed is
@@ -160,24 +81,6 @@ class Settings(BaseSettings):
     def scorer_state(self) -> Literal[SCORER_STATES]:
         """``"trained"`` or ``"untrained"`` (seeded random weights)."""
         return "trained" if self.scorer_trained else "untrained"
-
-    @property
-    def training_free_default(self) -> bool:
-        """Whether :attr:`default_variant` is :data:`TRAINING_FREE_DEFAULT` because there is no trained scorer."""
-        return self._training_free_default
-
-    def untrained_scorer_notice(self) -> str | None:
-        """One sentence for people (start-up log, ``/v1/models``, the web page) when the scorer is untrained."""
-        if self.scorer_trained:
-            return None
-        model = self.model or f"the {self.testbed_family} testbed"
-        why = "training-free" if self._training_free_default else "ARR_COC_DEFAULT_VARIANT"
-        command = TRAIN_SCORER_COMMAND.replace("<id>", self.model) if self.model else TRAIN_SCORER_COMMAND
-        return (
-            f"{model} has no trained relevance scorer: the arr-coc variants select with an untrained scorer "
-            f"(random weights). The default variant is {self.default_variant} ({why}). Train a scorer with "
-            f"`{command}` and serve it with ARR_COC_SCORER=DIR."
-        )
 
 
 @lru_cache(maxsize=1)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from arr_coc.adaptive import AUTO, AutoBudget
 from arr_coc.errors import UnknownVariantError
 from arr_coc.selection import as_budget, check_method, check_stage, resolve_budget
+from arr_coc.vocabulary import PRE_METHODS, PRUNING_METHODS
 
 
 class Variant(BaseModel):
@@ -68,10 +69,10 @@ PERCENTS = (3, 5, 10, 25, 50)
 
 def _builtin() -> dict[str, Variant]:
     variants = [Variant(name="full", method="none", budget=1.0)]
-    for method in ("arr-coc", "uniform", "random", "divprune", "cdpruner"):
+    for method in PRUNING_METHODS:
         for percent in PERCENTS:
             variants.append(Variant(name=f"{method}-{percent}", method=method, budget=percent / 100))
-    for method in ("arr-coc", "uniform", "random"):  # chosen before the vision tower, which runs on the kept only
+    for method in PRE_METHODS:  # chosen before the vision tower, which runs on the kept only
         for percent in PERCENTS:
             variants.append(Variant(name=f"{method}-pre-{percent}", method=method, budget=percent / 100, stage="pre"))
     variants.append(

@@ -1,6 +1,6 @@
 """The names a user types, one list each: the same in the CLI, ``ARR_COC_*`` settings, the HTTP API and W&B.
 
-Selection methods, stages, decode modes, testbed families, devices and dtypes. Dtypes
+Selection methods, question kinds, stages, decode modes, testbed families, devices and dtypes. Dtypes
 are torch's own names (``float32``, ``bfloat16``, ``float16``); the short forms
 (``fp32``, ``bf16``, ``fp16``, ``half``, ``float``) are accepted everywhere and stored
 and logged as the long ones. Torch-free: ``arr-coc --help`` imports this module.
@@ -9,11 +9,25 @@ and logged as the long ones. Torch-free: ``arr-coc --help`` imports this module.
 from __future__ import annotations
 
 import re
+from typing import Literal, get_args
 
-METHODS = ("none", "uniform", "random", "arr-coc", "divprune", "cdpruner")
-"""Selection methods (``arr_coc.selection.SELECTORS`` holds one selector per name)."""
+PRUNING_METHODS = ("arr-coc", "uniform", "random", "divprune", "cdpruner")
+"""Methods that keep a budget of the visual tokens, ``arr-coc`` first: the built-in variants, the rows of a
+quality table and the recall table of scorer training."""
+METHODS = ("none", *PRUNING_METHODS)
+"""Selection methods: ``none`` keeps every token (``arr_coc.selection.SELECTORS`` holds one selector per name)."""
 FEATURE_METHODS = frozenset({"divprune", "cdpruner"})
 """Methods that select from the vision tower's merged features (stage ``post`` only)."""
+PRE_METHODS = tuple(method for method in PRUNING_METHODS if method not in FEATURE_METHODS)
+"""Pruning methods that can also select before the vision tower (stage ``pre``)."""
+QuestionKind = Literal["colour", "shape", "count"]
+QUESTION_KINDS: tuple[QuestionKind, ...] = get_args(QuestionKind)
+"""What a question of the synthetic VQA task asks for, one per template: a colour, a shape, a count."""
+COVERAGE_MEANING = (
+    "the share of the question's target tokens to keep, in (0, 1] "
+    "(beside a scorer never calibrated: the share of the image's relevance mass)"
+)
+"""What ``coverage`` means, in every help text (``arr_coc.adaptive`` says how the count follows from it)."""
 STAGES = ("post", "pre")
 """Where selection happens: ``post`` on the tower's outputs, ``pre`` on pixels + question before the tower."""
 DECODE_MODES = ("auto", "eager", "static", "graph")

@@ -13,16 +13,15 @@ ready <= 10 s, first <= 1.5x the tenth.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
+from testkit.serving import Server
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from serving import Server  # noqa: E402
 
 SAMPLE = ROOT / "arr_coc" / "assets" / "vqa-sample.png"
 BODY = {"question": "What colour is the circle?", "max_new_tokens": 4}

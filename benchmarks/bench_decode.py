@@ -28,10 +28,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from bench_prune import REAL_CONFIGS, random_real_size_model  # noqa: E402
-from drawing import scene  # noqa: E402
 
 from arr_coc.vlm import decoding  # noqa: E402
 from arr_coc.vlm.decoding import generate_rows, synchronize  # noqa: E402
@@ -43,6 +41,7 @@ from arr_coc.vlm.static_decoding import length_bucket  # noqa: E402
 from arr_coc.vlm.testbed import ensure_testbed  # noqa: E402
 from arr_coc.vlm.types import AnswerRequest, GenerationParams  # noqa: E402
 from arr_coc_cli.commands.options import add_device  # noqa: E402
+from testkit.drawing import scene  # noqa: E402
 
 
 def decode_run(pipeline: VLMPipeline, prepared, steps: int) -> tuple[float, list[list[int]]]:

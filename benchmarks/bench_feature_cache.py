@@ -21,16 +21,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from bench_prune import random_real_size_model  # noqa: E402
-from drawing import scene  # noqa: E402
 
 from arr_coc.vlm.loading import load_vlm, parse_device, parse_dtype  # noqa: E402
 from arr_coc.vlm.pipeline import VLMPipeline  # noqa: E402
 from arr_coc.vlm.testbed import ensure_testbed  # noqa: E402
 from arr_coc.vlm.types import AnswerRequest, GenerationParams  # noqa: E402
 from arr_coc_cli.commands.options import add_device  # noqa: E402
+from testkit.drawing import scene  # noqa: E402
 
 QUESTIONS = [
     "Where is the red house?",

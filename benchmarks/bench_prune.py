@@ -22,27 +22,21 @@ are noisy on a shared machine; only ratios within one run are meaningful.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
 from arr_coc.adaptive import AutoBudget, auto_budget
-from arr_coc_cli.commands.options import add_device, add_method  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from drawing import scene  # noqa: E402
-
-from arr_coc.vlm.families import family_by_name  # noqa: E402
-from arr_coc.vlm.loading import LoadedVLM, load_vlm, parse_device, parse_dtype  # noqa: E402
-from arr_coc.vlm.pipeline import VLMPipeline  # noqa: E402
-from arr_coc.vlm.testbed import ensure_testbed, testbed_processor  # noqa: E402
-from arr_coc.vlm.testbed_tokenizer import build_tokenizer  # noqa: E402
-from arr_coc.vlm.types import AnswerRequest, GenerationParams  # noqa: E402
-from arr_coc.vlm.vision_attention import PACKED_VISION_ATTENTION, use_packed_vision_attention, vision_attention  # noqa: E402
-from arr_coc.vocabulary import STAGES  # noqa: E402
+from arr_coc.vlm.families import family_by_name
+from arr_coc.vlm.loading import LoadedVLM, load_vlm, parse_device, parse_dtype
+from arr_coc.vlm.pipeline import VLMPipeline
+from arr_coc.vlm.testbed import ensure_testbed, testbed_processor
+from arr_coc.vlm.testbed_tokenizer import build_tokenizer
+from arr_coc.vlm.types import AnswerRequest, GenerationParams
+from arr_coc.vlm.vision_attention import PACKED_VISION_ATTENTION, use_packed_vision_attention, vision_attention
+from arr_coc.vocabulary import STAGES
+from arr_coc_cli.commands.options import add_device, add_method
+from testkit.drawing import scene
 
 BUDGETS = [1.0, 0.5, 0.25, 0.1]
 QUESTION = "Where is the red house, and what is next to it?"

@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from bench_serve import FAILURES, load, payloads  # noqa: E402
-from serving import Server  # noqa: E402
+
+from testkit.serving import Server  # noqa: E402
 
 STARTUP_SETTLE_S = 8
 CONFIGS = {

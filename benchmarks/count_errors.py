@@ -8,10 +8,9 @@ On count questions only (training split, an unused seed), with all visual tokens
   the objects that have the asked colour answers 3 of 3 as it answers 4 of 4;
 - the attention of one first-layer head (``--head``; head 0 is the one the target hint
   steers) at the colour word: its share on the word itself, on the counted objects'
-  box-centre tokens and on all their tokens, per truth, beside what ``count_hint`` asks
-  for with ``--word-weight w``: ``w / (n + w)`` on the word and ``1 / (n + w)`` on each centre.
+  box-centre tokens and on all their tokens, per truth.
 
-    .venv/bin/python benchmarks/count_errors.py --size 300 [--model DIR] [--head H --word-weight W]
+    .venv/bin/python benchmarks/count_errors.py --size 300 [--model DIR] [--head H]
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ import torch
 
 from arr_coc.tasks.shapes_vqa import ShapesVQA
 from arr_coc.training.data import processor_grid
-from arr_coc.training.testbed_training import ExampleSet, answer_rows, initial_model
+from arr_coc.training.testbed import ExampleSet, answer_rows, initial_model
 from arr_coc.vlm.decoding import pad_rows
 from arr_coc.vlm.pruning import encoder_outputs
 from arr_coc.vlm.testbed import EMBEDDED_MODEL
@@ -36,7 +35,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7, help="training-split seed (unused by training)")
     parser.add_argument("--model", default=str(EMBEDDED_MODEL), help="VLM directory")
     parser.add_argument("--head", type=int, default=0, help="first-layer head whose attention is shown")
-    parser.add_argument("--word-weight", type=float, default=1.0, help="the count hint's word weight")
     args = parser.parse_args()
     vlm = initial_model("", 0, args.model)
     vlm.model.eval()
@@ -73,10 +71,7 @@ def main() -> None:
     print(f"truth  layer-1 head-{args.head} attention at the colour word: word / counted centres / counted objects")
     for truth, per_truth in sorted(shares.items()):
         means = [sum(r[k] for r in per_truth) / len(per_truth) for k in range(3)]
-        n, w = int(truth), args.word_weight
-        print(
-            f"{truth:>5}  {means[0]:.2f} / {means[1]:.2f} / {means[2]:.2f}   (count_hint asks {w / (n + w):.2f} / {n / (n + w):.2f})"
-        )
+        print(f"{truth:>5}  {means[0]:.2f} / {means[1]:.2f} / {means[2]:.2f}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from arr_coc.training.data import processor_grid
 from arr_coc.variants import ad_hoc, get_variant
 from arr_coc.vlm.pipeline import VLMPipeline
 from arr_coc.vlm.testbed import EMBEDDED_SCORER
+from arr_coc.vocabulary import QUESTION_KINDS
 from training_hooks.jobs.quality_job import per_kind_accuracy
 
 
@@ -149,7 +150,7 @@ def main() -> None:
         "own renderer (held-out)": ShapesVQA(args.size, "heldout", 0, grid_for) if "own" in args.sets else None,
         "other renderer": OtherRenderer(args.size, grid_for) if "other" in args.sets else None,
     }
-    kinds = ("colour", "shape", "count")
+    kinds = QUESTION_KINDS
     print(f"{'scenes':<24} {'variant':<11} {'accuracy':>8} {'recall':>7}" + "".join(f" {k:>7}" for k in kinds))
     for name, dataset in sets.items():
         if dataset is None:

@@ -23,11 +23,11 @@ from arr_coc.metrics import recall_at_budget
 from arr_coc.scorer import RelevanceScorer
 from arr_coc.selection import allocate
 from arr_coc.tasks import load_dataset
-from arr_coc.tasks.shapes_vqa import KINDS
 from arr_coc.training.data import encode_dataset, processor_grid
 from arr_coc.training.exploration import object_labels
 from arr_coc.vlm.pipeline import VLMPipeline
 from arr_coc.vlm.testbed import EMBEDDED_SCORER
+from arr_coc.vocabulary import QUESTION_KINDS
 
 BUDGETS = (0.03, 0.05, 0.1, 0.25)
 
@@ -58,11 +58,17 @@ def report(name: str, scorer: RelevanceScorer, samples, budgets) -> None:
                 hit = int((labels.flatten()[kept].unique() > 0).sum()) / objects
                 kept_stats[(selection, budget)][sample.kind].append((recall_at_budget(kept, sample.target), hit))
     print(f"\n{name}")
-    print("top-T recall: " + "  ".join(f"{kind} {mean(top_t[kind]):.3f}" for kind in KINDS))
-    print(f"{'selection':<10} {'budget':>6}" + "".join(f" {kind + ' recall/hit':>18}" for kind in KINDS) + "  all")
+    print("top-T recall: " + "  ".join(f"{kind} {mean(top_t[kind]):.3f}" for kind in QUESTION_KINDS))
+    print(
+        f"{'selection':<10} {'budget':>6}"
+        + "".join(f" {kind + ' recall/hit':>18}" for kind in QUESTION_KINDS)
+        + "  all"
+    )
     for (selection, budget), by_kind in kept_stats.items():
-        every = [v for kind in KINDS for v in by_kind[kind]]
-        cells_ = "".join(f" {mean(r for r, _ in by_kind[k]):>9.3f}/{mean(h for _, h in by_kind[k]):.3f}" for k in KINDS)
+        every = [v for kind in QUESTION_KINDS for v in by_kind[kind]]
+        cells_ = "".join(
+            f" {mean(r for r, _ in by_kind[k]):>9.3f}/{mean(h for _, h in by_kind[k]):.3f}" for k in QUESTION_KINDS
+        )
         print(f"{selection:<10} {budget:>6g}{cells_}  {mean(r for r, _ in every):.3f}/{mean(h for _, h in every):.3f}")
 
 

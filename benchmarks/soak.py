@@ -43,9 +43,8 @@ import httpx
 import psutil
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from drawing import noise, scene, shapes  # noqa: E402
-from serving import Server, b64_png  # noqa: E402
+from testkit.drawing import noise, scene, shapes
+from testkit.serving import Server, b64_png
 
 ROUTES = ("/answer", "/answer_stream", "/relevance", "/v1/chat/completions")
 QUESTION = "What colour is the circle?"

@@ -3,7 +3,7 @@
 A request that would wait behind a full house is refused with ``Retry-After`` and the
 one error body, so a client (or a load balancer) backs off or goes elsewhere instead
 of timing out in a queue. A stream holds its place until its last event is sent (or
-its client leaves). While the worker drains after SIGTERM (:mod:`runners.draining`),
+its client leaves). While the worker drains after SIGTERM (:mod:`serving.draining`),
 new model requests get 503 ``draining`` with ``Retry-After`` instead of a closed
 socket. Probes, metrics, the page and the model list are never refused.
 """
@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 from front.errors import RequestError, error_response
-from runners.draining import Gate
+from serving.draining import Gate
 
 MODEL_ROUTES = frozenset({"/answer", "/answer_stream", "/relevance", "/v1/chat/completions"})
 RETRY_AFTER_S = 1

@@ -11,12 +11,12 @@ from importlib.metadata import version
 
 from fastapi import FastAPI
 
-from arr_coc.settings import Settings
 from front import admission, errors, metrics, openapi, pages
-from runners.draining import Gate
+from serving.draining import Gate
+from serving.settings import ServerSettings
 
 
-def create_app(settings: Settings, description: str) -> FastAPI:
+def create_app(settings: ServerSettings, description: str) -> FastAPI:
     app = FastAPI(
         title="ARR-COC",
         version=version("arr-coc"),

@@ -5,7 +5,10 @@
 - a body that fails its request model -> 422 ``validation_error`` naming the field;
   JSON that does not parse -> 400 ``malformed_json``;
 - routing and protocol errors (404, 405, 413, 415) keep their status;
-- a runner that fails or cannot be reached -> 503 ``runner_unavailable``; the server keeps serving.
+- a runner that fails or cannot be reached (:mod:`front.runner_failures`) -> 503
+  ``runner_unavailable``; the server keeps serving;
+- anything else is a fault in the front itself -> 500 ``internal``, with a detail that
+  says nothing of it; its traceback goes to the log.
 
 Bodies are :class:`front.schemas.ErrorBody` (``{error, field, detail}``), and on
 ``/v1/...`` OpenAI's ``{"error": {message, type, param, code}}``. Client errors are
@@ -25,6 +28,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Match
 
 from arr_coc import errors
+from front.runner_failures import is_runner_failure
 
 logger = logging.getLogger("arr_coc.service")
 
@@ -41,6 +45,7 @@ _STATUS_BY_KIND = {
 }
 _OBJECT_REPR = re.compile(r"\s*<[^<>]*\bat 0x[0-9a-fA-F]+>")
 _KIND_BY_STATUS = {404: "not_found", 405: "method_not_allowed", 413: "request_too_large", 415: "unsupported_media_type"}
+INTERNAL_DETAIL = "the server failed on this request; the failure is logged"
 
 
 class RequestError(errors.ArrCocInputError):
@@ -97,13 +102,17 @@ def _describe(error: Exception) -> tuple[int, str, str, str | None]:
     if isinstance(error, HTTPException):
         kind = _KIND_BY_STATUS.get(error.status_code, "bad_request" if error.status_code < 500 else "server_error")
         return error.status_code, kind, str(error.detail), None
-    return 503, "runner_unavailable", f"a model runner failed: {type(error).__name__}"[:200], None
+    if is_runner_failure(error):
+        return 503, "runner_unavailable", f"a model runner failed: {type(error).__name__}"[:200], None
+    return 500, "internal", INTERNAL_DETAIL, None
 
 
 def log(path: str, error: Exception) -> tuple[int, str, str, str | None]:
     """Log ``error`` on ``path`` (a line for client errors, a traceback for failures); its :func:`describe`."""
     status, kind, detail, field = described = describe(error)
-    if status >= 500 and not isinstance(error, errors.ArrCocInputError):  # not a refusal (draining): a failure
+    if kind == "internal":
+        logger.exception("%s failed: a fault in the front", path, exc_info=error)
+    elif status >= 500 and not isinstance(error, errors.ArrCocInputError):  # not a refusal (draining): a failure
         logger.error("%s failed", path, exc_info=error)
     else:
         logger.info("%s %d %s: %s", path, status, kind, detail[:200])
@@ -135,7 +144,7 @@ async def not_found(request: Request):
 
 
 def install(app: FastAPI) -> None:
-    """Route every exception of ``app`` through :func:`error_response` (anything unforeseen: 503 JSON, not 500)."""
+    """Route every exception of ``app`` through :func:`error_response` (the unforeseen too: a JSON body)."""
 
     async def handle(request: Request, error: Exception) -> JSONResponse:
         return error_response(request.url.path, error)

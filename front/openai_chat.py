@@ -20,11 +20,11 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field
 
 from arr_coc.errors import InvalidImageError, InvalidQuestionError, UnknownVariantError
-from arr_coc.settings import Settings
 from arr_coc.variants import VARIANTS
 from arr_coc.vocabulary import STAGES
 from front.schemas import AnswerRequestBody, Budget
-from runners.vlm import AnswerOutput
+from serving.settings import ServerSettings
+from serving.wire import AnswerOutput
 
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length", None: "stop"}
 
@@ -195,7 +195,7 @@ def chunk(
     return body
 
 
-def model_list(settings: Settings) -> dict[str, Any]:
+def model_list(settings: ServerSettings) -> dict[str, Any]:
     """``/v1/models``: every registered variant, as a model, with what it keeps under the ``arr_coc`` extension.
 
     The list's own ``arr_coc`` gives the deployment's ``default_variant``, its ``scorer``

@@ -17,6 +17,7 @@ ERROR_RESPONSES = {
     415: {"model": ErrorBody, "description": "a media type other than JSON (or a multipart form)"},
     422: {"model": ErrorBody, "description": "a field out of range: budget, variant, method, stage, question, ..."},
     429: {"model": ErrorBody, "description": "overloaded: too many requests in flight; retry after Retry-After s"},
+    500: {"model": ErrorBody, "description": "a fault in the server itself (kind internal); it is logged"},
     503: {
         "model": ErrorBody,
         "description": "a model runner failed or is unreachable, or the server drains after SIGTERM (Retry-After)",

@@ -1,7 +1,7 @@
 """One request across the two runners: validate once, score, then answer or select; record the outcome.
 
 The front decodes and checks the image and the question once; the runners get the
-decoded pixels (:class:`runners.relevance.Pixels`), never an encoded image. The
+decoded pixels (:class:`serving.wire.Pixels`), never an encoded image. The
 relevance runner scores (adaptive batches), the VLM runner prunes and answers with
 that relevance. Every outcome, success or failure, feeds ``/metrics`` and W&B.
 """
@@ -19,21 +19,20 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import torch
-from bentoml.exceptions import ServiceUnavailable
 from PIL import Image
 
 from arr_coc.adaptive import AutoBudget, auto_budget
 from arr_coc.errors import ArrCocInputError, InvalidBudgetError
 from arr_coc.query import check_question
 from arr_coc.selection import FEATURE_METHODS, allocate, as_budget
-from arr_coc.settings import Settings
 from arr_coc.variants import Variant, ad_hoc, get_variant
 from front import metrics
 from front.errors import describe
+from front.runner_failures import StreamReplayError, is_connection_failure
 from front.schemas import AnswerResponse, GenerationFields, ImageQuestion
 from front.uploads import decode_image_field
-from runners.relevance import Pixels, RunnerError, ScoreItem, ScoreOutput
-from runners.vlm import AnswerItem, AnswerOutput
+from serving.settings import ServerSettings
+from serving.wire import AnswerItem, AnswerOutput, Pixels, RunnerError, ScoreItem, ScoreOutput
 from training_hooks.tracking.service_tracking import Tracking, tracking_name
 
 logger = logging.getLogger("arr_coc.service")
@@ -49,10 +48,6 @@ class RunnerInputError(ArrCocInputError):
     @property
     def kind(self) -> str:
         return self._kind
-
-
-class StreamReplayError(RuntimeError):
-    """A reopened stream that does not repeat what the broken one sent (a non-deterministic runner)."""
 
 
 def checked(output: ScoreOutput | AnswerOutput):
@@ -91,7 +86,7 @@ class Job:
 class Pipeline:
     """The front's side of the request path; holds the runner handles and the W&B tracking."""
 
-    def __init__(self, relevance_runner, vlm_runner, tracking: Tracking, settings: Settings) -> None:
+    def __init__(self, relevance_runner, vlm_runner, tracking: Tracking, settings: ServerSettings) -> None:
         self.relevance_runner = relevance_runner
         self.vlm_runner = vlm_runner
         self.tracking = tracking
@@ -255,19 +250,6 @@ class Pipeline:
 
 
 RETRIES = 2
-
-
-def is_connection_failure(error: BaseException) -> bool:
-    """Whether ``error`` is the way to a runner failing, not the runner answering.
-
-    BentoML replaces its client session every 100 requests or 300 s and closes the
-    old one under requests still in flight; runner servers also close idle
-    keep-alive connections that the client may still pick from its pool; a runner
-    that is restarting answers 503 (``ServiceUnavailable``) until it is ready.
-    """
-    if isinstance(error, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ServiceUnavailable)):
-        return True
-    return isinstance(error, RuntimeError) and "closed" in str(error).lower()
 
 
 def decoding_figures(output: AnswerOutput) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """The HTTP API's request and response models.
 
-Limits come from :func:`arr_coc.settings.get_settings` when the module is imported,
+Limits come from :func:`serving.settings.get_server_settings` when the module is imported,
 so they appear in the OpenAPI document. Fields are strict where JSON has several
 spellings of one thing: a budget is a JSON number, never ``true`` or ``"0.5"``.
 """
@@ -11,11 +11,11 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
-from arr_coc.settings import get_settings
 from arr_coc.variants import VARIANTS
-from arr_coc.vocabulary import METHODS, SCORER_STATES, STAGES
+from arr_coc.vocabulary import COVERAGE_MEANING, METHODS, PRE_METHODS, SCORER_STATES, STAGES
+from serving.settings import get_server_settings
 
-_settings = get_settings()
+_settings = get_server_settings()
 
 Budget = Annotated[
     StrictInt | StrictFloat | Literal["auto"],
@@ -70,15 +70,13 @@ class ImageQuestion(_Strict):
         json_schema_extra={"enum": list(METHODS)},
     )
     budget: Budget | None = None
-    coverage: StrictFloat | StrictInt | None = Field(
-        None, description="with budget 'auto': the share of the image's relevance mass to keep, in (0, 1]"
-    )
+    coverage: StrictFloat | StrictInt | None = Field(None, description=f"with budget 'auto': {COVERAGE_MEANING}")
     min_tokens: StrictInt | None = Field(None, description="with budget 'auto': keep at least this many tokens")
     max_tokens: StrictInt | None = Field(None, description="with budget 'auto': keep at most this many tokens")
     stage: Literal[STAGES] | None = Field(
         None,
         description="overrides the variant's stage: 'post' selects from the vision tower's outputs, 'pre' before "
-        "the tower, which then runs on the kept tokens only (none, uniform, random, arr-coc)",
+        f"the tower, which then runs on the kept tokens only (none, {', '.join(PRE_METHODS)})",
     )
 
 

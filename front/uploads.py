@@ -22,8 +22,8 @@ from starlette.requests import Request
 
 from arr_coc.errors import ImageTooLargeError, InvalidImageError
 from arr_coc.images import load_image
-from arr_coc.settings import Settings
 from front.errors import RequestError
+from serving.settings import ServerSettings
 
 Model = TypeVar("Model", bound=BaseModel)
 TEXT_FIELDS = {"image", "question", "variant", "method", "stage"}
@@ -32,7 +32,7 @@ LIST_FIELDS = {"stop"}
 _DATA_URI = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w-]+=[\w.-]+)*;base64,", re.IGNORECASE)
 
 
-def decode_image_field(text: str, settings: Settings) -> tuple[bytes, Image.Image]:
+def decode_image_field(text: str, settings: ServerSettings) -> tuple[bytes, Image.Image]:
     """Decode and fully validate the ``image`` field; typed errors name the field and limit."""
     text = text.strip()
     match = _DATA_URI.match(text)
@@ -60,7 +60,7 @@ class BodyLimit(NamedTuple):
     idle_timeout_s: float
 
 
-def body_limit(settings: Settings) -> BodyLimit:
+def body_limit(settings: ServerSettings) -> BodyLimit:
     """The largest image in base64 plus room for the other fields; the client idle timeout of the settings."""
     max_bytes = (settings.max_image_bytes * 4) // 3 + 4 * settings.max_question_chars + 64 * 1024
     return BodyLimit(max_bytes, settings.client_idle_timeout_s)
@@ -167,7 +167,7 @@ def request_body_openapi(model: type[BaseModel], forms: bool = True) -> dict:
     }
 
 
-def url_hosts(settings: Settings) -> frozenset[str]:
+def url_hosts(settings: ServerSettings) -> frozenset[str]:
     """The hosts whose image URLs may be fetched (``ARR_COC_IMAGE_URL_HOSTS``)."""
     return frozenset(host.strip().lower() for host in settings.image_url_hosts.split(",") if host.strip())
 
@@ -176,7 +176,7 @@ def is_remote(image: str) -> bool:
     return image.startswith(("http://", "https://"))
 
 
-async def fetch_image(url: str, settings: Settings, timeout_s: float = 10.0) -> str:
+async def fetch_image(url: str, settings: ServerSettings, timeout_s: float = 10.0) -> str:
     """The image at ``url`` (an allowed host's http(s) URL) as base64; typed errors when it cannot be had.
 
     Redirects are not followed (they could lead to any host), the body is capped at

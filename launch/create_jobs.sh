@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create the W&B Launch jobs of ARR-COC from the bundle's container image.
 #
-#   ENTITY=my-team PROJECT=arr-coc IMAGE=us-docker.pkg.dev/my-gcp/arr-coc/arr-coc:0.1.0 launch/create_jobs.sh
+#   ENTITY=my-team PROJECT=arr-coc IMAGE=us-docker.pkg.dev/my-gcp/arr-coc/arr-coc:0.2.0 launch/create_jobs.sh
 #
 # The jobs read their parameters through wandb.config, so every key of the
 # files in launch/overrides/ can be overridden from the Launch drawer or with

@@ -1,6 +1,6 @@
 """RelevanceRunner: the VLM's processor and input embeddings plus the relevance scorer.
 
-Images arrive decoded (:class:`Pixels`, from the front), so nothing is decoded twice.
+Images arrive decoded (:class:`serving.wire.Pixels`, from the front), so nothing is decoded twice.
 ``score(items)`` is batchable: the batch is scored in one scorer call per image
 size, and each item gets the relevance map of its image for its question (equal
 to its lone score within float noise). An input error in one
@@ -12,113 +12,17 @@ from __future__ import annotations
 import time
 
 import bentoml
-from PIL import Image
-from pydantic import BaseModel, Field
 
-from arr_coc.adaptive import Calibration
-from arr_coc.errors import ArrCocInputError, InvalidImageError
+from arr_coc.errors import ArrCocInputError
 from arr_coc.query import check_question
-from arr_coc.settings import get_settings
 from model_store import sources
-from runners.draining import CountInFlight, Gate, stop_after_drain
+from serving.bentoml_helpers import batching, json_media_type, kept_connections, resources, runner_threads
+from serving.draining import CountInFlight, Gate, stop_after_drain
+from serving.settings import get_server_settings
+from serving.wire import RunnerError, ScoreItem, ScoreOutput
 
-settings = get_settings()
+settings = get_server_settings()
 GATE = Gate()  # this process's requests in flight, for the drain on SIGTERM
-
-
-class RunnerError(BaseModel):
-    """An input error a runner found in one item; the rest of its batch is unaffected."""
-
-    kind: str
-    field: str | None
-    detail: str
-
-
-class Pixels(BaseModel):
-    """A decoded image as it crosses between processes: raw RGB bytes, never encoded again.
-
-    data: ``[H, W, 3]`` uint8 in row-major order; size: ``(W, H)`` in pixels.
-    """
-
-    data: bytes
-    size: tuple[int, int]
-
-    @classmethod
-    def of(cls, image: Image.Image) -> Pixels:
-        rgb = image.convert("RGB")
-        return cls(data=rgb.tobytes(), size=rgb.size)
-
-    def image(self) -> Image.Image:
-        width, height = self.size
-        if width < 1 or height < 1 or len(self.data) != width * height * 3:
-            raise InvalidImageError(f"{len(self.data)} bytes are not {width}x{height} RGB pixels", field="image")
-        return Image.frombytes("RGB", self.size, self.data)
-
-
-class ScoreItem(BaseModel):
-    pixels: Pixels
-    question: str
-
-
-class ScoreOutput(BaseModel):
-    grid: tuple[int, int] = (0, 0)
-    relevance: list[float] = Field(default_factory=list, description="H' x W' scores, raster order")
-    cells: list[float] = Field(default_factory=list, description="3 x H' x W' appearance cells, channel-major")
-    explore: float = Field(0.0, ge=0.0, le=1.0, description="arr-coc's exploration weight for this image")
-    calibration: Calibration = Field(default_factory=Calibration, description="how the scorer's auto budgets count")
-    timings_ms: dict[str, float] = Field(default_factory=dict)
-    batch_size: int = 1
-    error: RunnerError | None = None
-
-
-def resources(gpu_share: float) -> dict:
-    return {"gpu": gpu_share} if gpu_share > 0 else {"cpu": "1"}
-
-
-def kept_connections() -> dict:
-    """``bentoml.service`` ``runner_connection`` config: the front keeps its client session to this runner.
-
-    BentoML replaces a dependency's client session every 100 requests or 300 s (to find
-    new replicas behind a DNS name) and awaits the old session's close inside the call
-    that triggers the swap; under load that call sometimes never reached the runner
-    (streams stalled until the front's idle timeout: 17 in 90 s at concurrency 16 here;
-    once, a unary call waited out the 300 s timeout). The runners of this bundle live
-    beside the front, on one address that never moves, so the session is kept.
-    """
-    return {"max_requests": 2**62, "max_age": float(2**62)}
-
-
-def runner_threads(threads: int) -> None:
-    """Set this runner's torch CPU threads: ``threads``, or with 0 the cores split between the two runners.
-
-    Two model processes that each start a thread per core fight over every core; on a
-    CPU host that cost the served pipeline about 15 % of its throughput.
-    """
-    import os
-
-    import torch
-
-    torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) // 2))
-
-
-def json_media_type(service) -> None:
-    """Declare the JSON media type of ``service``'s outputs up front.
-
-    BentoML otherwise derives a list output's media type from its JSON schema, built
-    anew for every response (a fifth of the relevance runner's CPU time here).
-    """
-    for api in service.apis.values():
-        api.output_spec.media_type = api.output_spec.media_type or "application/json"
-
-
-def batching(max_batch_size: int, max_latency_ms: int) -> dict:
-    """``bentoml.api`` arguments: adaptive batching, or none when ``max_batch_size`` is 1.
-
-    Without batching the API still takes a list (of one item), so callers do not change.
-    """
-    if max_batch_size <= 1:
-        return {"batchable": False}
-    return {"batchable": True, "max_batch_size": max_batch_size, "max_latency_ms": max_latency_ms}
 
 
 @bentoml.service(
@@ -130,7 +34,7 @@ def batching(max_batch_size: int, max_latency_ms: int) -> dict:
 )
 class RelevanceRunner:
     def __init__(self) -> None:
-        # Model code is imported here, in the runner's own process: the front imports this module too.
+        # Model code is imported here, in the runner's own process: service.py imports this module in every process.
         from arr_coc.relevance_model import RelevanceModel
 
         runner_threads(settings.torch_threads)

@@ -31,28 +31,19 @@ from typing import TYPE_CHECKING
 import anyio.to_thread
 import bentoml
 import torch
-from pydantic import BaseModel, Field
 
-from arr_coc.adaptive import AutoBudget
 from arr_coc.errors import ArrCocInputError, InvalidRelevanceError
-from arr_coc.settings import get_settings
 from arr_coc.vlm.types import AnswerRequest, AnswerResult, GenerationParams
 from model_store import sources
-from runners.draining import CountInFlight, Gate, stop_after_drain
-from runners.relevance import (
-    Pixels,
-    RunnerError,
-    batching,
-    json_media_type,
-    kept_connections,
-    resources,
-    runner_threads,
-)
+from serving.bentoml_helpers import batching, json_media_type, kept_connections, resources, runner_threads
+from serving.draining import CountInFlight, Gate, stop_after_drain
+from serving.settings import get_server_settings
+from serving.wire import AnswerItem, AnswerOutput, RunnerError
 
-if TYPE_CHECKING:  # model code is only imported in the runner's own process (the front imports this module)
+if TYPE_CHECKING:  # model code is only imported in the runner's own process (service.py imports this module)
     from arr_coc.vlm.scheduler import SchedulerStats, StepScheduler, Ticket
 
-settings = get_settings()
+settings = get_server_settings()
 GATE = Gate()  # this process's requests in flight, for the drain on SIGTERM
 logger = logging.getLogger(__name__)
 
@@ -77,40 +68,6 @@ STEP_SECONDS = bentoml.metrics.Histogram(
     buckets=(0.002, 0.004, 0.006, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
 )
 STEP = settings.scheduler == "step"
-
-
-class AnswerItem(BaseModel):
-    pixels: Pixels
-    question: str
-    method: str
-    budget: int | float | AutoBudget
-    stage: str = "post"
-    relevance: list[float] | None = None
-    cells: list[float] | None = None  # 3 x H' x W', channel-major, from the same scoring as relevance
-    explore: float | None = Field(None, ge=0.0, le=1.0)
-    grid: tuple[int, int] | None = None
-    max_new_tokens: int
-    temperature: float
-    top_p: float
-    stop: list[str]
-    seed: int
-
-
-class AnswerOutput(BaseModel):
-    answer: str = ""
-    token_ids: list[int] = Field(default_factory=list)
-    kept: list[int] = Field(default_factory=list)
-    total_tokens: int = 0
-    grid: tuple[int, int] = (0, 0)
-    timings_ms: dict[str, float] = Field(default_factory=dict)
-    prompt_tokens: int = 0
-    finish_reason: str | None = None
-    vision_cached: bool = False
-    batch_size: int = 1  # rows it was decoded with (step scheduler: the mean over its steps, rounded)
-    queue_depth: int = 0  # step scheduler: requests ahead of it when it arrived
-    step_ms: float = 0.0  # step scheduler: mean time of its decode steps
-    generated_tokens: int = 0  # also counts ids a stop string cut off
-    error: RunnerError | None = None
 
 
 def to_request(item: AnswerItem) -> AnswerRequest:
@@ -185,7 +142,7 @@ def error_output(error: ArrCocInputError) -> AnswerOutput:
 )
 class VLMRunner:
     def __init__(self) -> None:
-        # Model code is imported here, in the runner's own process: the front imports this module too.
+        # Model code is imported here, in the runner's own process: service.py imports this module in every process.
         from arr_coc.vlm.pipeline import VLMPipeline
         from arr_coc.vlm.static_decoding import BATCH_BUCKETS
 

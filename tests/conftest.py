@@ -6,6 +6,12 @@ model (``qwen2-vl``, ``qwen2.5-vl``, ``qwen3-vl``) built into a session temp dir
 untrained seeded scorer; ``ARR_COC_TEST_DEVICE`` / ``ARR_COC_TEST_DTYPE`` move it
 (``benchmarks/gpu_check.sh`` runs the equivalence tests on CUDA in fp32 and bf16). Both are cached, so each model is built and loaded once.
 No test reaches the network: ``HF_HUB_OFFLINE`` is set before transformers loads.
+
+Markers: a module that starts the real server declares ``pytestmark = pytest.mark.server``,
+one that trains ``pytest.mark.slow`` (``make test-fast`` deselects both). Each test's
+markers are recorded before its fixtures run; :class:`testkit.serving.Server` and every
+training run (the ``arr_coc.training.start`` auditing event, and ``wandb_jobs.arr_coc``
+for training commands) fail a test that lacks its marker (:mod:`testkit.markers`).
 """
 
 from __future__ import annotations
@@ -14,40 +20,31 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import sys  # noqa: E402
+
 import pytest  # noqa: E402
 
-SERVER_MODULES = {
-    "test_auth",
-    "test_lifecycle",
-    "test_bento",
-    "test_openai_api",
-    "test_serve_tracking",
-    "test_service",
-    "test_soak",
-    "test_vlm_testbed",
-    "test_web_page",
-}
-SLOW_MODULES = {
-    "test_testbed_training",
-    "test_train_scorer_job",
-    "test_eval_compare_jobs",
-    "test_vlm_equivalence",
-    "test_embedded_model",
-    "test_feature_cache",
-    "test_gpu_check",
-    "test_auto_rules",
-    "test_distill_job",
-}
+from arr_coc.training.audit import TRAINING_STARTS  # noqa: E402
+from testkit import markers  # noqa: E402
 
 
-def pytest_collection_modifyitems(items) -> None:
-    """Mark whole modules ``server`` or ``slow``: ``make test-fast`` deselects both."""
-    for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1]
-        if module in SERVER_MODULES:
-            item.add_marker(pytest.mark.server)
-        if module in SLOW_MODULES:
-            item.add_marker(pytest.mark.slow)
+def _check_training_is_marked_slow(event: str, args: tuple) -> None:
+    if event == TRAINING_STARTS:
+        markers.require("slow", f"trains ({args[0]})")
+
+
+sys.addaudithook(_check_training_is_marked_slow)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item) -> None:
+    """Record the test's markers before its fixtures run: testkit.markers checks them."""
+    markers.record_running(item.nodeid, {marker.name for marker in item.iter_markers()})
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item) -> None:
+    markers.clear_running()
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from drawing import scene, shapes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -25,6 +24,7 @@ from arr_coc.errors import CheckpointFormatError, InvalidBudgetError
 from arr_coc.selection import allocate, resolve_budget
 from arr_coc.variants import VARIANTS, ad_hoc
 from arr_coc.vlm.types import AnswerRequest, GenerationParams
+from testkit.drawing import scene, shapes
 
 maps = st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=1, max_size=300).map(torch.tensor)
 CALIBRATION = Calibration(scale=0.74, shift=-3.3)  # Platt scaling only: coverage is per image

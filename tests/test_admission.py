@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from starlette.responses import StreamingResponse
 
 from front import admission, errors
-from runners.draining import Gate
+from serving.draining import Gate
 
 
 def app_with_limit(limit: int, gate: asyncio.Event, counter: Gate | None = None) -> FastAPI:

@@ -7,14 +7,14 @@ import asyncio
 import httpx
 import openai
 import pytest
-from drawing import scene
 from pydantic import SecretStr
-from serving import b64_png, running_server
 
-from arr_coc.settings import Settings
 from front.auth import BearerAuth, authorized, parse_keys
+from serving.settings import ServerSettings
+from testkit.drawing import scene
+from testkit.serving import b64_png, running_server
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.server, pytest.mark.timeout(900)]
 KEYS = parse_keys(" alpha-key , beta-key ,, ")
 
 
@@ -61,7 +61,7 @@ def test_probes_metrics_and_the_page_stay_open(path):
 
 def test_the_key_is_a_secret_setting(monkeypatch):
     monkeypatch.setenv("ARR_COC_API_KEY", "k1,k2")
-    settings = Settings()
+    settings = ServerSettings()
     assert isinstance(settings.api_key, SecretStr) and "k1" not in repr(settings)
     assert parse_keys(settings.api_key.get_secret_value()) == (b"k1", b"k2")
 

@@ -12,13 +12,15 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from drawing import scene
-from serving import Server, b64_png
 
 from arr_coc.metrics import answer_matches
 from arr_coc.tasks.shapes_vqa import ShapesVQA
 from arr_coc.vlm.pipeline import VLMPipeline
 from arr_coc.vlm.types import AnswerRequest, GenerationParams
+from testkit.drawing import scene
+from testkit.serving import Server, b64_png
+
+pytestmark = pytest.mark.server
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,6 +77,8 @@ def test_bento_holds_service_models_and_dockerfile(built):
         "service.py",
         "runners/vlm.py",
         "runners/relevance.py",
+        "serving/wire.py",
+        "serving/settings.py",
         "model_store/sources.py",
         "front/pipeline.py",
         "front/static/index.html",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from arr_coc.settings import Settings
+from serving.settings import ServerSettings
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "cloudrun"
 
@@ -60,7 +60,7 @@ def test_probes_use_bentoml_health_endpoints(template):
 
 
 def test_concurrency_and_timeout_fit_the_runners(template):
-    defaults = Settings()
+    defaults = ServerSettings()
     bentofile = yaml.safe_load((DEPLOY.parents[1] / "bentofile.yaml").read_text())
     envs = {e["name"]: e["value"] for e in bentofile["envs"]}
     max_batch = int(envs.get("ARR_COC_VLM_MAX_BATCH_SIZE", defaults.vlm_max_batch_size))

@@ -3,20 +3,65 @@
 import json
 
 import pytest
+from bentoml.exceptions import InternalServerError
 from pydantic import ValidationError
 
 from arr_coc.errors import InvalidBudgetError, UnknownMethodError, UnknownVariantError
 from arr_coc.settings import Settings
 from arr_coc.variants import PERCENTS, VARIANTS, ad_hoc, get_variant
-from front.errors import error_response, status_for_kind
+from front.errors import INTERNAL_DETAIL, error_response, status_for_kind
 from front.schemas import AnswerRequestBody
+from serving.settings import ServerSettings
+from training_hooks.tracking.settings import TrackingSettings
+
+LIBRARY_FIELDS = {
+    "model",
+    "testbed_family",
+    "home",
+    "scorer",
+    "device",
+    "dtype",
+    "decode",
+    "feature_cache_mb",
+    "torch_threads",
+    "warm_up",
+    "warm_cache_tokens",
+}
+TRACKING_FIELDS = {"wandb", "wandb_project", "wandb_window_s", "wandb_sample_rate", "deployment", "scorer_artifact"}
+SERVER_FIELDS = {
+    "api_key",
+    "default_variant",
+    "max_image_bytes",
+    "max_image_pixels",
+    "max_question_chars",
+    "max_new_tokens_limit",
+    "default_max_new_tokens",
+    "image_url_hosts",
+    "max_concurrency",
+    "stream_idle_timeout_s",
+    "client_idle_timeout_s",
+    "drain_timeout_s",
+    "relevance_max_batch_size",
+    "relevance_max_latency_ms",
+    "vlm_max_batch_size",
+    "vlm_max_latency_ms",
+    "scheduler",
+    "vlm_rows",
+    "vlm_cache_tokens",
+    "vlm_prefill_tokens",
+    "relevance_workers",
+    "vlm_workers",
+    "runner_timeout_s",
+    "relevance_gpu",
+    "vlm_gpu",
+}
 
 
 def test_defaults_serve_the_testbed_on_cpu(monkeypatch):
     for key in list(__import__("os").environ):
         if key.startswith("ARR_COC_"):
             monkeypatch.delenv(key)
-    settings = Settings()
+    settings = ServerSettings()
     assert settings.model == "" and settings.testbed_family == "qwen2.5-vl-vqa"
     assert settings.device == "auto" and settings.default_variant in VARIANTS
     assert settings.decode == "auto" and settings.warm_up
@@ -27,7 +72,7 @@ def test_environment_overrides(monkeypatch):
     monkeypatch.setenv("ARR_COC_VLM_MAX_BATCH_SIZE", "16")
     monkeypatch.setenv("ARR_COC_WANDB", "1")
     monkeypatch.setenv("ARR_COC_DECODE", "graph")
-    settings = Settings()
+    settings = ServerSettings()
     assert settings.model == "Qwen/Qwen2.5-VL-3B-Instruct" and settings.vlm_max_batch_size == 16 and settings.wandb
     assert settings.decode == "graph"
 
@@ -45,7 +90,29 @@ def test_environment_overrides(monkeypatch):
 def test_bad_settings_are_refused(monkeypatch, key, value):
     monkeypatch.setenv(key, value)
     with pytest.raises(ValidationError):
-        Settings()
+        ServerSettings()
+
+
+def test_the_library_settings_hold_no_server_or_tracking_field():
+    assert set(Settings.model_fields) == LIBRARY_FIELDS
+    assert set(TrackingSettings.model_fields) == TRACKING_FIELDS
+    assert set(ServerSettings.model_fields) == LIBRARY_FIELDS | TRACKING_FIELDS | SERVER_FIELDS
+    assert not hasattr(Settings(), "api_key") and not hasattr(Settings(), "wandb_project")
+
+
+def test_every_variable_still_reaches_the_server_settings(monkeypatch):
+    monkeypatch.setenv("ARR_COC_API_KEY", "k1")
+    monkeypatch.setenv("ARR_COC_WANDB_PROJECT", "elsewhere")
+    monkeypatch.setenv("ARR_COC_SCORER_ARTIFACT", "scorer:v3")
+    monkeypatch.setenv("ARR_COC_DRAIN_TIMEOUT_S", "2.5")
+    monkeypatch.setenv("ARR_COC_SCHEDULER", "batch")
+    monkeypatch.setenv("ARR_COC_VLM_GPU", "0.5")
+    monkeypatch.setenv("ARR_COC_DEVICE", "cpu")
+    settings = ServerSettings()
+    assert settings.api_key.get_secret_value() == "k1" and settings.wandb_project == "elsewhere"
+    assert settings.scorer_artifact == "scorer:v3" and settings.drain_timeout_s == 2.5
+    assert settings.scheduler == "batch" and settings.vlm_gpu == 0.5 and settings.device == "cpu"
+    assert TrackingSettings().wandb_project == "elsewhere" and Settings().device == "cpu"
 
 
 def test_registry_has_every_method_at_every_budget():
@@ -86,16 +153,21 @@ def test_status_codes_by_kind():
     assert status_for_kind("invalid_budget") == 422
 
 
-def test_unexpected_failure_is_503_in_both_shapes():
-    response = error_response("/answer", RuntimeError("CUDA error at 0x7f00"))
+def test_a_runner_failure_is_503_and_any_other_failure_500_in_both_shapes():
+    response = error_response("/answer", InternalServerError("CUDA error at 0x7f00"))
     assert response.status_code == 503
     assert json.loads(response.body) == {
         "error": "runner_unavailable",
         "field": None,
-        "detail": "a model runner failed: RuntimeError",
+        "detail": "a model runner failed: InternalServerError",
     }
-    openai = json.loads(error_response("/v1/chat/completions", RuntimeError("x")).body)
+    openai = json.loads(error_response("/v1/chat/completions", InternalServerError("x")).body)
     assert openai["error"]["type"] == "server_error" and openai["error"]["code"] == "runner_unavailable"
+    response = error_response("/answer", KeyError("grid"))
+    assert response.status_code == 500
+    assert json.loads(response.body) == {"error": "internal", "field": None, "detail": INTERNAL_DETAIL}
+    openai = json.loads(error_response("/v1/chat/completions", KeyError("grid")).body)
+    assert openai["error"]["type"] == "server_error" and openai["error"]["code"] == "internal"
 
 
 def test_validation_errors_name_the_top_level_field():

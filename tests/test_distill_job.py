@@ -13,6 +13,8 @@ from arr_coc.tasks.shapes_vqa import ShapesVQA
 from arr_coc.vlm.testbed import EMBEDDED_MODEL
 from training_hooks.comparison.runfile import find_run_files, read_run
 
+pytestmark = pytest.mark.slow
+
 SMALL = ["--train-size", "12", "--heldout-size", "8", "--steps", "4", "--layers", "0,0.25", "--no-progress"]
 
 

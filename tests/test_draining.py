@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from runners.draining import Gate, bound_uvicorn_shutdown, stop_after_drain
+from serving.draining import Gate, bound_uvicorn_shutdown, stop_after_drain
 
 
 @pytest.fixture

@@ -19,6 +19,8 @@ from arr_coc.vlm.loading import load_vlm
 from arr_coc.vlm.pipeline import VLMPipeline
 from arr_coc.vlm.testbed import EMBEDDED_MODEL, EMBEDDED_SCORER
 
+pytestmark = pytest.mark.slow
+
 SAMPLES = 64
 
 

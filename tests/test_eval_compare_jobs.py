@@ -13,6 +13,8 @@ from wandb_jobs import arr_coc, launch_env, offline_env
 from arr_coc_cli.main import main
 from training_hooks.comparison.runfile import find_run_files, read_run
 
+pytestmark = pytest.mark.slow
+
 EVAL_ARGS = ["--limit", "2", "--size", "4", "--dataset", "synthetic", "--image-size", "112", "--max-new-tokens", "2"]
 
 

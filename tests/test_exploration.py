@@ -3,11 +3,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from drawing import as_batch, shapes
 
 from arr_coc.scorer import RelevanceScorer
 from arr_coc.training.data import CachedSample
 from arr_coc.training.exploration import GRID, fit_exploration, object_labels, selection_utility
+from testkit.drawing import as_batch, shapes
 
 QUERY_DIM = 16
 GRID_SIDE = (8, 8)

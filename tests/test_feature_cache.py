@@ -7,7 +7,6 @@ import io
 
 import pytest
 import torch
-from drawing import scene, shapes
 from PIL import Image
 
 import arr_coc.scorer as scorer_module
@@ -15,6 +14,9 @@ from arr_coc.vlm.feature_cache import FeatureCache, image_key
 from arr_coc.vlm.pipeline import VLMPipeline
 from arr_coc.vlm.pruning import VisionFeatures
 from arr_coc.vlm.types import AnswerRequest, GenerationParams
+from testkit.drawing import scene, shapes
+
+pytestmark = pytest.mark.slow
 
 QUESTIONS = ("Where is the red house?", "What is in the sky?", "How many windows are there?")
 

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 from batch_contract import SCORE_TOLERANCE
-from drawing import scene, shapes, text
 
 from arr_coc.errors import InvalidConfigError
 from arr_coc.evaluation import (
@@ -24,6 +23,7 @@ from arr_coc.training.data import processor_grid
 from arr_coc.variants import ad_hoc, get_variant
 from arr_coc.vlm.pipeline import VLMPipeline
 from arr_coc.vlm.types import AnswerRequest, GenerationParams
+from testkit.drawing import scene, shapes, text
 
 
 def mixed_requests(first_token_logprobs: bool = True) -> list[AnswerRequest]:

@@ -9,14 +9,14 @@ from types import SimpleNamespace
 import aiohttp
 import pytest
 from bentoml.exceptions import ServiceUnavailable
-from drawing import scene
-from serving import b64_png
 
 from arr_coc.errors import InvalidImageError
-from arr_coc.settings import Settings
 from front.pipeline import RETRIES, Job, Pipeline, StreamReplayError, call_runner
 from front.schemas import AnswerRequestBody
-from runners.relevance import Pixels, ScoreOutput
+from serving.settings import ServerSettings
+from serving.wire import Pixels, ScoreOutput
+from testkit.drawing import scene
+from testkit.serving import b64_png
 
 DONE = {"answer": "red", "kept": [0, 1], "total_tokens": 4, "grid": [2, 2], "finish_reason": "eos"}
 
@@ -81,7 +81,7 @@ def delta(text: str) -> str:
 
 
 def pipeline_with(vlm_runner, idle_timeout_s: float = 5.0) -> tuple[Pipeline, Job]:
-    pipeline = Pipeline(None, vlm_runner, tracking=None, settings=Settings(stream_idle_timeout_s=idle_timeout_s))
+    pipeline = Pipeline(None, vlm_runner, tracking=None, settings=ServerSettings(stream_idle_timeout_s=idle_timeout_s))
     job = Job(pipeline.pick_variant(AnswerRequestBody(image="x", question="q")))
     job.image, job.question = scene(64, 64), "q"
     job.pixels = Pixels.of(job.image)
@@ -143,7 +143,7 @@ def test_a_silent_stream_is_replayed_then_times_out_instead_of_stalling():
 def test_bad_input_is_refused_before_any_runner_is_called():
     score = Flaky()
     relevance_runner = SimpleNamespace(to_async=SimpleNamespace(score=score))
-    pipeline = Pipeline(relevance_runner, None, tracking=None, settings=Settings())
+    pipeline = Pipeline(relevance_runner, None, tracking=None, settings=ServerSettings())
     body = AnswerRequestBody(image=b64_png(scene(64, 64))[:-40], question="What colour is the circle?")
     with pytest.raises(InvalidImageError):
         run(pipeline.start(Job("arr-coc-25"), body))

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -33,38 +37,49 @@ def test_gpu_check_smoke_runs_every_step(tmp_path):
 
 
 def test_gpu_train_runs_fine_tunes_side_by_side(tmp_path):
-    from arr_coc.vlm.testbed import EMBEDDED_MODEL
+    from arr_coc.tasks.shapes_vqa import ANSWER_WORDS
+    from arr_coc.vlm.testbed import build_testbed
 
+    start = tmp_path / "start"  # 3 LLM layers and 4 vision blocks, which the grown stage grows to 8 and 8
+    build_testbed(start, "qwen2.5-vl", seed=0, size="vqa", words=ANSWER_WORDS)
     overrides = {"device": "cpu", "time_budget_s": 2, "workers": 0, "batch_size": 1, "heldout_size": 1}
-    overrides["init"] = str(EMBEDDED_MODEL)
+    overrides["init"] = str(start)
     run = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu_train.sh"), str(tmp_path), "same", "xl", "--", json.dumps(overrides)],
+        [
+            "bash",
+            str(ROOT / "benchmarks" / "gpu_train.sh"),
+            str(tmp_path),
+            "grown",
+            "pruned",
+            "--",
+            json.dumps(overrides),
+        ],
         env={**os.environ, "PYTHON": sys.executable},
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
-    assert re.findall(r"/(same|xl): \d+ steps, held-out accuracy", run.stdout) == ["same", "xl"], run.stdout
-    grown = json.loads((tmp_path / "xl" / "config.json").read_text())
-    assert (grown["text_config"]["num_hidden_layers"], grown["vision_config"]["depth"]) == (9, 10)
-    assert (tmp_path / "same" / "model.safetensors").is_file()
+    assert re.findall(r"/(grown|pruned): \d+ steps, held-out accuracy", run.stdout) == ["grown", "pruned"], run.stdout
+    grown = json.loads((tmp_path / "grown" / "config.json").read_text())
+    assert (grown["text_config"]["num_hidden_layers"], grown["vision_config"]["depth"]) == (8, 8)
+    assert (tmp_path / "pruned" / "model.safetensors").is_file()
 
 
 def test_gpu_train_reports_a_failed_run(tmp_path):
     overrides = json.dumps({"device": "cpu", "init": str(tmp_path / "missing")})
     run = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu_train.sh"), str(tmp_path), "same", "--", overrides],
+        ["bash", str(ROOT / "benchmarks" / "gpu_train.sh"), str(tmp_path), "pruned", "--", overrides],
         env={**os.environ, "PYTHON": sys.executable},
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert run.returncode == 1 and "ModelNotFoundError" in (tmp_path / "same.log").read_text()
+    assert run.returncode == 1 and "ModelNotFoundError" in (tmp_path / "pruned.log").read_text()
 
 
 def test_gpu_train_refuses_no_names_and_unknown_names(tmp_path):
-    for names in ([], ["same", "nonesuch"]):
+    for names in ([], ["pruned", "nonesuch"]):
         run = subprocess.run(
             ["bash", str(ROOT / "benchmarks" / "gpu_train.sh"), str(tmp_path), *names],
             capture_output=True,

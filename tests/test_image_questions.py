@@ -7,7 +7,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from drawing import gradient, shapes
 from PIL import Image
 
 from arr_coc.errors import InvalidConfigError, MissingChatTemplateError, NoImagesError, NoQuestionsError
@@ -28,6 +27,7 @@ from arr_coc.tasks.image_questions import (
     template_questions,
 )
 from arr_coc.tasks.shapes_vqa import COLOURS, SHAPES
+from testkit.drawing import gradient, shapes
 
 
 def image_folder(root: Path) -> Path:

@@ -6,11 +6,11 @@ import zlib
 
 import numpy as np
 import pytest
-from drawing import shapes
 from PIL import Image
 
 from arr_coc.errors import ImageTooLargeError, InvalidImageError
 from arr_coc.images import load_image, to_tensor
+from testkit.drawing import shapes
 
 
 def encode(image: Image.Image, fmt: str = "PNG") -> bytes:

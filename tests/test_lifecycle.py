@@ -15,10 +15,11 @@ import time
 import httpx
 import psutil
 import pytest
-from drawing import scene
-from serving import b64_png, running_server
 
-pytestmark = pytest.mark.timeout(600)
+from testkit.drawing import scene
+from testkit.serving import b64_png, running_server
+
+pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
 
 LONG = 512  # the server's max_new_tokens limit
 

@@ -9,14 +9,14 @@ import threading
 import httpx
 import openai
 import pytest
-from drawing import scene
-from serving import b64_png, running_server
 
 from arr_coc.adaptive import DEFAULT_COVERAGE
 from arr_coc.tasks.shapes_vqa import ShapesVQA
 from arr_coc.variants import VARIANTS
+from testkit.drawing import scene
+from testkit.serving import b64_png, running_server
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.server, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import types
 
 import pytest
 import torch
-from drawing import scene, shapes
 from test_vlm_equivalence import QUESTION, stock_greedy_ids
 from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
@@ -17,6 +16,7 @@ from arr_coc.vlm.inputs import encode_request
 from arr_coc.vlm.pre_encoder import _kept_windows, encode_kept, kept_patches
 from arr_coc.vlm.pruning import encode_images
 from arr_coc.vlm.types import AnswerRequest, GenerationParams
+from testkit.drawing import scene, shapes
 
 FAMILIES = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl"]
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from drawing import scene
 
 from arr_coc.errors import CheckpointFormatError, ScorerMismatchError
 from arr_coc.input_embeddings import load_input_embeddings
@@ -20,6 +19,7 @@ from arr_coc.provenance import ScorerProvenance, check_scorer_fits, embedding_fi
 from arr_coc.scorer import RelevanceScorer, record_trained_for
 from arr_coc.vlm.loading import load_vlm
 from arr_coc.vlm.testbed import EMBEDDED_MODEL, EMBEDDED_SCORER, ensure_testbed
+from testkit.drawing import scene
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDTH = 64  # the toy testbeds' hidden size

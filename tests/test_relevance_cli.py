@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from drawing import shapes
 from PIL import Image
 
 from arr_coc.errors import InvalidQuestionError
@@ -15,6 +14,7 @@ from arr_coc.heatmap import colorize, legend_height, overlay
 from arr_coc.query import hash_embedding
 from arr_coc.scorer import RelevanceScorer
 from arr_coc_cli.main import main
+from testkit.drawing import shapes
 
 
 def test_default_run_on_the_sample(capsys):

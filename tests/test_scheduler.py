@@ -6,13 +6,13 @@ import threading
 
 import pytest
 import torch
-from drawing import scene, shapes, text
 
 from arr_coc.errors import ArrCocInputError, InvalidBudgetError
 from arr_coc.vlm.pipeline import VLMPipeline
 from arr_coc.vlm.scheduler import SchedulerStoppedError, StepScheduler
 from arr_coc.vlm.slot_cache import CacheFullError, row_buckets
 from arr_coc.vlm.types import AnswerRequest, GenerationParams
+from testkit.drawing import scene, shapes, text
 
 FAMILIES = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl"]
 

@@ -5,7 +5,6 @@ import json
 import pytest
 import torch
 from batch_contract import assert_kept_match, assert_scores_match
-from drawing import as_batch, gradient, noise, scene, shapes, text
 
 import arr_coc.scorer as scorer_module
 from arr_coc.balancing import TensionBalancer
@@ -13,6 +12,7 @@ from arr_coc.errors import CheckpointFormatError, ModelNotFoundError
 from arr_coc.knowing import appearance, information_score, perspectival_score
 from arr_coc.scorer import RelevanceScorer
 from arr_coc.texture import texture_array
+from testkit.drawing import as_batch, gradient, noise, scene, shapes, text
 
 QUERY_DIM = 24
 

@@ -8,16 +8,16 @@ import time
 
 import httpx
 import pytest
-from drawing import scene
-from serving import Server, b64_png
 
 from arr_coc.scorer import RelevanceScorer
 from arr_coc.tasks.image_questions import load_question_file
 from arr_coc.vlm.testbed import EMBEDDED_MODEL
+from testkit.drawing import scene
+from testkit.serving import Server, b64_png
 from training_hooks.comparison.runfile import find_run_files, read_run
 from training_hooks.tracking.serve_samples import export_questions
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
 
 
 def test_serve_run_records_windows_and_variant_config(tmp_path):

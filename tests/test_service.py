@@ -14,13 +14,13 @@ import zlib
 
 import httpx
 import pytest
-from drawing import gradient, noise, scene, shapes
 from PIL import Image
-from serving import Server, b64_png, running_server
 
 from arr_coc.heatmap import legend_height
+from testkit.drawing import gradient, noise, scene, shapes
+from testkit.serving import Server, b64_png, running_server
 
-pytestmark = pytest.mark.timeout(900)
+pytestmark = [pytest.mark.server, pytest.mark.timeout(900)]
 
 
 IMAGE_LIMIT = 1_000_000

@@ -11,9 +11,10 @@ import subprocess
 import sys
 
 import pytest
-from serving import ROOT
 
-pytestmark = pytest.mark.timeout(420)
+from testkit.serving import ROOT
+
+pytestmark = [pytest.mark.server, pytest.mark.timeout(420)]
 
 
 def test_short_soak_loses_nothing(tmp_path):

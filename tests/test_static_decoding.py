@@ -6,7 +6,6 @@ import logging
 
 import pytest
 import torch
-from drawing import scene, shapes
 from test_vlm_generation import QUESTION, mixed_requests
 
 from arr_coc.vlm import static_decoding
@@ -19,6 +18,7 @@ from arr_coc.vlm.static_decoding import (
     resolve_decode,
 )
 from arr_coc.vlm.types import AnswerRequest, GenerationParams
+from testkit.drawing import scene, shapes
 
 FAMILIES = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl"]
 

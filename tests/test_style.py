@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from serving import ROOT
+from testkit.serving import ROOT
 
 
 def ruff(*args: str) -> subprocess.CompletedProcess:

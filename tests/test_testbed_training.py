@@ -12,25 +12,23 @@ from wandb_jobs import arr_coc, offline_env
 from arr_coc.errors import InvalidConfigError
 from arr_coc.synthetic import patch_grid
 from arr_coc.tasks.shapes_vqa import COLOURS, SHAPES, ShapesVQA, centre_tokens, token_labels, token_owners
-from arr_coc.training.testbed_training import (
-    CountHint,
+from arr_coc.training.testbed import (
     ExampleSet,
-    Plan,
-    TokenProbe,
     TrainTestbedConfig,
     answer_rows,
-    count_hint_loss,
     initial_model,
-    kept_labels,
-    schedule,
-    step_losses,
-    subject_word,
-    target_subset,
     train_testbed,
     train_testbed_config,
 )
+from arr_coc.training.testbed.data import subject_word
+from arr_coc.training.testbed.losses import step_losses
+from arr_coc.training.testbed.probe import TokenProbe, kept_labels
+from arr_coc.training.testbed.schedule import Plan, schedule
+from arr_coc.training.testbed.subsets import target_subset
 from arr_coc.vlm.loading import load_vlm
 from training_hooks.comparison.runfile import find_run_files, read_run
+
+pytestmark = pytest.mark.slow
 
 
 def test_token_labels_describe_what_each_token_shows() -> None:
@@ -103,35 +101,6 @@ def test_count_questions_carry_the_centres_of_the_objects_they_count(untrained) 
     assert len(seen) >= 3, "the draw covers several counts"
 
 
-def test_the_count_hint_is_lowest_when_attention_is_shared_evenly() -> None:
-    subject, centres = 1, torch.tensor([4, 6])
-    even = torch.zeros(8)
-    even[[1, 4, 6]] = 1 / 3
-    on_objects = torch.zeros(8)
-    on_objects[[4, 6]] = 0.5
-    on_word = torch.zeros(8)
-    on_word[1] = 1.0
-    leaking = even * 0.7
-    leaking[0] = 0.3
-    best = count_hint_loss(even, subject, centres)
-    assert best < count_hint_loss(leaking, subject, centres)
-    assert best < count_hint_loss(on_objects, subject, centres) and best < count_hint_loss(on_word, subject, centres)
-    assert count_hint_loss(on_word, subject, torch.tensor([], dtype=torch.long)) < 1e-5, "count 0: the word alone"
-
-
-def test_a_heavier_word_moves_the_count_hints_best_share_to_the_word() -> None:
-    subject, centres = 1, torch.tensor([4, 6])
-
-    def shares(word: float) -> torch.Tensor:
-        row = torch.zeros(8)
-        row[subject], row[centres] = word, (1 - word) / 2
-        return row
-
-    weighted = [float(count_hint_loss(shares(w), subject, centres, word_weight=3.0)) for w in (1 / 3, 0.6, 0.8)]
-    assert weighted[1] < weighted[0] and weighted[1] < weighted[2], "best at 3 / (2 + 3) on the word"
-    assert count_hint_loss(shares(1 / 3), subject, centres) < count_hint_loss(shares(0.6), subject, centres)
-
-
 def test_subject_word_is_the_shape_or_colour_asked_about() -> None:
     assert subject_word("What colour is the star?") == "star"
     assert subject_word("What shape is the white object?") == "white"
@@ -192,20 +161,6 @@ def test_training_rows_keep_a_random_share_at_stock_positions(untrained) -> None
     assert kept[0].numel() == max(1, round(0.1 * features[0].shape[0])) and kept[1].numel() == features[1].shape[0]
     losses = step_losses(vlm, rows, kept, batch)
     assert losses.answer.item() > 0 and losses.hints.item() > 0
-    hinted = step_losses(vlm, rows, kept, batch, CountHint())
-    assert torch.equal(hinted.answer, losses.answer)
-    assert batch[0].counted is None and batch[1].counted is not None
-    assert not torch.equal(hinted.hints, losses.hints), "the count question's first hint changed"
-    alone = step_losses(vlm, rows[:1], kept[:1], batch[:1])
-    assert torch.equal(step_losses(vlm, rows[:1], kept[:1], batch[:1], CountHint()).hints, alone.hints)
-    on_head_1 = step_losses(vlm, rows[1:], kept[1:], batch[1:], CountHint(head=1, word_weight=3.0))
-    plain = step_losses(vlm, rows[1:], kept[1:], batch[1:])
-    replaced = step_losses(vlm, rows[1:], kept[1:], batch[1:], CountHint(head=0, word_weight=3.0))
-    assert not torch.equal(on_head_1.hints, plain.hints) and not torch.equal(on_head_1.hints, replaced.hints)
-    doubled = step_losses(vlm, rows[1:], kept[1:], batch[1:], CountHint(head=1, word_weight=3.0, weight=2.0))
-    assert doubled.hints > on_head_1.hints, "the count hint's weight scales its term"
-    with pytest.raises(ValueError, match="count_hint_head 4"):
-        step_losses(vlm, rows, kept, batch, CountHint(head=4))
 
 
 def test_pre_rows_run_the_tower_on_the_kept_patches_only(untrained) -> None:
@@ -378,10 +333,6 @@ def test_a_short_training_run_lowers_the_loss_and_saves_a_loadable_checkpoint(tm
         ({"kinds": []}, "kinds"),
         ({"distractors": "maybe"}, "distractors"),
         ({"balance_counts": "maybe"}, "balance_counts"),
-        ({"count_hint": "maybe"}, "count_hint"),
-        ({"count_hint_head": -1}, "count_hint_head"),
-        ({"count_hint_word_weight": 0}, "count_hint_word_weight"),
-        ({"count_hint_weight": -1}, "count_hint_weight"),
     ],
 )
 def test_bad_training_config_is_a_typed_error(bad, field) -> None:
@@ -389,12 +340,6 @@ def test_bad_training_config_is_a_typed_error(bad, field) -> None:
         train_testbed_config(bad)
     assert caught.value.field.startswith(field)
     assert TrainTestbedConfig().min_keep == 0.1
-
-
-def test_the_count_hint_settings_come_from_the_config_and_are_off_by_default() -> None:
-    assert CountHint.from_config(TrainTestbedConfig()) is None
-    on = {"count_hint": True, "count_hint_head": 1, "count_hint_word_weight": 3.0, "count_hint_weight": 4.0}
-    assert CountHint.from_config(train_testbed_config(on)) == CountHint(head=1, word_weight=3.0, weight=4.0)
 
 
 def test_a_time_budget_ends_the_run_early_with_a_schedule_that_replays(tmp_path) -> None:

@@ -4,10 +4,10 @@ import itertools
 
 import pytest
 import torch
-from drawing import as_batch, gradient, noise, scene, shapes, text
 
 from arr_coc.errors import InvalidGridError, InvalidImageError
 from arr_coc.texture import CHANNELS, NUM_CHANNELS, texture_array
+from testkit.drawing import as_batch, gradient, noise, scene, shapes, text
 
 RANGES = {
     "red": (0, 1),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import subprocess
 
 import training_hooks.tracking.service_tracking as service_tracking
-from arr_coc.settings import Settings
 from arr_coc.variants import ad_hoc, get_variant
+from serving.settings import ServerSettings
 from training_hooks.tracking.service_tracking import Tracking, tracking_name
 
 
@@ -20,7 +20,7 @@ def test_names_are_bounded_by_the_registry():
 def test_many_distinct_requests_make_a_few_trackers(monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("ARR_COC_WANDB", raising=False)
-    tracking = Tracking(Settings())
+    tracking = Tracking(ServerSettings())
     for budget in range(1, 201):
         tracking.record(ad_hoc("random", budget), 5.0, kept_ratio=0.1)
         tracking.record(f"rejected-{budget}", 5.0, error_kind="unknown_variant")
@@ -36,7 +36,7 @@ def test_the_commit_is_read_once_per_process(monkeypatch):
     real = subprocess.run
     monkeypatch.setattr(service_tracking.subprocess, "run", lambda *a, **k: calls.append(a) or real(*a, **k))
     service_tracking.git_commit.cache_clear()
-    tracking = Tracking(Settings())
+    tracking = Tracking(ServerSettings())
     for name in ("full", "arr-coc-10", "uniform-25"):
         tracking.run_config(name)
     assert len(calls) == 1
@@ -59,7 +59,7 @@ class SlowTracker:
 
 def test_shutdown_stops_every_run_at_once_under_one_deadline(monkeypatch):
     log: list = []
-    tracking = Tracking(Settings())
+    tracking = Tracking(ServerSettings())
     tracking.trackers = {name: SlowTracker(name, log, finishes=name != "stuck") for name in ("a", "b", "stuck", "c")}
     assert tracking.close(deadline_s=8.0) == 1  # the one still busy is counted and dropped
     stops = [entry for entry in log if entry[0] == "stop"]

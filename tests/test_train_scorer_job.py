@@ -13,6 +13,8 @@ from arr_coc.provenance import ScorerProvenance
 from arr_coc.scorer import RelevanceScorer
 from training_hooks.comparison.runfile import find_run_files, read_run
 
+pytestmark = pytest.mark.slow
+
 # A short CPU budget: 224-pixel images (8 x 8 tokens), 80 steps of 8.
 TRAIN_ARGS = [
     "--steps",

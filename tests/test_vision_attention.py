@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from drawing import scene, shapes
 from test_pre_encoder import encoded, random_subset
 from test_vlm_equivalence import stock_tower
 
@@ -13,6 +12,7 @@ from arr_coc.vlm import vision_attention as packed_module
 from arr_coc.vlm.pre_encoder import encode_kept
 from arr_coc.vlm.pruning import encode_images
 from arr_coc.vlm.vision_attention import PACKED_VISION_ATTENTION, packed_attention
+from testkit.drawing import scene, shapes
 
 FAMILIES = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl"]
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from drawing import scene, shapes
 
 from arr_coc.vlm.decoding import prefill
 from arr_coc.vlm.pruning import LLMRow
 from arr_coc.vlm.types import AnswerRequest, GenerationParams
 from arr_coc.vlm.vision_attention import vision_attention
+from testkit.drawing import scene, shapes
+
+pytestmark = pytest.mark.slow
 
 FAMILIES = ["qwen2-vl", "qwen2.5-vl", "qwen3-vl"]
 QUESTION = "What is in the image?"

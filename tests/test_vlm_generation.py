@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 from batch_contract import assert_kept_match, assert_scores_match
-from drawing import gradient, noise, scene, shapes, text
 from PIL import Image
 
 from arr_coc.errors import (
@@ -20,6 +19,7 @@ from arr_coc.errors import (
 )
 from arr_coc.selection import allocate, resolve_budget
 from arr_coc.vlm.types import AnswerRequest, GenerationParams
+from testkit.drawing import gradient, noise, scene, shapes, text
 
 QUESTION = "Where is the red house?"
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from drawing import noise, scene
 
 from arr_coc.images import to_tensor
 from arr_coc.texture import texture_array
 from arr_coc.vlm.grid import merged_grid, resized_token_grid, token_grid
 from arr_coc.vlm.inputs import resized_size
+from testkit.drawing import noise, scene
 
 
 @pytest.mark.parametrize("family", ["qwen2-vl", "qwen3-vl"])

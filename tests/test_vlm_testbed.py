@@ -20,6 +20,8 @@ from arr_coc.vlm.testbed import build_testbed, ensure_testbed
 from arr_coc.vlm.testbed_tokenizer import SPECIAL_TOKENS
 from arr_coc_cli.main import main
 
+pytestmark = pytest.mark.server
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -130,7 +132,7 @@ def test_parse_dtype():
 def test_cli_testbed_build_then_answer_json(tmp_path, capsys, monkeypatch):
     assert main(["testbed", "build", str(tmp_path / "tb"), "--family", "qwen2-vl"]) == 0
     assert (tmp_path / "tb" / "model.safetensors").is_file()
-    from drawing import scene
+    from testkit.drawing import scene
 
     scene(160, 120).save(tmp_path / "image.png")
     capsys.readouterr()
@@ -167,7 +169,7 @@ def test_cli_testbed_build_then_answer_json(tmp_path, capsys, monkeypatch):
 
 def test_cli_answer_defaults_to_the_embedded_testbed(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("ARR_COC_HOME", str(tmp_path / "home"))
-    from drawing import shapes
+    from testkit.drawing import shapes
 
     shapes(100, 100).save(tmp_path / "image.png")
     assert main(["answer", str(tmp_path / "image.png"), "What?", "--max-new-tokens", "3", "--stream"]) == 0

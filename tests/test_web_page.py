@@ -11,15 +11,16 @@ import shutil
 
 import httpx
 import pytest
-from drawing import noise
 from PIL import Image, ImageDraw
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
-from serving import running_server
 
-pytestmark = pytest.mark.timeout(600)
+from testkit.drawing import noise
+from testkit.serving import running_server
+
+pytestmark = [pytest.mark.server, pytest.mark.timeout(600)]
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 MAX_IMAGE_BYTES = 200_000
 QUESTION = "What colour is the circle?"

@@ -8,8 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from testkit.markers import require
+
 REPO = Path(__file__).resolve().parents[1]
 JOB_TIMEOUT_S = 300  # guard against a hang; never a timing assertion
+TRAINING_COMMANDS = ("train-testbed", "train-scorer", "distill-scorer", "recipe")
+"""Commands that train: a test running one must be marked ``slow`` (the subprocess has no audit hook)."""
 
 
 def offline_env(root: Path, **extra: str) -> dict[str, str]:
@@ -38,6 +42,8 @@ def launch_env(root: Path, overrides: dict) -> dict[str, str]:
 
 def arr_coc(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     """``python -m arr_coc_cli ARGS`` to completion (the run file is complete once it returns)."""
+    if args and args[0] in TRAINING_COMMANDS:
+        require("slow", f"runs arr-coc {args[0]}")
     return subprocess.run(
         [sys.executable, "-m", "arr_coc_cli", *args],
         env=env,

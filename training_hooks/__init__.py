@@ -2,7 +2,8 @@
 
 - ``tracking/``: the service's runs. ``tracker`` (a worker's run, fed off the request
   path; wandb only in its owner thread), ``serve_events`` (what request events
-  become), ``service_tracking`` (one bounded tracker per registered variant).
+  become), ``service_tracking`` (one bounded tracker per registered variant),
+  ``settings`` (the ``ARR_COC_WANDB*`` settings, read by the service and the jobs).
 - ``jobs/``: runs that finish. ``jobrun`` (mode, Launch overrides, start and
   finish of a job's run), ``train_job``, ``train_testbed_job``, ``eval_job``,
   ``quality_job``.

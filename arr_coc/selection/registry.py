@@ -13,9 +13,9 @@ from arr_coc.vocabulary import FEATURE_METHODS
 
 SELECTORS: dict[str, Selector] = {
     "none": select_all,
+    "arr-coc": select_relevance_coverage,
     "uniform": select_uniform,
     "random": select_random,
-    "arr-coc": select_relevance_coverage,
     "divprune": select_divprune,
     "cdpruner": select_cdpruner,
 }

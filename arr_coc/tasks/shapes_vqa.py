@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -41,6 +40,7 @@ from PIL import Image, ImageDraw
 
 from arr_coc.errors import EmptyDatasetError, UnknownDatasetError
 from arr_coc.synthetic import GridFn, Sample, patch_grid
+from arr_coc.vocabulary import QUESTION_KINDS
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -55,8 +55,6 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle", "star", "cross")
 COUNTS = ("0", "1", "2", "3", "4")
 ANSWER_WORDS = (*COLOURS, *SHAPES, *COUNTS)
-QuestionKind = Literal["colour", "shape", "count"]  # what the question asks for: templates 1, 2 and 3
-KINDS: tuple[QuestionKind, ...] = get_args(QuestionKind)
 SPLITS = {"train": 0, "heldout": 1}
 
 MIN_SIDE, MAX_SIDE = 320, 640
@@ -75,7 +73,7 @@ def question_for(kind: str, subject: str) -> str:
         return f"What shape is the {subject} object?"
     if kind == "count":
         return f"How many {subject} objects are there?"
-    raise ValueError(f"unknown question kind {kind!r}; known: {', '.join(KINDS)}")
+    raise ValueError(f"unknown question kind {kind!r}; known: {', '.join(QUESTION_KINDS)}")
 
 
 @dataclass(frozen=True)
@@ -242,16 +240,16 @@ class ShapesVQA:
         split: str = "train",
         seed: int = 0,
         grid_for: GridFn | None = None,
-        kinds: tuple[str, ...] = KINDS,
+        kinds: tuple[str, ...] = QUESTION_KINDS,
     ) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise EmptyDatasetError(f"a dataset needs at least one sample, got size={size!r}", field="size")
         if split not in SPLITS:
             raise UnknownDatasetError(f"unknown split {split!r}; known: {', '.join(SPLITS)}", field="split")
-        unknown = [k for k in kinds if k not in KINDS]
+        unknown = [k for k in kinds if k not in QUESTION_KINDS]
         if unknown or not kinds:
             raise UnknownDatasetError(
-                f"unknown question kinds {unknown or kinds!r}; known: {', '.join(KINDS)}", field="kinds"
+                f"unknown question kinds {unknown or kinds!r}; known: {', '.join(QUESTION_KINDS)}", field="kinds"
             )
         self.size = size
         self.split = split

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from arr_coc.errors import ArrCocInputError, InvalidConfigError
 from arr_coc.selection import check_method, resolve_budget
 from arr_coc.tasks import check_dataset
+from arr_coc.vocabulary import PRUNING_METHODS
 
 
 class TrainConfig(BaseModel):
@@ -63,7 +64,7 @@ class TrainConfig(BaseModel):
     stem_pixels_per_cell: int = Field(
         4, ge=4, multiple_of=4, description="pixels per token side the shape stem reads (4: the texture's own)"
     )
-    methods: list[str] = Field(["arr-coc", "uniform", "random", "divprune", "cdpruner"])
+    methods: list[str] = Field(list(PRUNING_METHODS))
     budgets: list[float] = Field([0.1, 0.25, 0.5], min_length=1, description="kept ratios for recall@budget")
     heatmap_every: int = Field(100, ge=0, description="steps between heatmap images (0 = only at the end)")
     eval_every: int = Field(0, ge=0, description="steps between held-out recall evaluations (0 = only at the end)")

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 
-from arr_coc.vocabulary import DECODE_MODES, STAGES
+from arr_coc.vocabulary import COVERAGE_MEANING, DECODE_MODES, PRE_METHODS, STAGES
 from arr_coc_cli.commands.options import add_device, add_method, parse_budget
 
 
@@ -93,7 +93,7 @@ def register(subparsers) -> None:
         "--coverage",
         type=float,
         default=None,
-        help="with --budget auto: share of the relevance mass to keep, in (0, 1]",
+        help=f"with --budget auto: {COVERAGE_MEANING}",
     )
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -107,7 +107,7 @@ def register(subparsers) -> None:
         choices=STAGES,
         default="post",
         help="post: select from the vision tower's outputs; pre: select first, run the tower on the "
-        "kept tokens only (none, uniform, random, arr-coc)",
+        f"kept tokens only ({', '.join(('none', *PRE_METHODS))})",
     )
     parser.add_argument(
         "--decode",

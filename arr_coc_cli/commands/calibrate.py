@@ -18,7 +18,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field
+
 COVERAGES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+
+
+class CalibrateConfig(BaseModel):
+    """What a calibration draws: the flags' defaults, and the keys of a recipe's calibrate stage config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    size: int = Field(400, ge=1, description="training-split samples to fit on")
+    seed: int = Field(11, ge=0, description="a seed training did not draw from")
 
 
 def coverage_table(
@@ -55,39 +66,53 @@ def coverage_table(
     return rows
 
 
-def run(args: argparse.Namespace) -> int:
+def calibrate_scorer(
+    scorer: str | Path | None = None,
+    model: str | Path | None = None,
+    size: int = CalibrateConfig.model_fields["size"].default,
+    seed: int = CalibrateConfig.model_fields["seed"].default,
+    out: str | Path | None = None,
+) -> int:
+    """Calibrate ``scorer`` (default: the embedded one) beside ``model`` (default: the embedded testbed) on
+    ``size`` training-split samples drawn with ``seed``, write it to ``out`` (default: over ``scorer``) and
+    print what each coverage keeps; returns the exit code (0). Runs on the CPU."""
     from arr_coc.relevance_model import RelevanceModel
     from arr_coc.tasks.shapes_vqa import ShapesVQA
     from arr_coc.training.calibration import fit_scorer_calibration
     from arr_coc.training.data import processor_grid
     from arr_coc.vlm.testbed import EMBEDDED_MODEL, EMBEDDED_SCORER
 
-    scorer_dir = Path(args.scorer or EMBEDDED_SCORER)
-    model = RelevanceModel.from_pretrained(args.model or EMBEDDED_MODEL, scorer=scorer_dir, device="cpu")
-    dataset = ShapesVQA(args.size, "train", seed=args.seed, grid_for=processor_grid(model.processor))
+    scorer_dir = Path(scorer or EMBEDDED_SCORER)
+    relevance = RelevanceModel.from_pretrained(model or EMBEDDED_MODEL, scorer=scorer_dir, device="cpu")
+    dataset = ShapesVQA(size, "train", seed=seed, grid_for=processor_grid(relevance.processor))
     maps, targets, cells, explore = [], [], [], []
     for start in range(0, len(dataset), 16):
         samples = [dataset[i] for i in range(start, min(start + 16, len(dataset)))]
-        for sample, scored in zip(samples, model.score([s.image for s in samples], [s.question for s in samples])):
+        scores = relevance.score([s.image for s in samples], [s.question for s in samples])
+        for sample, scored in zip(samples, scores):
             maps.append(scored.relevance.flatten())
             targets.append(sample.target_mask.flatten().float())
             cells.append(scored.cells)
             explore.append(scored.explore)
-    before = model.scorer.calibration
+    before = relevance.scorer.calibration
     calibration = fit_scorer_calibration(maps, targets, cells, explore)
-    model.scorer.calibrate(calibration)
-    out = Path(args.out) if args.out else scorer_dir
-    model.scorer.save(out, trained_for=model.scorer.trained_for or model.provenance)
+    relevance.scorer.calibrate(calibration)
+    out = Path(out) if out else scorer_dir
+    relevance.scorer.save(out, trained_for=relevance.scorer.trained_for or relevance.provenance)
     print(
         f"calibration (scale, shift): {before.scale:.3f}, {before.shift:.3f} -> {calibration.scale:.3f}, "
         f"{calibration.shift:.3f}, with a coverage table of {len(calibration.coverage_table)} rows; wrote {out}"
     )
     print(
-        f"{'coverage':>8} {'target recall':>13} {'kept ratio':>10}   ({len(maps)} training-split samples, seed {args.seed})"
+        f"{'coverage':>8} {'target recall':>13} {'kept ratio':>10}   ({len(maps)} training-split samples, seed {seed})"
     )
     for coverage, recall, ratio in coverage_table(maps, targets, calibration, cells=cells, explore=explore):
         print(f"{coverage:>8.2f} {recall:>13.3f} {ratio:>10.3f}")
     return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    return calibrate_scorer(args.scorer, args.model, args.size, args.seed, args.out)
 
 
 def register(subparsers) -> None:
@@ -95,6 +120,6 @@ def register(subparsers) -> None:
     parser.add_argument("--model", help="VLM directory or hub id (default: the embedded trained testbed)")
     parser.add_argument("--scorer", help="scorer checkpoint to calibrate (default: the embedded one, in place)")
     parser.add_argument("--out", help="write the calibrated scorer here instead of over --scorer")
-    parser.add_argument("--size", type=int, default=400, help="training-split samples to fit on")
-    parser.add_argument("--seed", type=int, default=11, help="a seed training did not draw from")
+    for name, field in CalibrateConfig.model_fields.items():
+        parser.add_argument(f"--{name}", type=int, default=field.default, help=field.description)
     parser.set_defaults(func=run)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from arr_coc.vocabulary import STAGES
+from arr_coc.vocabulary import COVERAGE_MEANING, STAGES
 from arr_coc_cli.commands.options import add_device, add_method, add_wandb_mode, parse_budget
 
 
@@ -38,7 +38,7 @@ def register(subparsers) -> None:
     parser.add_argument("--variant", help="a registered variant, e.g. arr-coc-25, uniform-10, full")
     add_method(parser, None, "ad-hoc variant: its selection method")
     parser.add_argument("--budget", type=parse_budget, help="ad-hoc variant: tokens kept, a count, a ratio or auto")
-    parser.add_argument("--coverage", type=float, help="with an auto budget: the share of relevance mass kept")
+    parser.add_argument("--coverage", type=float, help=f"with an auto budget: {COVERAGE_MEANING}")
     parser.add_argument(
         "--stage",
         choices=STAGES,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from arr_coc.vocabulary import METHODS, STAGES
+from arr_coc.vocabulary import METHODS, PRE_METHODS, PRUNING_METHODS, STAGES
 from arr_coc_cli.commands.options import add_device, add_wandb_mode
 
 
@@ -50,7 +50,9 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--seed", type=int)
     parser.add_argument("--batch-size", type=int, help="requests per answer_batch call (default 8)")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, help="methods besides full (default: all five)")
+    parser.add_argument(
+        "--methods", nargs="+", choices=METHODS, help=f"methods besides full (default: {', '.join(PRUNING_METHODS)})"
+    )
     parser.add_argument(
         "--budgets",
         nargs="+",
@@ -69,7 +71,7 @@ def register(subparsers) -> None:
         "--stages",
         nargs="+",
         choices=STAGES,
-        help="pruning stages (default both; pre only for arr-coc, uniform, random)",
+        help=f"pruning stages (default both; pre only for {', '.join(PRE_METHODS)})",
     )
     parser.add_argument("--dataset", help="dataset name (default vqa)")
     parser.add_argument("--model", help="VLM directory or hub id (default: the embedded trained testbed)")

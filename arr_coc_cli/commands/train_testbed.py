@@ -1,7 +1,7 @@
 """``arr-coc train-testbed``: train the tiny Qwen2.5-VL on the synthetic VQA task, tracked as a W&B job.
 
 Flags override the ``--config`` file (JSON/YAML, keys as in
-``arr_coc.training.testbed_training.TrainTestbedConfig``); W&B Launch overrides win over both.
+``arr_coc.training.testbed.TrainTestbedConfig``); W&B Launch overrides win over both.
 """
 
 from __future__ import annotations

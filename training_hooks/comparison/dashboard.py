@@ -14,6 +14,7 @@ while eval runs stay in. Sections:
 
 from __future__ import annotations
 
+from arr_coc.vocabulary import QUESTION_KINDS
 from training_hooks.tracking.serve_events import PREFIX
 from training_hooks.tracking.tracker import EXAMPLES_KEY
 
@@ -74,7 +75,7 @@ def build_workspace(entity: str, project: str, deployment: str | None = None, na
                 wr.LinePlot(title="mean kept ratio (serve windows)", y=[f"{PREFIX}kept_ratio/mean"]),
                 wr.BarPlot(
                     title="kept ratio per variant and question template (eval)",
-                    metrics=[summary(f"kept_ratio/{kind}") for kind in ("colour", "shape", "count")],
+                    metrics=[summary(f"kept_ratio/{kind}") for kind in QUESTION_KINDS],
                     groupby="config.variant",
                 ),
                 wr.BarPlot(

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from arr_coc.distill.config import DistillConfig, distill_config
+from arr_coc.training.audit import training_starts
 from arr_coc.training.config import load_config_file
 from arr_coc.training.recall import flat_recall, format_table
 from training_hooks.jobs.jobrun import (
@@ -68,6 +69,7 @@ def run_distill_job(
     from arr_coc.vlm.loading import resolved_names
 
     config = resolve_config(config_file, cli_values)
+    training_starts("distill-scorer")
     run = start_run(
         job_type="distill",
         config={**config.model_dump(), **resolved_names(device, dtype)},

@@ -29,6 +29,7 @@ from arr_coc.selection import as_budget
 from arr_coc.tasks import check_dataset
 from arr_coc.training.config import validate
 from arr_coc.variants import Variant, ad_hoc, get_variant
+from arr_coc.vocabulary import COVERAGE_MEANING
 from training_hooks.jobs.jobrun import declare_launch_inputs, finishing, launch_overrides, resolve_mode, start_run
 
 EXAMPLES = 16  # samples with heatmaps in the examples table
@@ -42,7 +43,9 @@ class EvalParams(BaseModel):
     variant: str = ""
     method: str = ""
     budget: int | float | Literal["auto"] | None = None
-    coverage: float | None = Field(None, description="coverage of an 'auto' budget (default: the library's)")
+    coverage: float | None = Field(
+        None, description=f"with an 'auto' budget: {COVERAGE_MEANING} (default: the library's)"
+    )
     stage: str = ""
     dataset: str = "vqa"
     size: int = Field(64, ge=1, description="samples in the held-out split")

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from arr_coc.errors import InvalidConfigError
-from arr_coc.settings import get_settings
+from training_hooks.tracking.settings import get_tracking_settings
 from training_hooks.tracking.tracker import env_switch
 
 log = logging.getLogger(__name__)
@@ -93,9 +93,8 @@ def start_run(
     """``wandb.init`` for a job; a failing init falls back to a disabled run (logged, never raised)."""
     import wandb
 
-    settings = get_settings()
     kwargs = dict(
-        project=settings.wandb_project,
+        project=get_tracking_settings().wandb_project,
         job_type=job_type,
         group=group,
         name=name,

@@ -3,7 +3,7 @@
 One pipeline (the embedded default unless ``--model``/``--scorer`` say otherwise)
 answers the same held-out samples of the synthetic VQA task for ``full`` and each
 method at each budget, at each stage the method supports (``post``: selection on
-the vision tower's outputs; ``pre``: before the tower, for arr-coc, uniform, random).
+the vision tower's outputs; ``pre``: before the tower, for :data:`arr_coc.vocabulary.PRE_METHODS`).
 The default budgets, :data:`BUDGETS`, are the built-in variants' fixed ratios
 (3, 5, 10, 25 and 50 %) and ``auto``.
 
@@ -52,14 +52,12 @@ from arr_coc.tasks import check_dataset
 from arr_coc.tasks.image_questions import DEFAULT_PROMPT
 from arr_coc.training.config import validate
 from arr_coc.variants import VARIANTS, Variant, ad_hoc, get_variant
-from arr_coc.vocabulary import STAGES
+from arr_coc.vocabulary import PRUNING_METHODS, QUESTION_KINDS, STAGES
 from training_hooks.comparison.plots import PALETTE, Series, scatter_plot
 from training_hooks.jobs.jobrun import resolve_mode, start_run
 from training_hooks.jobs.question_sets import check_question_source, label_free, question_source_name
 
-METHODS = ("arr-coc", "uniform", "random", "divprune", "cdpruner")
 BUDGETS = (0.03, 0.05, 0.1, 0.25, 0.5, AUTO)
-KINDS = ("colour", "shape", "count")
 COLUMNS = ("accuracy", "recall", "fidelity", "first_token_kl", "kept_tokens_mean", "kept_ratio", "latency_p50_ms")
 # the accuracy plot's kept-ratio axis: log scale, so the small budgets are readable
 PLOT_XRANGE = (0.02, 1.0)
@@ -87,7 +85,7 @@ class QualityParams(BaseModel):
     max_new_tokens: int = Field(4, ge=1, description="max new tokens of each answer")
     seed: int = Field(0, ge=0)
     batch_size: int = Field(8, ge=1)
-    methods: list[str] = Field(list(METHODS), min_length=1)
+    methods: list[str] = Field(list(PRUNING_METHODS), min_length=1)
     budgets: list[float | Literal["auto"]] = Field(list(BUDGETS), min_length=1)
     coverages: list[float] = Field([DEFAULT_COVERAGE], min_length=1, description="coverages of the 'auto' budget")
     stages: list[str] = Field(list(STAGES), min_length=1)
@@ -167,7 +165,7 @@ def _cell(row: dict[str, Any], key: str, spec: str) -> str:
 
 LABEL_COLUMNS = (
     ("accuracy", "accuracy", ".3f"),
-    *((f"acc. {k}", f"accuracy/{k}", ".3f") for k in KINDS),
+    *((f"acc. {k}", f"accuracy/{k}", ".3f") for k in QUESTION_KINDS),
     ("target recall", "recall", ".3f"),
 )
 FIDELITY_COLUMNS = (("fidelity", "fidelity", ".3f"), ("first-token KL", "first_token_kl", ".4f"))
@@ -176,7 +174,7 @@ TOKEN_COLUMNS = (
     ("kept ratio", "kept_ratio", ".3f"),
     ("kept ratio p95", "kept_ratio_p95", ".3f"),
 )
-KIND_KEPT_COLUMNS = tuple((f"kept {k}", f"kept_ratio/{k}", ".3f") for k in KINDS)
+KIND_KEPT_COLUMNS = tuple((f"kept {k}", f"kept_ratio/{k}", ".3f") for k in QUESTION_KINDS)
 LATENCY_COLUMNS = (("latency p50 ms", "latency_p50_ms", ".0f"),)
 
 

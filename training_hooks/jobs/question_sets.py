@@ -24,7 +24,7 @@ from arr_coc.tasks.image_questions import (
     self_questions,
     template_questions,
 )
-from arr_coc.tasks.shapes_vqa import KINDS
+from arr_coc.vocabulary import QUESTION_KINDS
 
 
 class QuestionSource(Protocol):
@@ -77,7 +77,7 @@ def read_question_source(params: QuestionSource) -> ImageQuestionSet | Images:
     check_question_source(params)
     if params.questions:
         return load_question_file(params.questions, limit=params.size)
-    per_image = params.self_questions or len(KINDS)
+    per_image = params.self_questions or len(QUESTION_KINDS)
     images, skipped = load_images(params.images, limit=math.ceil(params.size / per_image))
     if params.self_questions:
         return images, skipped

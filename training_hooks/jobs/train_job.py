@@ -19,6 +19,7 @@ from typing import Any
 
 from PIL import Image
 
+from arr_coc.training.audit import training_starts
 from arr_coc.training.config import TrainConfig, load_config_file, train_config
 from arr_coc.training.recall import RecallTable, flat_recall, format_table
 from training_hooks.jobs.jobrun import (
@@ -86,6 +87,7 @@ def run_train_job(
     from arr_coc.vlm.loading import resolved_names
 
     config = resolve_config(config_file, cli_values)
+    training_starts("train-scorer")
     mode = resolve_mode(wandb_mode)
     run = start_run(
         job_type="train",

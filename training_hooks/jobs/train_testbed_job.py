@@ -1,7 +1,7 @@
 """``arr-coc train-testbed`` as a W&B job (``job_type="train"``, group ``testbed-training``).
 
 Parameters: defaults < ``--config`` file < flags < Launch overrides, validated as
-:class:`arr_coc.training.testbed_training.TrainTestbedConfig`, logged as the run
+:class:`arr_coc.training.testbed.TrainTestbedConfig`, logged as the run
 config and read back from ``wandb.config``. Logged per step: loss, learning rate,
 gradient norm, elapsed seconds; at each evaluation the held-out accuracy with all
 visual tokens. The checkpoint (a complete Qwen2.5-VL directory) goes to ``out``
@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from arr_coc.training.config import load_config_file
-from arr_coc.training.testbed_training import TrainTestbedConfig, train_testbed_config
+from arr_coc.training.testbed import TrainTestbedConfig, train_testbed_config
 from training_hooks.jobs.jobrun import (
     declare_launch_inputs,
     finishing,
@@ -33,7 +33,7 @@ def run_train_testbed_job(
     """Resolve the parameters, train, save, log; returns the exit code (0)."""
     import wandb
 
-    from arr_coc.training.testbed_training import train_testbed
+    from arr_coc.training.testbed import train_testbed
 
     file_values = load_config_file(config_file) if config_file else {}
     train_testbed_config(file_values, cli_values)  # a bad file or flag is reported as such, before overrides

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from arr_coc.settings import Settings
 from arr_coc.variants import VARIANTS, Variant
+from serving.settings import ServerSettings
 from training_hooks.tracking.serve_events import Example
 from training_hooks.tracking.tracker import TrackerConfig, create_tracker, stop_detached_service
 
@@ -63,7 +63,7 @@ def git_commit() -> str:
 class Tracking:
     """``record(variant, latency_ms, ...)`` -> the tracker of that variant."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
         self.trackers: dict[str, Any] = {}
         self.tracker_config = TrackerConfig(

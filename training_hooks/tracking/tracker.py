@@ -75,8 +75,9 @@ def tracking_enabled(env: Mapping[str, str] | None = None) -> bool:
 
 
 class TrackerConfig(BaseModel):
-    """How a serving worker tracks itself: a plain config, built from :class:`arr_coc.settings.Settings`
-    (the one object that reads the environment) by ``service_tracking``, or by tests directly.
+    """How a serving worker tracks itself: a plain config, built from the server's settings
+    (:class:`serving.settings.ServerSettings`, which read the environment) by ``service_tracking``,
+    or by tests directly.
 
     window_s: length of one aggregation window (one history row), seconds.
     queue_size: events the queue holds before ``record`` drops.
