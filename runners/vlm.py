@@ -158,9 +158,10 @@ class VLMRunner:
             feature_cache_mb=settings.feature_cache_mb,
         )
         if settings.warm_up:  # before /readyz: the first request is as fast as the tenth
-            graphs = self.pipeline.static is not None and self.pipeline.static.graphs
+            # the batch scheduler's decode buckets; the step scheduler captures its own below
+            graphs = not STEP and self.pipeline.static is not None and self.pipeline.static.graphs
             sizes = tuple(b for b in BATCH_BUCKETS if b <= settings.vlm_max_batch_size) if graphs else (1,)
-            spent = self.pipeline.warm_up(sizes, cache_tokens=settings.warm_cache_tokens)
+            spent = self.pipeline.warm_up(sizes, cache_tokens=settings.warm_cache_tokens if graphs else 0)
             logger.info(
                 "VLM runner warmed up (%s decode): %s ms per batch size",
                 self.pipeline.decode,

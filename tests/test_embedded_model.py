@@ -21,7 +21,8 @@ from arr_coc.vlm.testbed import EMBEDDED_MODEL, EMBEDDED_SCORER
 
 pytestmark = pytest.mark.slow
 
-SAMPLES = 64
+CONTRACT = json.loads((EMBEDDED_MODEL / "contract.json").read_text())  # the floors the model card states
+SAMPLES = CONTRACT["heldout_samples"]
 
 
 @pytest.fixture(scope="module")
@@ -50,20 +51,21 @@ def test_shipped_files_load_through_the_normal_path_and_stay_small() -> None:
 
 
 def test_all_tokens_answer_the_heldout_sample(pipeline, heldout) -> None:
-    """The shipped model answers 0.897 of 300 held-out samples and 0.906 of these 64 (58): far above chance
-    (about 0.18) and above the 0.9 its issue asks of this test. The floor leaves two answers of slack, as
-    another machine's float kernels may flip a near-tie; it guards a regression."""
+    """Far above chance (about 0.18). The floor leaves two answers of slack below what these weights give
+    here, as another machine's float kernels may flip a near-tie; it guards a regression."""
     summary = _accuracy(pipeline, "full", heldout)
-    assert summary["accuracy"] >= 0.875, summary
+    assert summary["accuracy"] >= CONTRACT["all_tokens_accuracy_at_least"], summary
 
 
 def test_arr_coc_at_10_percent_beats_uniform_and_random(pipeline, heldout) -> None:
     arr_coc = _accuracy(pipeline, "arr-coc-10", heldout)
     uniform = _accuracy(pipeline, "uniform-10", heldout)
     random = _accuracy(pipeline, "random-10", heldout)
-    assert arr_coc["accuracy"] >= uniform["accuracy"] + 0.25, (arr_coc, uniform)  # 0.906 against 0.516 here
-    assert arr_coc["accuracy"] >= random["accuracy"] + 0.25, (arr_coc, random)  # and 0.422
-    assert arr_coc["recall"] >= uniform["recall"] + 0.3 and arr_coc["recall"] >= random["recall"] + 0.3
+    margin = CONTRACT["arr_coc_10_over_uniform_10_and_random_10_accuracy_at_least"]
+    assert arr_coc["accuracy"] >= uniform["accuracy"] + margin, (arr_coc, uniform)
+    assert arr_coc["accuracy"] >= random["accuracy"] + margin, (arr_coc, random)
+    margin = CONTRACT["arr_coc_10_over_uniform_10_and_random_10_recall_at_least"]
+    assert arr_coc["recall"] >= uniform["recall"] + margin and arr_coc["recall"] >= random["recall"] + margin
 
 
 def test_pre_encoder_pruning_keeps_the_same_tokens_and_most_of_the_accuracy(pipeline, heldout) -> None:
@@ -71,8 +73,8 @@ def test_pre_encoder_pruning_keeps_the_same_tokens_and_most_of_the_accuracy(pipe
     pre = _accuracy(pipeline, "arr-coc-pre-25", heldout)
     uniform = _accuracy(pipeline, "uniform-pre-25", heldout)
     assert pre["recall"] == post["recall"] and pre["kept_ratio"] == post["kept_ratio"]
-    assert pre["accuracy"] >= uniform["accuracy"] + 0.15, (pre, uniform)  # 0.906 against 0.688 here
-    assert pre["accuracy"] >= post["accuracy"] - 0.05, (pre, post)  # 0.3 ahead on 300 (model card)
+    assert pre["accuracy"] >= uniform["accuracy"] + CONTRACT["arr_coc_pre_25_over_uniform_pre_25_accuracy_at_least"]
+    assert pre["accuracy"] >= post["accuracy"] - CONTRACT["arr_coc_pre_25_below_arr_coc_25_accuracy_at_most"]
 
 
 def test_at_five_percent_arr_coc_keeps_more_of_the_targets_than_divprune(pipeline, heldout) -> None:
@@ -83,4 +85,4 @@ def test_at_five_percent_arr_coc_keeps_more_of_the_targets_than_divprune(pipelin
     ours = summarize(list(evaluate_variant(pipeline, variant, heldout, batch_size=8, max_new_tokens=4)), 1.0)
     theirs = summarize(list(evaluate_variant(pipeline, divprune, heldout, batch_size=8, max_new_tokens=4)), 1.0)
     assert ours["kept_ratio"] == pytest.approx(theirs["kept_ratio"])
-    assert ours["recall"] >= theirs["recall"] + 0.05, (ours, theirs)
+    assert ours["recall"] >= theirs["recall"] + CONTRACT["arr_coc_5_over_divprune_5_recall_at_least"], (ours, theirs)

@@ -172,9 +172,12 @@ def test_the_bentoml_and_deploy_commands_parse():
 
 def _make_recipe(target: str) -> str:
     """The last line ``make -n target`` prints: the target's own command (set-up lines come before it)."""
-    result = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # under `make test`
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-n", target], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env
+    )
     assert result.returncode == 0, result.stderr
-    return result.stdout.strip().splitlines()[-1]
+    return [line for line in result.stdout.strip().splitlines() if not line.startswith("make")][-1]
 
 
 def _free_port() -> int:
