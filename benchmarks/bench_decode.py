@@ -83,17 +83,14 @@ def step_run(scheduler: StepScheduler, prepared, steps: int) -> tuple[float, lis
     return sum(spent) / max(1, len(spent)), [t.wait(0).token_ids for t in tickets]
 
 
-def first_difference(ids: list[list[int]], reference: list[list[int]]) -> str:
+def first_difference(ids: list[list[int]], reference: list[list[int]], margins: list[list[float]]) -> str:
     """``row r step s: margin m`` of the first differing step of each differing row (eager's margins)."""
     notes = []
     for row, (got, want) in enumerate(zip(ids, reference)):
         step = next((s for s, (a, b) in enumerate(zip(got, want)) if a != b), None)
-        if step is not None and step < len(EAGER_MARGINS) and row < len(EAGER_MARGINS[step]):
-            notes.append(f"row {row} step {step}: top-2 margin {EAGER_MARGINS[step][row]:.4f}")
+        if step is not None and step < len(margins) and row < len(margins[step]):
+            notes.append(f"row {row} step {step}: top-2 margin {margins[step][row]:.4f}")
     return "; ".join(notes[:4])
-
-
-EAGER_MARGINS: list[list[float]] = []
 
 
 def main() -> None:
@@ -160,8 +157,7 @@ def main() -> None:
             label = "step" if mode == "step" else pipeline.decode
             print(f"{label:>7} {batch:>5} {ms:>8.2f} {ratio:>8} {same:>11} {first_s:>11.2f}")
             if same == "NO":
-                EAGER_MARGINS[:] = eager_margins[batch]
-                print(f"        first differences: {first_difference(ids, eager_ids[batch])}")
+                print(f"        first differences: {first_difference(ids, eager_ids[batch], eager_margins[batch])}")
 
 
 if __name__ == "__main__":
