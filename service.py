@@ -5,7 +5,8 @@
 ``POST /answer`` answers a question about an image from its relevant visual tokens,
 ``POST /answer_stream`` streams the answer as server-sent events, ``POST /relevance``
 returns the relevance map, the kept tokens and a heatmap; ``/v1/chat/completions``
-and ``/v1/models`` speak OpenAI's API; ``/`` is a web page. The routes are a FastAPI
+and ``/v1/models`` speak OpenAI's API; ``/`` is a web page. A request that names no
+variant gets the default one, or with ``ARR_COC_TRAFFIC`` its caller's side of the split. The routes are a FastAPI
 app that BentoML mounts; BentoML adds the probes (``/livez``, ``/readyz``) and ``/metrics``.
 """
 
@@ -38,10 +39,12 @@ from runners.relevance import RelevanceRunner
 from runners.vlm import VLMRunner
 from serving.draining import stop_after_drain
 from serving.settings import get_server_settings
+from serving.traffic import caller_key
 from training_hooks.tracking.service_tracking import Tracking
 
 settings = get_server_settings()
 LIMIT = body_limit(settings)
+KEYS = auth.parse_keys(settings.api_key.get_secret_value())
 SHUTDOWN_GRACE_S = 7.0  # for drain + W&B: Cloud Run kills a container 10 s after SIGTERM
 
 app = create_app(settings, description=__doc__)
@@ -74,7 +77,7 @@ class ARRCOC:
         body, the image, a runner, the front itself) is recorded once and answered in the
         one error body of :mod:`front.errors`.
         """
-        job = Job(settings.default_variant)
+        job = Job(settings.default_variant, caller=caller_key(http.headers, KEYS))
         try:
             return await respond(job)
         except Exception as error:
@@ -157,12 +160,13 @@ class ARRCOC:
                 return StreamingResponse(streams.chat_chunks(self.pipeline, job, body), media_type="text/event-stream")
             output = await self.pipeline.answer(job, body)
             answered = self.pipeline.answered(job, output)
-            return JSONResponse(openai_chat.completion(output, job.variant.name, job.request_id, answered.scorer))
+            cost = answered.cost.model_dump() if answered.cost else None
+            return JSONResponse(openai_chat.completion(output, job.variant.name, job.request_id, answered.scorer, cost))
 
         return await self._serve(http, respond)
 
 
 add_fallbacks(app)
 
-if keys := auth.parse_keys(settings.api_key.get_secret_value()):
-    ARRCOC.add_asgi_middleware(auth.BearerAuth, keys=keys)
+if KEYS:
+    ARRCOC.add_asgi_middleware(auth.BearerAuth, keys=KEYS)

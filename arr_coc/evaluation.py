@@ -216,6 +216,13 @@ def summarize(records: Sequence[EvalRecord], wall_s: float) -> dict[str, float]:
     return summary
 
 
+def cost_per_1k_answers(records: Sequence[EvalRecord], dollars_per_s: float) -> float:
+    """US$ per 1,000 answers on an instance costing ``dollars_per_s``: each answer holds its batch's wall time
+    divided among the batch (as a served answer holds its share of the runners' busy time)."""
+    held_s = [r.latency_ms / 1000.0 / r.batch_size for r in records]
+    return 1000.0 * dollars_per_s * sum(held_s) / len(held_s)
+
+
 class Stopwatch:
     """Seconds since construction (``perf_counter``)."""
 

@@ -13,6 +13,7 @@ from arr_coc.errors import ArrCocError
 from arr_coc_cli.commands import (
     answer,
     calibrate,
+    capacity,
     compare,
     dashboard,
     distill_scorer,
@@ -42,6 +43,7 @@ COMMANDS = [
     quality,
     dashboard,
     export_questions,
+    capacity,
 ]
 
 

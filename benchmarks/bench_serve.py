@@ -1,7 +1,8 @@
-"""Requests/s and p50/p95 latency of the served pipeline: batching on vs off, vs in-process; or a mixed load.
+"""Requests/s and p50/p95 latency of the served pipeline: batching on vs off, vs in-process; a mixed load; or per variant.
 
     python benchmarks/bench_serve.py [--requests 48] [--concurrency 1 4 16]
     python benchmarks/bench_serve.py --workload mixed [--requests 64]
+    python benchmarks/bench_serve.py --workload variants [--variants full arr-coc-25] [--requests 32] --out bench.json
 
 ``uniform`` (default): starts `bentoml serve` on the embedded testbed model with
 adaptive batching off (max_batch_size 1 in both runners), then on (16 / 8), then
@@ -15,12 +16,20 @@ requests in-process through the library, one by one and as one batch.
 just after 8 answers of 64 tokens (it is admitted with them), and one sent while 8
 such answers decode (each has streamed its first delta), next to its latency alone;
 16 concurrent streams next to one. All in one run, so the ratios compare like with like on this noisy machine.
+
+``variants``: one server with the deployment's settings on the embedded model; for each
+``--variants`` name and each ``--concurrency``, ``--requests`` requests naming that variant
+(after a warm-up wave): answered requests/s, p50/p95 latency, failures, and the mean
+``cost.dollars`` of its answers. Prints a table and writes the bench result that
+``arr-coc capacity`` reads (``--out``; :func:`arr_coc.capacity.bench_document`).
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import datetime
+import json
 import os
 import random
 import statistics
@@ -30,11 +39,13 @@ from pathlib import Path
 
 import httpx
 
+from arr_coc.capacity import bench_document
 from testkit.drawing import gradient, noise, scene, shapes
 from testkit.serving import Server, b64_png
 
 FAILURES: set[str] = set()
 IMAGES = [scene(448, 336), shapes(300, 200, seed=1), gradient(200, 260), noise(224, 224, seed=2)]
+VARIANTS = ["full", "arr-coc-25", "divprune-25", "arr-coc-10"]
 
 
 def payloads(count: int) -> list[dict]:
@@ -49,33 +60,63 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def load(url: str, requests: list[dict], concurrency: int) -> tuple[float, float, float, int]:
-    """(answered requests/s, p50 ms, p95 ms, failures) of ``requests`` sent ``concurrency`` at a time."""
+def variant_payloads(variant: str, count: int) -> list[dict]:
+    """``count`` answer bodies naming ``variant`` (no budget of their own: the variant's applies)."""
+    return [
+        {key: value for key, value in body.items() if key != "budget"} | {"variant": variant}
+        for body in payloads(count)
+    ]
+
+
+def answer_cost(response: httpx.Response) -> float | None:
+    """The answer's ``cost.dollars``, US$; ``None`` when the response carries no cost."""
+    cost = response.json().get("cost")
+    return cost.get("dollars") if isinstance(cost, dict) else None
+
+
+def measure(
+    url: str, requests: list[dict], concurrency: int
+) -> tuple[tuple[float, float, float, int], list[float | None]]:
+    """(answered requests/s, p50 ms, p95 ms, failures) of ``requests`` sent ``concurrency`` at a time,
+    and each answer's ``cost.dollars`` (US$, ``None`` where absent)."""
     with httpx.Client(base_url=url, timeout=300) as client:
         with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:  # warm-up: one full wave
             list(pool.map(lambda body: client.post("/answer", json=body), requests[:concurrency]))
 
-        def one(body: dict) -> float | None:
+        def one(body: dict) -> tuple[float, float | None] | None:
             start = time.perf_counter()
             response = client.post("/answer", json=body)
             if response.status_code != 200:
                 FAILURES.add(f"{response.status_code} {response.text[:160]}")
                 return None
-            return (time.perf_counter() - start) * 1000.0
+            return (time.perf_counter() - start) * 1000.0, answer_cost(response)
 
         start = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
             results = list(pool.map(one, requests))
         elapsed = time.perf_counter() - start
-    latencies = [r for r in results if r is not None]
+    answered = [r for r in results if r is not None]
+    latencies = [ms for ms, _ in answered]
+    costs = [dollars for _, dollars in answered]
     if not latencies:
-        return 0.0, float("nan"), float("nan"), len(results)
-    return (
+        return (0.0, float("nan"), float("nan"), len(results)), costs
+    figures = (
         len(latencies) / elapsed,
         statistics.median(latencies),
         percentile(latencies, 0.95),
         len(results) - len(latencies),
     )
+    return figures, costs
+
+
+def load(url: str, requests: list[dict], concurrency: int) -> tuple[float, float, float, int]:
+    """(answered requests/s, p50 ms, p95 ms, failures) of ``requests`` sent ``concurrency`` at a time."""
+    return measure(url, requests, concurrency)[0]
+
+
+def runs_on_gpu() -> bool:
+    """Whether the served VLM runner holds a GPU share (``ARR_COC_VLM_GPU`` > 0)."""
+    return os.environ.get("ARR_COC_VLM_GPU", "0") not in ("", "0")
 
 
 def in_process(requests: list[dict]) -> dict[str, tuple[float, float, float]]:
@@ -210,7 +251,7 @@ def mixed(count: int, width: int) -> None:
             results[scheduler] = mixed_load(server.url, count, width)
         finally:
             server.stop()
-    device = "CUDA" if os.environ.get("ARR_COC_VLM_GPU", "0") not in ("", "0") else "CPU"
+    device = "CUDA" if runs_on_gpu() else "CPU"
     print(f"mixed load on {device}: random-weight qwen2.5-vl testbed, {count} requests at concurrency {width}")
     print(f"{'figure':<26} {'batch':>9} {'step':>9} {'step/batch':>10}")
     for key in results["batch"]:
@@ -227,10 +268,81 @@ def mixed(count: int, width: int) -> None:
         print("failure:", failure)
 
 
+def level(concurrency: int, figures: tuple[float, float, float, int]) -> dict:
+    """One concurrency level of a bench result from ``load``'s figures (latencies null when none was answered)."""
+    rate, p50, p95, failed = figures
+    return {
+        "concurrency": concurrency,
+        "requests_per_s": rate,
+        "p50_ms": None if p50 != p50 else p50,  # NaN: nothing answered
+        "p95_ms": None if p95 != p95 else p95,
+        "failed": failed,
+    }
+
+
+def cost_per_1k_answers(costs: list[float | None]) -> float | None:
+    """1000 x the mean ``cost.dollars`` of a variant's answers, US$; ``None`` unless every answer carried one."""
+    if not costs or any(dollars is None for dollars in costs):
+        return None
+    return 1000 * statistics.fmean(costs)
+
+
+def variants_document(
+    measured: dict[str, list[tuple[int, tuple[float, float, float, int], list[float | None]]]],
+    on_gpu: bool,
+    date: str,
+) -> dict:
+    """The bench result of the ``variants`` workload: per variant, its (concurrency, figures, costs) per level."""
+    from arr_coc.pricing import get_pricing_settings
+
+    instance = get_pricing_settings().instance(on_gpu)
+    return bench_document(
+        date=date,
+        device="CUDA" if on_gpu else "CPU",
+        instance={"gpus": instance.gpus, "vcpus": instance.vcpus, "memory_gib": instance.memory_gib},
+        levels={name: [level(c, figures) for c, figures, _ in rows] for name, rows in measured.items()},
+        cost_per_1k_answers={
+            name: cost_per_1k_answers([d for _, _, costs in rows for d in costs]) for name, rows in measured.items()
+        },
+    )
+
+
+def variants(names: list[str], concurrencies: list[int], count: int, out: Path | None) -> None:
+    """The ``variants`` workload (module docstring); writes its bench result to ``out``."""
+    measured: dict[str, list] = {}
+    server = Server(Path(tempfile.mkdtemp()))
+    try:
+        server.wait_ready()
+        for name in names:
+            requests = variant_payloads(name, count)
+            measured[name] = [(c, *measure(server.url, requests, c)) for c in concurrencies]
+    finally:
+        server.stop()
+    document = variants_document(measured, runs_on_gpu(), datetime.date.today().isoformat())
+    print(f"{count} requests per cell, the embedded model on {document['device']}, 8 new tokens, each variant's budget")
+    print(f"{'variant':<14} {'conc':>4} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'failed':>6} {'$/1k answers':>12}")
+    for name, variant in document["variants"].items():
+        cost = variant["cost_per_1k_answers"]
+        for index, row in enumerate(variant["levels"]):
+            p50, p95 = (float("nan") if ms is None else ms for ms in (row["p50_ms"], row["p95_ms"]))
+            per_variant = "" if index else "-" if cost is None else f"{cost:.4f}"  # one mean over all its levels
+            print(
+                f"{name:<14} {row['concurrency']:>4} {row['requests_per_s']:>7.2f} {p50:>8.1f} {p95:>8.1f} "
+                f"{row['failed']:>6} {per_variant:>12}"
+            )
+    for failure in sorted(FAILURES):
+        print("failure:", failure)
+    if out is not None:
+        out.write_text(json.dumps(document, indent=2) + "\n")
+        print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workload", choices=["uniform", "mixed"], default="uniform")
-    parser.add_argument("--requests", type=int, default=None, help="requests per cell (48; mixed: 64)")
+    parser.add_argument("--workload", choices=["uniform", "mixed", "variants"], default="uniform")
+    parser.add_argument("--requests", type=int, default=None, help="requests per cell (48; mixed: 64; variants: 32)")
+    parser.add_argument("--variants", nargs="+", default=VARIANTS, help=f"variants: names ({' '.join(VARIANTS)})")
+    parser.add_argument("--out", type=Path, default=None, help="variants: the bench result file (JSON)")
     parser.add_argument("--width", type=int, default=16, help="mixed: concurrency and concurrent streams")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--batching", nargs="+", choices=["off", "on", "step"], default=["off", "on", "step"])
@@ -243,6 +355,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.workload == "mixed":
         mixed(args.requests or 64, args.width)
+        return
+    if args.workload == "variants":
+        variants(args.variants, args.concurrency, args.requests or 32, args.out)
         return
     args.requests = args.requests or 48
     requests = payloads(args.requests)
@@ -269,7 +384,7 @@ def main() -> None:
     for name, figures in (in_process(requests) if args.in_process else {}).items():
         rows.append((name, 1, *figures))
     base = rows[0][2]
-    device = "CUDA" if os.environ.get("ARR_COC_VLM_GPU", "0") not in ("", "0") else "CPU"
+    device = "CUDA" if runs_on_gpu() else "CPU"
     print(f"{args.requests} requests per cell, the embedded testbed on {device}, 8 new tokens, budget 25%")
     print(f"{'configuration':<42} {'conc':>4} {'req/s':>7} {'x base':>7} {'p50 ms':>8} {'p95 ms':>8} {'failed':>6}")
     for name, concurrency, rate, p50, p95, failed in rows:

@@ -51,6 +51,31 @@ RUNNER_RETRIES = bentoml.metrics.Counter(
     documentation="Runner calls tried again, by call and reason (a broken connection, or a stream that fell silent)",
     labelnames=["call", "reason"],
 )
+ANSWERS = bentoml.metrics.Counter(
+    name="arr_coc_answers",
+    documentation="Answered requests by variant",
+    labelnames=["variant"],
+)
+COST_DOLLARS = bentoml.metrics.Counter(
+    name="arr_coc_cost_dollars",
+    documentation="US$ of instance time the answers held (their share of the runners' busy time), by variant",
+    labelnames=["variant"],
+)
+GPU_SECONDS = bentoml.metrics.Counter(
+    name="arr_coc_gpu_seconds",
+    documentation="GPU-seconds billed for the answers (0 without a GPU), by variant",
+    labelnames=["variant"],
+)
+COST_PER_1K = bentoml.metrics.Gauge(
+    name="arr_coc_cost_per_1k_answers_dollars",
+    documentation="US$ per 1,000 answers of this front worker since it started, by variant",
+    labelnames=["variant"],
+)
+TRAFFIC_ASSIGNED = bentoml.metrics.Counter(
+    name="arr_coc_traffic_assigned",
+    documentation="Requests that named no variant, by the variant the traffic split gave them",
+    labelnames=["variant"],
+)
 ERRORS = bentoml.metrics.Counter(
     name="arr_coc_errors",
     documentation="Failed requests by error kind",

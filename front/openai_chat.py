@@ -7,8 +7,10 @@ instead give ``variant`` or ``method`` + ``budget`` (+ ``stage``). Remote
 ``http(s)`` image URLs are refused unless ``ARR_COC_IMAGE_URL_HOSTS`` names their host
 (off by default: the server then fetches nothing). Errors use OpenAI's body,
 ``{"error": {"message", "type", "param", "code"}}`` (:mod:`front.errors`). Responses
-carry the extension ``arr_coc: {"scorer": "trained" | "untrained" | null}`` (the
-scorer the selection read; null for methods that read none).
+carry the extension ``arr_coc: {"scorer": "trained" | "untrained" | null, "cost": {...}}``
+(the scorer the selection read, null for methods that read none; what the answer
+cost, as in ``/answer``). ``model`` is the variant that answered: the one the request
+named, else the traffic split's for its caller, else the deployment's default.
 """
 
 from __future__ import annotations
@@ -154,8 +156,15 @@ def usage(output: AnswerOutput) -> dict[str, int]:
     }
 
 
-def completion(output: AnswerOutput, model: str, request_id: str, scorer: str | None = None) -> dict[str, Any]:
-    """A ``chat.completion`` object; ``scorer`` (``trained``/``untrained``/``None``) goes into its ``arr_coc``."""
+def extension(scorer: str | None, cost: dict | None) -> dict[str, Any]:
+    """The ``arr_coc`` object of a response: the scorer the selection read and, when known, the answer's cost."""
+    return {"scorer": scorer} if cost is None else {"scorer": scorer, "cost": cost}
+
+
+def completion(
+    output: AnswerOutput, model: str, request_id: str, scorer: str | None = None, cost: dict | None = None
+) -> dict[str, Any]:
+    """A ``chat.completion`` object; ``scorer`` (``trained``/``untrained``/``None``) and ``cost`` go into ``arr_coc``."""
     return {
         "id": f"chatcmpl-{request_id}",
         "object": "chat.completion",
@@ -169,7 +178,7 @@ def completion(output: AnswerOutput, model: str, request_id: str, scorer: str | 
             }
         ],
         "usage": usage(output),
-        "arr_coc": {"scorer": scorer},
+        "arr_coc": extension(scorer, cost),
     }
 
 
@@ -180,6 +189,7 @@ def chunk(
     finish_reason: str | None = None,
     output: AnswerOutput | None = None,
     scorer: str | None = None,
+    cost: dict | None = None,
 ) -> dict[str, Any]:
     """A ``chat.completion.chunk`` object; the last one carries ``finish_reason``, ``usage`` and ``arr_coc``."""
     body = {
@@ -191,14 +201,15 @@ def chunk(
     }
     if output is not None:
         body["usage"] = usage(output)
-        body["arr_coc"] = {"scorer": scorer}
+        body["arr_coc"] = extension(scorer, cost)
     return body
 
 
 def model_list(settings: ServerSettings) -> dict[str, Any]:
     """``/v1/models``: every registered variant, as a model, with what it keeps under the ``arr_coc`` extension.
 
-    The list's own ``arr_coc`` gives the deployment's ``default_variant``, its ``scorer``
+    The list's own ``arr_coc`` gives the deployment's ``default_variant``, its ``traffic`` split
+    (variant -> share of the requests that name none; null without a split), its ``scorer``
     (``trained``/``untrained``) and, without a trained scorer, a ``notice`` naming the
     command that trains one; each ``arr-coc`` variant carries its ``scorer`` too.
     """
@@ -217,6 +228,7 @@ def model_list(settings: ServerSettings) -> dict[str, Any]:
         ],
         "arr_coc": {
             "default_variant": settings.default_variant,
+            "traffic": split.shares() if (split := settings.traffic_split) else None,
             "scorer": scorer,
             "notice": settings.untrained_scorer_notice(),
         },

@@ -3,7 +3,10 @@
 The front decodes and checks the image and the question once; the runners get the
 decoded pixels (:class:`serving.wire.Pixels`), never an encoded image. The
 relevance runner scores (adaptive batches), the VLM runner prunes and answers with
-that relevance. Every outcome, success or failure, feeds ``/metrics`` and W&B.
+that relevance. A request that names no variant gets the traffic split's variant for
+its caller (:mod:`serving.traffic`), else the default. Every answer carries its cost
+(:mod:`arr_coc.pricing`: its share of the runners' busy time, priced as instance
+time). Every outcome, success or failure, feeds ``/metrics`` and W&B.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from PIL import Image
 
 from arr_coc.adaptive import AutoBudget, auto_budget
 from arr_coc.errors import ArrCocInputError, InvalidBudgetError
+from arr_coc.pricing import AnswerCost
 from arr_coc.query import check_question
 from arr_coc.selection import FEATURE_METHODS, allocate, as_budget
 from arr_coc.variants import Variant, ad_hoc, get_variant
@@ -77,6 +81,7 @@ class Job:
     pixels: Pixels | None = None
     question: str = ""
     scored: ScoreOutput | None = None
+    caller: str | None = None  # the key the traffic split places it by (serving.traffic.caller_key)
 
     @property
     def elapsed_ms(self) -> float:
@@ -91,6 +96,9 @@ class Pipeline:
         self.vlm_runner = vlm_runner
         self.tracking = tracking
         self.settings = settings
+        self.split = settings.traffic_split
+        self.instance = settings.instance(settings.on_gpu)
+        self.spent: dict[str, tuple[float, int]] = {}  # variant -> (US$, answers) in this worker
         if notice := settings.untrained_scorer_notice():  # at start-up; also in /v1/models and on the web page
             logger.warning(notice)
 
@@ -103,9 +111,18 @@ class Pipeline:
         """``"trained"``/``"untrained"``: the scorer ``variant``'s selection reads; ``None`` when it reads none."""
         return self.settings.scorer_state if variant.method == "arr-coc" else None
 
-    def pick_variant(self, body: ImageQuestion) -> Variant:
-        """The request's variant: its method + budget (+ stage, + auto bounds), else its named variant, else the default."""
-        base = get_variant(body.variant or self.settings.default_variant)
+    def default_for(self, caller: str | None) -> str:
+        """The variant of a request that names none: the traffic split's for ``caller``, else the default."""
+        if self.split is None:
+            return self.settings.default_variant
+        name = self.split.assign(caller)
+        metrics.TRAFFIC_ASSIGNED.labels(variant=name).inc()
+        return name
+
+    def pick_variant(self, body: ImageQuestion, caller: str | None = None) -> Variant:
+        """The request's variant: its method + budget (+ stage, + auto bounds) over its named variant, else over
+        :meth:`default_for`."""
+        base = get_variant(body.variant or self.default_for(caller))
         bounds = {"coverage": body.coverage, "min_tokens": body.min_tokens, "max_tokens": body.max_tokens}
         overrides = [body.method, body.budget, body.stage, *bounds.values()]
         if all(value is None for value in overrides):
@@ -125,7 +142,7 @@ class Pipeline:
 
     async def start(self, job: Job, body: ImageQuestion) -> Job:
         """Check the variant and question, decode the image (in a thread: CPU work), and score it."""
-        job.variant = self.pick_variant(body)
+        job.variant = self.pick_variant(body, job.caller)
         job.question = check_question(body.question, self.settings.max_question_chars)
         _, job.image = await asyncio.to_thread(decode_image_field, body.image, self.settings)
         job.pixels = Pixels.of(job.image)
@@ -215,7 +232,10 @@ class Pipeline:
         timings = stage_timings(scored, output)
         metrics.observe_stages(timings)
         kept_ratio = len(output.kept) / output.total_tokens
-        metrics.KEPT_RATIO.labels(variant=tracking_name(variant)).observe(kept_ratio)
+        name = tracking_name(variant)
+        metrics.KEPT_RATIO.labels(variant=name).observe(kept_ratio)
+        cost = self.instance.cost((scored.busy_ms + output.busy_ms) / 1000.0)
+        self.count_cost(name, cost)
         cached = output.vision_cached if variant.stage == "post" else None
         if cached is not None:
             metrics.VISION_CACHE.labels(result="hit" if cached else "miss").inc()
@@ -229,6 +249,8 @@ class Pipeline:
             example=(job.image, scored, output, job.question),
             generated_tokens=output.generated_tokens,
             decoding=decoding_figures(output),
+            cost_dollars=cost.dollars,
+            gpu_s=cost.gpu_s,
         )
         return AnswerResponse(
             answer=output.answer,
@@ -239,8 +261,18 @@ class Pipeline:
             timings_ms=timings,
             finish_reason=output.finish_reason,
             scorer=self.scorer_of(variant),
+            cost=cost,
             request_id=job.request_id,
         )
+
+    def count_cost(self, variant: str, cost: AnswerCost) -> None:
+        """One answer's cost into ``/metrics``: totals by variant and this worker's cost per 1,000 answers."""
+        metrics.ANSWERS.labels(variant=variant).inc()
+        metrics.COST_DOLLARS.labels(variant=variant).inc(cost.dollars)
+        metrics.GPU_SECONDS.labels(variant=variant).inc(cost.gpu_s)
+        dollars, answers = self.spent.get(variant, (0.0, 0))
+        self.spent[variant] = dollars + cost.dollars, answers + 1
+        metrics.COST_PER_1K.labels(variant=variant).set(1000.0 * (dollars + cost.dollars) / (answers + 1))
 
     def failed(self, job: Job, error: Exception) -> None:
         """Count a failed request by its error kind, in ``/metrics`` and W&B."""

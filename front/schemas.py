@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
+from arr_coc.pricing import AnswerCost
 from arr_coc.variants import VARIANTS
 from arr_coc.vocabulary import COVERAGE_MEANING, METHODS, PRE_METHODS, SCORER_STATES, STAGES
 from serving.settings import get_server_settings
@@ -105,6 +106,9 @@ class AnswerResponse(BaseModel):
         None, description="why decoding ended: the end token, a stop string, or max_new_tokens"
     )
     scorer: ScorerState | None = Field(None, description=f"{SCORER_DESCRIPTION}; null for methods that read none")
+    cost: AnswerCost | None = Field(
+        None, description="what the answer cost: its share of the runners' busy time, priced as Cloud Run instance time"
+    )
     request_id: str
 
 

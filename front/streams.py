@@ -51,9 +51,10 @@ async def chat_chunks(pipeline: Pipeline, job: Job, generation: GenerationFields
                 yield sse(openai_chat.chunk(completion_id, model, {"content": event["delta"]}))
             else:
                 output = event["done"]
-                pipeline.answered(job, output)
+                answered = pipeline.answered(job, output)
                 reason = openai_chat.FINISH_REASONS.get(output.finish_reason, "stop")
-                yield sse(openai_chat.chunk(completion_id, model, {}, reason, output, pipeline.scorer_of(job.variant)))
+                cost = answered.cost.model_dump() if answered.cost else None
+                yield sse(openai_chat.chunk(completion_id, model, {}, reason, output, answered.scorer, cost))
     except Exception as error:
         yield sse(error_event(pipeline, job, error, "/v1/chat/completions"))
     yield sse("[DONE]")

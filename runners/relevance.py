@@ -89,6 +89,7 @@ class RelevanceRunner:
                     calibration=self.model.scorer.calibration,
                     timings_ms={"relevance": elapsed_ms},
                     batch_size=len(items),
+                    busy_ms=elapsed_ms / len(items),
                 )
             )
         return outputs

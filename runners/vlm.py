@@ -25,6 +25,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
@@ -102,7 +103,12 @@ def to_request(item: AnswerItem) -> AnswerRequest:
     )
 
 
-def to_output(result: AnswerResult, batch_size: int, ticket: Ticket | None = None) -> AnswerOutput:
+def to_output(
+    result: AnswerResult, batch_size: int, ticket: Ticket | None = None, busy_ms: float = 0.0
+) -> AnswerOutput:
+    """``busy_ms``: the request's share of the model's time (the step scheduler's ``ticket`` carries its own)."""
+    if ticket is not None:
+        busy_ms = ticket.busy_ms
     if ticket is not None and ticket.steps:
         batch_size = round(ticket.rows_seen / ticket.steps)
     return AnswerOutput(
@@ -119,6 +125,7 @@ def to_output(result: AnswerResult, batch_size: int, ticket: Ticket | None = Non
         queue_depth=0 if ticket is None else ticket.queued_behind,
         generated_tokens=len(result.token_ids) if ticket is None else ticket.generated_tokens,
         step_ms=result.timings_ms.get("decode", 0.0) / ticket.steps if ticket is not None and ticket.steps else 0.0,
+        busy_ms=busy_ms,
     )
 
 
@@ -191,8 +198,10 @@ class VLMRunner:
     def _one_by_one(self, items: list[AnswerItem]) -> list[AnswerOutput]:
         outputs = []
         for item in items:
+            start = time.perf_counter()
             try:
-                outputs.append(to_output(self.pipeline.answer(to_request(item)), len(items)))
+                result = self.pipeline.answer(to_request(item))
+                outputs.append(to_output(result, len(items), busy_ms=(time.perf_counter() - start) * 1000.0))
             except ArrCocInputError as error:
                 outputs.append(error_output(error))
         return outputs
@@ -208,8 +217,9 @@ class VLMRunner:
 
     def _answer_batch(self, items: list[AnswerItem]) -> list[AnswerOutput]:
         try:
-            results = self._locked(self.pipeline.answer_batch, [to_request(item) for item in items])
-            return [to_output(result, len(items)) for result in results]
+            requests = [to_request(item) for item in items]
+            results, busy_ms = self._locked(_timed, self.pipeline.answer_batch, requests)
+            return [to_output(result, len(items), busy_ms=busy_ms / len(items)) for result in results]
         except ArrCocInputError:
             return self._locked(self._one_by_one, items)
 
@@ -306,13 +316,17 @@ class VLMRunner:
         static buffers at once (a sync generator API would leave that to the garbage collector).
         """
         try:
-            answer = await anyio.to_thread.run_sync(self._locked, self.pipeline.stream, request)
+            answer, busy_ms = await anyio.to_thread.run_sync(self._locked, _timed, self.pipeline.stream, request)
         except ArrCocInputError as error:
             yield json.dumps({"error": error_output(error).error.model_dump()}) + "\n"
             return
         steps, finished = iter(answer), False
         try:
-            while (delta := await anyio.to_thread.run_sync(self._locked, next, steps, None)) is not None:
+            while True:
+                delta, step_ms = await anyio.to_thread.run_sync(self._locked, _timed, next, steps, None)
+                busy_ms += step_ms
+                if delta is None:
+                    break
                 yield json.dumps({"delta": delta}) + "\n"
             finished = True
         finally:
@@ -320,13 +334,20 @@ class VLMRunner:
             GENERATED_TOKENS.labels(api="stream").inc(answer.generated_tokens)
             if not finished:
                 ABANDONED_STREAMS.inc()
-        final = to_output(answer.result, 1)
+        final = to_output(answer.result, 1, busy_ms=busy_ms)
         yield json.dumps({"done": final.model_dump(exclude={"token_ids"})}) + "\n"
 
     def _locked(self, function, *args):
         """``function(*args)`` holding the model lock: batches and stream steps take turns, as on one thread."""
         with self.model_lock:
             return function(*args)
+
+
+def _timed(function, *args):
+    """``(function(*args), its wall time in ms)``."""
+    start = time.perf_counter()
+    result = function(*args)
+    return result, (time.perf_counter() - start) * 1000.0
 
 
 def _resolve(future: asyncio.Future) -> None:

@@ -3,9 +3,11 @@
 :class:`ServerSettings` inherits the library's :class:`arr_coc.settings.Settings`
 (which model and scorer, device, dtype, decode, feature cache, warm-up, torch
 threads) and :class:`training_hooks.tracking.settings.TrackingSettings` (W&B), and
-adds what only the server reads: access control, the default variant, request
+adds what only the server reads: access control, the default variant and the
+traffic split, request
 limits, timeouts and the drain, the runners' batching, workers and GPU shares, and
-the VLM runner's scheduler. Every field reads ``ARR_COC_<FIELD>`` (upper case), e.g.
+the VLM runner's scheduler; and :class:`arr_coc.pricing.PricingSettings` (what an
+answer costs). Every field reads ``ARR_COC_<FIELD>`` (upper case), e.g.
 ``ARR_COC_VLM_MAX_BATCH_SIZE=16``; ``bentofile.yaml`` sets the production values.
 
 A served model without a trained scorer (a model other than the shipped testbed and
@@ -20,10 +22,12 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, PrivateAttr, SecretStr, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
+from arr_coc.pricing import PricingSettings
 from arr_coc.settings import Settings
 from arr_coc.vocabulary import TRAIN_SCORER_COMMAND
+from serving.traffic import TrafficSplit
 from training_hooks.tracking.settings import TrackingSettings
 
 TRAINING_FREE_DEFAULT = "divprune-25"
@@ -32,7 +36,7 @@ features, no training) is the strongest training-free method of the quality tabl
 budget of the default ``arr-coc-25``."""
 
 
-class ServerSettings(Settings, TrackingSettings):
+class ServerSettings(Settings, TrackingSettings, PricingSettings):
     """The service's configuration; every variable is in the docs (docs/settings.md)."""
 
     # Serving
@@ -45,6 +49,11 @@ class ServerSettings(Settings, TrackingSettings):
         "arr-coc-25",
         description=f"variant served when a request names none; when unset and the model has no trained scorer, "
         f"{TRAINING_FREE_DEFAULT} (training-free)",
+    )
+    traffic: str = Field(
+        "",
+        description="A/B split of the requests that name no variant, e.g. 'arr-coc-25=0.5,full=0.5' (registered "
+        "variants, positive weights); sticky per caller (API key, else X-Arr-Coc-User); empty = the default variant",
     )
     max_image_bytes: int = Field(20 * 1024 * 1024, gt=0, description="largest accepted image, in bytes")
     max_image_pixels: int = Field(40_000_000, gt=0, description="largest accepted image, in pixels (w*h)")
@@ -102,6 +111,22 @@ class ServerSettings(Settings, TrackingSettings):
     vlm_gpu: float = Field(0.0, ge=0, description="GPU share of the VLM runner (0 = none)")
 
     _training_free_default: bool = PrivateAttr(False)
+
+    @field_validator("traffic")
+    @classmethod
+    def _valid_split(cls, value: str) -> str:
+        TrafficSplit.parse(value)  # raises on an unknown variant or a weight that is not positive
+        return value
+
+    @property
+    def traffic_split(self) -> TrafficSplit | None:
+        """The parsed :attr:`traffic`; ``None`` when requests that name no variant get :attr:`default_variant`."""
+        return TrafficSplit.parse(self.traffic)
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether a runner holds a GPU share (the instance then has a GPU, for the cost of answers)."""
+        return self.vlm_gpu > 0 or self.relevance_gpu > 0
 
     @model_validator(mode="after")
     def _no_random_default(self) -> ServerSettings:

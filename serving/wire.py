@@ -57,6 +57,7 @@ class ScoreOutput(BaseModel):
     calibration: Calibration = Field(default_factory=Calibration, description="how the scorer's auto budgets count")
     timings_ms: dict[str, float] = Field(default_factory=dict)
     batch_size: int = 1
+    busy_ms: float = Field(0.0, ge=0, description="this item's share of its batch's scoring time, ms")
     error: RunnerError | None = None
 
 
@@ -91,4 +92,5 @@ class AnswerOutput(BaseModel):
     queue_depth: int = 0  # step scheduler: requests ahead of it when it arrived
     step_ms: float = 0.0  # step scheduler: mean time of its decode steps
     generated_tokens: int = 0  # also counts ids a stop string cut off
+    busy_ms: float = Field(0.0, ge=0, description="this request's share of the model's time (batches, steps), ms")
     error: RunnerError | None = None

@@ -31,9 +31,20 @@ def test_the_workspace_compares_variants_on_what_users_judge():
     assert "tracking.deployment" in shown and "prod" in shown and "eval" in shown
 
 
+def test_cost_is_drawn_against_quality_with_its_pareto_front():
+    section = next(s for s in build_workspace("team", "arr-coc").sections if s.name == "Cost per answer")
+    names = set().union(*(metric_names(p) for p in section.panels))
+    assert {"serve/cost/dollars_per_1k_answers", "cost_per_1k_answers", "serve/cost/gpu_s_per_answer"} <= names
+    scatters = [p for p in section.panels if isinstance(p, wr.ScatterPlot)]
+    quality = {frozenset(metric_names(p) - {"cost_per_1k_answers"}) for p in scatters}
+    assert quality == {frozenset({"accuracy"}), frozenset({"fidelity"})}
+    # cost on x, quality on y, the running maximum of quality along cost: the Pareto front
+    assert all(p.x.name == "cost_per_1k_answers" and p.running_ymax for p in scatters)
+
+
 def test_without_a_deployment_every_run_is_shown(capsys):
     assert not build_workspace("team", "arr-coc").runset_settings.filters
     assert main(["dashboard", "--entity", "team", "--deployment", "prod", "--dry-run"]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == "team/arr-coc: ARR-COC variants" and "grouped by variant" in printed[1]
-    assert sum(line.startswith("  [") for line in printed) == 5 and any("WeavePanelSummaryTable" in x for x in printed)
+    assert sum(line.startswith("  [") for line in printed) == 6 and any("WeavePanelSummaryTable" in x for x in printed)

@@ -59,6 +59,12 @@ def test_eval_run_holds_variant_config_and_summary(eval_runs, testbed_dir) -> No
     assert 0.0 <= s["fidelity"] <= 1.0 and s["first_token_kl"] >= 0.0  # against the all-token answers
     assert len(run.metric("eval/agrees")) == 2
     assert sum(run.metric("eval/first_token_kl")) / 2 == pytest.approx(s["first_token_kl"])
+    # each answer holds its batch's time (batch size 1 here), priced as the CPU instance's time
+    pricing = config["pricing"]
+    per_s = pricing["gpus"] * pricing["price_gpu_s"] + pricing["vcpus"] * pricing["price_vcpu_s"]
+    per_s += pricing["memory_gib"] * pricing["price_gib_s"]
+    held_s = sum(run.metric("eval/latency_ms/total")) / 2 / 1000
+    assert pricing["gpus"] == 0 and s["cost_per_1k_answers"] == pytest.approx(1000 * per_s * held_s, rel=1e-6)
 
 
 def test_launch_overrides_reach_the_eval_job(eval_runs) -> None:
@@ -73,7 +79,9 @@ def test_launch_overrides_reach_the_eval_job(eval_runs) -> None:
 def test_compare_prints_both_variants_and_writes_plots(eval_runs, tmp_path: Path, capsys) -> None:
     root, runs, _ = eval_runs
     assert main(["compare", str(root / "dir"), "--out", str(tmp_path / "plots")]) == 0
-    table = capsys.readouterr().out.splitlines()
+    printed = capsys.readouterr().out.splitlines()
+    end = next(i for i, line in enumerate(printed) if line.startswith("Pareto front"))
+    table, front = printed[:end], printed[end + 1 :]
     header = table[0].split()
     assert header[:3] == ["variant", "job", "runs"] and "latency_p95_ms" in header and "throughput_rps" in header
     assert "fidelity" in header and "first_token_kl" in header
@@ -86,7 +94,9 @@ def test_compare_prints_both_variants_and_writes_plots(eval_runs, tmp_path: Path
     assert rows["uniform@0.5"][fidelity] == "-"
     p95 = header.index("latency_p95_ms")
     assert float(rows["uniform@0.5"][p95]) == pytest.approx(runs["uniform@0.5"].summary["latency_p95_ms"], rel=1e-3)
-    for name in ("quality_vs_kept_ratio.png", "latency_vs_kept_ratio.png"):
+    assert "cost_per_1k" in header and rows["arr-coc-25"][header.index("cost_per_1k")] != "-"
+    assert any(line.strip().startswith(("arr-coc-25:", "uniform@0.5:")) for line in front)
+    for name in ("quality_vs_kept_ratio.png", "latency_vs_kept_ratio.png", "cost_vs_quality.png"):
         with Image.open(tmp_path / "plots" / name) as image:
             assert image.format == "PNG" and image.size == (800, 520)
             assert len(image.getcolors(1 << 16)) > 10  # axes, points and text were drawn
@@ -163,6 +173,31 @@ def test_compare_keeps_pre_encoder_variants_apart() -> None:
     )
     assert _variant_of(flat) == ("arr-coc-pre-25", "arr-coc-pre")
     assert _variant_of(nested) == ("arr-coc-25", "arr-coc")
+
+
+def test_the_pareto_front_keeps_the_variants_nothing_beats_on_cost_and_quality() -> None:
+    from training_hooks.comparison.compare import Row, cost_points, format_front, pareto_front
+
+    def rows(variant, method, cost, accuracy, cost_job="serve"):
+        return [
+            Row(variant, method, "eval", 1, {"accuracy": accuracy, "cost_per_1k": 99.0}),
+            Row(variant, method, cost_job, 1, {"cost_per_1k": cost}),
+        ]
+
+    table = (
+        rows("full", "none", 1.0, 0.9)
+        + rows("arr-coc-25", "arr-coc", 0.4, 0.88)
+        + rows("uniform-25", "uniform", 0.4, 0.7)
+    )
+    table += rows("arr-coc-10", "arr-coc", 0.3, 0.80) + rows("random-50", "random", 0.7, 0.85)
+    table.append(Row("fid-only", "x", "eval", 1, {"fidelity": 0.5, "cost_per_1k": 0.1}))  # its eval cost counts
+    points = cost_points(table)
+    assert {p.variant: p.cost for p in points}["full"] == 1.0, "a serve run's cost wins over an eval run's"
+    assert {p.variant: p.metric for p in points}["fid-only"] == "fidelity"
+    front = [p.variant for p in pareto_front(points)]
+    assert front == ["fid-only", "arr-coc-10", "arr-coc-25", "full"]  # uniform-25 and random-50 are beaten
+    assert "arr-coc-25: $0.4 per 1k answers, accuracy 0.88" in format_front(points)
+    assert "no variant has both" in format_front([])
 
 
 def test_finishing_marks_a_failed_job_run_with_exit_code_1() -> None:

@@ -80,7 +80,10 @@ def test_chat_completion_answers_like_answer(client, server, sample):
     assert done.object == "chat.completion" and done.model == "arr-coc-25" and len(done.choices) == 1
     assert done.choices[0].message.role == "assistant" and done.choices[0].message.content == native["answer"]
     assert done.choices[0].finish_reason in ("stop", "length")
-    assert done.model_extra["arr_coc"] == {"scorer": native["scorer"]} == {"scorer": "trained"}
+    extension = done.model_extra["arr_coc"]
+    assert extension["scorer"] == native["scorer"] == "trained"
+    assert set(extension["cost"]) == set(native["cost"]) == {"held_s", "gpu_s", "vcpu_s", "gib_s", "dollars"}
+    assert extension["cost"]["dollars"] > 0 and native["cost"]["dollars"] > 0
     usage = done.usage.model_dump()
     assert (
         usage["visual_tokens_kept"] == native["kept_tokens"] and usage["visual_tokens_total"] == native["total_tokens"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -178,6 +179,27 @@ def test_a_request_too_long_for_a_row_decodes_beside_the_batch(testbed_pipeline,
     assert len(scheduler._solo) == 2 and scheduler._running
     run_to_end(scheduler)
     assert [t.wait(0).token_ids for t in tickets] == [a.token_ids for a in alone()]
+
+
+def test_each_request_is_charged_its_share_of_the_model_time(testbed_pipeline):
+    """Shares of batched preparation, prefill and steps: together they never exceed the time the model ran,
+    and a request that shared its batches is charged less than their whole time."""
+    pipeline = testbed_pipeline()
+    requests = mixed()
+    scheduler = StepScheduler(pipeline, rows=4, cache_tokens=180)
+    tickets = [scheduler.submit(r) for r in requests]
+    started = time.perf_counter()
+    run_to_end(scheduler)
+    wall_ms = (time.perf_counter() - started) * 1000.0
+    busy = [t.busy_ms for t in tickets]
+    assert all(ms > 0 for ms in busy) and sum(busy) <= wall_ms
+    shared = [t for t in tickets if t.steps and t.rows_seen > t.steps]
+    for ticket in shared:  # every stage's time is its whole batch's; the ticket pays a share of each
+        whole = sum(
+            ms for stage, ms in ticket.wait(0).timings_ms.items() if stage not in ("queue", "total", "decode_share")
+        )
+        assert ticket.busy_ms < whole
+    assert shared
 
 
 def test_a_failing_step_fails_its_rows_and_the_scheduler_goes_on(testbed_pipeline, alone):

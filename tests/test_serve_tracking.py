@@ -131,7 +131,8 @@ def test_a_model_without_a_trained_scorer_says_so_everywhere(tmp_path):
                 ],
             }
             completion = http.post("/v1/chat/completions", json=chat).json()
-            assert completion["arr_coc"] == {"scorer": "untrained"}, completion
+            assert completion["arr_coc"]["scorer"] == "untrained", completion
+            assert completion["arr_coc"]["cost"]["dollars"] > 0 and completion["arr_coc"]["cost"]["gpu_s"] == 0
             assert http.post("/relevance", json={"image": image, "question": "Where?"}).json()["scorer"] == "untrained"
             time.sleep(2.5)  # let a window close
     finally:

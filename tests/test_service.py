@@ -48,6 +48,7 @@ ANSWER_FIELDS = {
     "timings_ms",
     "finish_reason",
     "scorer",
+    "cost",
     "request_id",
 }
 
@@ -70,6 +71,12 @@ def test_answer(http):
     assert result["kept_ratio"] == pytest.approx(0.25) and result["scorer"] == "trained"  # the shipped one
     assert {"relevance", "vision", "selection", "prefill", "decode"} <= set(result["timings_ms"])
     assert isinstance(result["answer"], str) and re.fullmatch(r"[0-9a-f]{32}", result["request_id"])
+    cost = result["cost"]  # its share of both runners' busy time, on a CPU instance (no GPU share here)
+    assert (
+        cost["gpu_s"] == 0
+        and 0 < cost["held_s"] * 1000 <= result["timings_ms"]["total"] + result["timings_ms"]["relevance"]
+    )
+    assert cost["vcpu_s"] == pytest.approx(8 * cost["held_s"]) and cost["gib_s"] == pytest.approx(32 * cost["held_s"])
 
 
 def test_data_uri_variant_and_method_budget(http):

@@ -100,7 +100,7 @@ def test_openai_shapes_carry_the_scorer():
     assert details["arr-coc-25"]["scorer"] == "untrained" and details["arr-coc-pre-auto"]["scorer"] == "untrained"
     assert "scorer" not in details["divprune-25"] and "scorer" not in details["full"]
     shipped = openai_chat.model_list(ServerSettings())
-    assert shipped["arr_coc"] == {"default_variant": "arr-coc-25", "scorer": "trained", "notice": None}
+    assert shipped["arr_coc"] == {"default_variant": "arr-coc-25", "traffic": None, "scorer": "trained", "notice": None}
     output = AnswerOutput(answer="red", kept=[0], total_tokens=4, finish_reason="eos")
     assert openai_chat.completion(output, "arr-coc-25", "id", "untrained")["arr_coc"] == {"scorer": "untrained"}
     last = openai_chat.chunk("c", "arr-coc-25", {}, "stop", output, "untrained")

@@ -116,6 +116,36 @@ def test_page_says_when_the_arr_coc_variants_have_no_trained_scorer(driver, tmp_
         assert labels["arr-coc-25"] == "arr-coc-25 (untrained scorer)" and labels["divprune-25"] == "divprune-25"
 
 
+def test_page_shows_the_traffic_split_and_answers_from_this_browsers_side(driver, tmp_path, circle_png):
+    """With ARR_COC_TRAFFIC the page says so, offers the split as the variant to ask (naming none), and one
+    browser keeps one side of it; each answer line says its variant and its cost."""
+    with running_server(tmp_path, ARR_COC_TRAFFIC="arr-coc-25=0.5,full=0.5") as split:
+        open_page(driver, split)
+        traffic = driver.find_element(By.ID, "traffic")
+        WebDriverWait(driver, WAIT_S).until(lambda d: traffic.is_displayed())
+        assert "arr-coc-25 50% · full 50%" in traffic.text
+        variants = Select(driver.find_element(By.ID, "variant"))
+        assert variants.first_selected_option.get_attribute("value") == ""
+        assert variants.first_selected_option.text.startswith("traffic split")
+        sides = []
+        for _ in range(2):
+            ask(driver, circle_png)
+            wait_answered(driver)
+            kept = driver.find_element(By.ID, "kept").text
+            assert re.search(r"cost \$\d+\.\d{4} per 1,000 such answers", kept), kept
+            sides.append(kept.split(":")[0])
+            open_page(driver, split)
+        user = driver.execute_script("return localStorage.getItem('arr-coc-user')")
+        expected = httpx.post(
+            split.url + "/answer",
+            files={"image": ("circle.png", circle_png.read_bytes(), "image/png")},
+            data={"question": QUESTION, "max_new_tokens": "2"},
+            headers={"X-Arr-Coc-User": user},
+            timeout=120,
+        ).json()["variant"]
+        assert sides == [expected, expected]
+
+
 def test_page_loads_and_lists_the_variants(driver, server):
     open_page(driver, server)
     assert "ARR-COC" in driver.title

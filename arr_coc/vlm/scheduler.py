@@ -65,6 +65,8 @@ class Ticket:
     ``on_done()`` is called (on the scheduler's thread) once the result or the error is set.
     ``queued_behind``: requests ahead of it when it was submitted; ``steps`` and
     ``rows_seen`` (the running rows summed over its steps) say how full its batch was.
+    ``busy_ms``: its share of the model's time, in ms: each batched preparation, prefill
+    and decode step it was part of, divided among the requests in it (what it cost).
     """
 
     request: AnswerRequest
@@ -78,6 +80,7 @@ class Ticket:
     generated_tokens: int = 0
     steps: int = 0
     rows_seen: int = 0  # sum over its steps of the running rows
+    busy_ms: float = 0.0
     _done: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
@@ -294,8 +297,10 @@ class StepScheduler:
         if not tickets:
             return
         timings: dict[str, float] = {}
+        start = time.perf_counter()
         try:
             prepared = self.pipeline.prepare([t.request for t in tickets], timings)
+            _share(tickets, start)
             self._ready.extend((t, p, dict(timings)) for t, p in zip(tickets, prepared))
             return
         except ArrCocInputError:
@@ -306,12 +311,13 @@ class StepScheduler:
                 ticket._finish(error=error)
             return
         for ticket in tickets:
-            timings = {}
+            timings, start = {}, time.perf_counter()
             try:
                 prepared_one = self.pipeline.prepare([ticket.request], timings)[0]
             except Exception as error:  # noqa: BLE001 - typed input errors and failures alike end this one request
                 ticket._finish(error=error)
                 continue
+            _share([ticket], start)
             self._ready.append((ticket, prepared_one, timings))
 
     def _admit(self) -> None:
@@ -353,6 +359,7 @@ class StepScheduler:
             return
         synchronize(vlm.device)
         prefill_ms = (time.perf_counter() - start) * 1000.0
+        _share([ticket for ticket, _, _ in group], start)
         for b, ((ticket, p, timings), decoder, token) in enumerate(zip(group, decoders, tokens)):
             timings["queue"] = (start - ticket.submitted) * 1000.0 - sum(timings.values())
             timings["prefill"], timings["decode"] = prefill_ms, 0.0
@@ -386,6 +393,7 @@ class StepScheduler:
             row.timings["decode_share"] = row.timings.get("decode_share", 0.0) + step_ms / running
             row.ticket.steps += 1
             row.ticket.rows_seen += running
+            row.ticket.busy_ms += step_ms / running
             row.ticket.generated_tokens = len(row.decoder.ids)
             row.last = token if token is not None else row.last
             self._send(row)
@@ -428,8 +436,11 @@ class StepScheduler:
 
     def _step_solo(self) -> None:
         for solo in list(self._solo):
+            start = time.perf_counter()
             try:
                 ended = next(solo.steps, None) is None or solo.decoder.finished
+                synchronize(self.pipeline.vlm.device)
+                _share([solo.ticket], start)
             except Exception as error:  # noqa: BLE001 - fails this request only
                 logger.exception("decoding a long request failed")
                 self._solo.remove(solo)
@@ -441,3 +452,10 @@ class StepScheduler:
                 self._solo.remove(solo)
                 solo.steps.close()
                 self._finish(solo)
+
+
+def _share(tickets: list[Ticket], start: float) -> None:
+    """Divide the model time since ``start`` (``perf_counter`` seconds) evenly among ``tickets``' ``busy_ms``."""
+    share_ms = (time.perf_counter() - start) * 1000.0 / len(tickets)
+    for ticket in tickets:
+        ticket.busy_ms += share_ms

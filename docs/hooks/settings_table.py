@@ -25,6 +25,7 @@ from pydantic_settings import BaseSettings
 # The one list of modules whose settings classes the page shows, in page order.
 SETTINGS_MODULES = (
     "arr_coc.settings",
+    "arr_coc.pricing",
     "serving.settings",
     "training_hooks.tracking.settings",
 )

@@ -4,6 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const KEY_STORAGE = "arr-coc-api-key";
+const USER_STORAGE = "arr-coc-user";
 const DEFAULT_VARIANT = "arr-coc-25"; // until /v1/models names the deployment's own
 let image = null; // the chosen File (or pasted Blob)
 
@@ -29,9 +30,20 @@ async function failure(response) {
   return new ApiError(response.status, body);
 }
 
+// This browser's id for the traffic split (sticky per caller when there is no API key).
+function browserId() {
+  let id = localStorage.getItem(USER_STORAGE);
+  if (!id) {
+    id = self.crypto?.randomUUID?.() || `${Date.now()}-${Math.random().toString(16).slice(2)}`;
+    localStorage.setItem(USER_STORAGE, id);
+  }
+  return id;
+}
+
 function headers() {
   const key = $("api-key").value.trim();
-  return key ? { Authorization: `Bearer ${key}` } : {};
+  const user = { "X-Arr-Coc-User": browserId() };
+  return key ? { ...user, Authorization: `Bearer ${key}` } : user;
 }
 
 // --- errors ---------------------------------------------------------------
@@ -103,6 +115,18 @@ function showNotice(text) {
   $("notice").hidden = !text;
 }
 
+// A deployment with a traffic split: requests that name no variant get their caller's side of it.
+function splitLabel(traffic) {
+  return Object.entries(traffic).map(([id, share]) => `${id} ${(100 * share).toFixed(0)}%`).join(" · ");
+}
+
+function showTraffic(traffic) {
+  $("traffic").textContent = traffic
+    ? `Traffic split for requests that name no variant: ${splitLabel(traffic)} (sticky per API key, else per browser).`
+    : "";
+  $("traffic").hidden = !traffic;
+}
+
 function showVariantBudget() {
   const own = budgets[$("variant").value];
   $("budget").placeholder = own === undefined ? "variant's own" : `variant's own: ${own}`;
@@ -118,11 +142,16 @@ async function loadVariants() {
     const ids = models.map((model) => model.id);
     budgets = Object.fromEntries(models.map((model) => [model.id, model.arr_coc?.budget]));
     const current = $("variant").value;
-    const fallback = list.arr_coc?.default_variant || DEFAULT_VARIANT;
-    $("variant").replaceChildren(...models.map((model) => new Option(optionLabel(model), model.id)));
-    $("variant").value = ids.includes(current) ? current : ids.includes(fallback) ? fallback : ids[0];
+    const traffic = list.arr_coc?.traffic || null;
+    const options = models.map((model) => new Option(optionLabel(model), model.id));
+    if (traffic) options.unshift(new Option(`traffic split (${splitLabel(traffic)})`, "")); // names no variant
+    const fallback = traffic ? "" : list.arr_coc?.default_variant || DEFAULT_VARIANT;
+    $("variant").replaceChildren(...options);
+    const known = [...(traffic ? [""] : []), ...ids];
+    $("variant").value = known.includes(current) ? current : known.includes(fallback) ? fallback : ids[0];
     showVariantBudget();
     showNotice(list.arr_coc?.notice);
+    showTraffic(traffic);
   } catch (error) {
     showError(error, "loading the variants");
   }
@@ -178,7 +207,8 @@ function showDone(result) {
   const kept = `kept ${result.kept_tokens} / ${result.total_tokens} visual tokens (${ratio}%)`;
   const reason = result.finish_reason ? `, stopped by ${result.finish_reason}` : "";
   const scorer = result.scorer === "untrained" ? ", chosen by an untrained scorer (random weights)" : "";
-  $("kept").textContent = `${result.variant}: ${kept}${reason}${scorer}`;
+  const cost = result.cost ? `; cost $${(1000 * result.cost.dollars).toFixed(4)} per 1,000 such answers` : "";
+  $("kept").textContent = `${result.variant}: ${kept}${reason}${scorer}${cost}`;
   const rows = Object.entries(result.timings_ms).map(([stage, ms]) => {
     const row = document.createElement("tr");
     row.innerHTML = "<td></td><td class=ms></td>";

@@ -7,8 +7,14 @@ summary and config are read, the same fields parallel-coordinates panels use.
 
 Rows: one per (variant, job type), the metrics averaged over its runs. ``eval``
 and ``serve`` runs give their summary (``fidelity`` and ``first_token_kl``, the
-label-free measures, where an evaluation computed them); a ``train`` run gives one row per method
-and budget of its held-out recall table (``arr-coc@0.25 (train)``...).
+label-free measures, where an evaluation computed them; ``cost_per_1k``, US$ per
+1,000 answers); a ``train`` run gives one row per method and budget of its held-out
+recall table (``arr-coc@0.25 (train)``...).
+
+Cost against quality: per variant, its cost per 1,000 answers (from its serve runs,
+else its eval runs) against its accuracy (else fidelity) from its eval runs; the
+variants no other variant beats on both (cheaper or as cheap, and as good or better)
+form the Pareto front, printed under the table and drawn in ``cost_vs_quality.png``.
 """
 
 from __future__ import annotations
@@ -33,7 +39,9 @@ METRICS = {  # column -> summary keys, first present wins
     "latency_p50_ms": ("latency_p50_ms",),
     "latency_p95_ms": ("latency_p95_ms",),
     "throughput_rps": ("throughput_rps",),
+    "cost_per_1k": ("cost_per_1k_answers",),
 }
+QUALITY_FOR_COST = ("accuracy", "fidelity")  # the quality a variant's cost is weighed against, first present wins
 JOB_TYPES = ("eval", "serve", "train")
 
 
@@ -202,8 +210,83 @@ def _series(rows: list[Row], metric: str, marker: str, suffix: str) -> list[Seri
     ]
 
 
+@dataclass(frozen=True)
+class CostPoint:
+    """A variant's cost per 1,000 answers (US$) and its quality (``metric``: accuracy or fidelity)."""
+
+    variant: str
+    method: str
+    cost: float
+    quality: float
+    metric: str
+
+
+def cost_points(rows: list[Row]) -> list[CostPoint]:
+    """One point per variant that has a cost (serve rows first, else eval) and an eval quality."""
+    cost: dict[str, float] = {}
+    for job in ("eval", "serve"):  # serve overwrites eval: what the deployment measured wins
+        cost.update(
+            {r.variant: r.metrics["cost_per_1k"] for r in rows if r.job_type == job and "cost_per_1k" in r.metrics}
+        )
+    points = []
+    for row in rows:
+        if row.job_type != "eval" or row.variant not in cost:
+            continue
+        metric = next((m for m in QUALITY_FOR_COST if m in row.metrics), None)
+        if metric is not None:
+            points.append(CostPoint(row.variant, row.method, cost[row.variant], row.metrics[metric], metric))
+    return points
+
+
+def pareto_front(points: list[CostPoint]) -> list[CostPoint]:
+    """The points no other point dominates (cost <= and quality >=, one of them strictly), by rising cost."""
+
+    def dominated(p: CostPoint) -> bool:
+        return any(
+            q.cost <= p.cost and q.quality >= p.quality and (q.cost < p.cost or q.quality > p.quality) for q in points
+        )
+
+    return sorted((p for p in points if not dominated(p)), key=lambda p: (p.cost, -p.quality))
+
+
+def format_front(points: list[CostPoint]) -> str:
+    """The Pareto front as one line per variant, or why there is none."""
+    if not points:
+        return "cost vs quality: no variant has both a cost (serve or eval runs) and an eval accuracy or fidelity"
+    lines = ["Pareto front, cost per 1,000 answers vs quality (no variant is cheaper and as good):"]
+    lines += [f"  {p.variant}: ${p.cost:.4g} per 1k answers, {p.metric} {p.quality:.4g}" for p in pareto_front(points)]
+    return "\n".join(lines)
+
+
+def cost_plot(points: list[CostPoint], out: Path) -> Path:
+    """``cost_vs_quality.png``: every variant (a colour per method) and the Pareto front joined by a line."""
+    methods = sorted({p.method for p in points})
+    series = [
+        Series(
+            method,
+            [(p.cost, p.quality) for p in points if p.method == method],
+            [p.variant for p in points if p.method == method],
+            PALETTE[methods.index(method) % len(PALETTE)],
+            "circle",
+            line=False,
+        )
+        for method in methods
+    ]
+    front = pareto_front(points)
+    series.append(Series("Pareto front", [(p.cost, p.quality) for p in front], [], (0, 0, 0), "triangle"))
+    return scatter_plot(
+        series,
+        out / "cost_vs_quality.png",
+        title="Cost vs quality per variant",
+        xlabel="US$ per 1,000 answers",
+        ylabel=" / ".join(sorted({p.metric for p in points})),
+        yrange=(0.0, 1.0),
+    )
+
+
 def write_plots(rows: list[Row], out: str | Path) -> list[Path]:
-    """``quality_vs_kept_ratio.png`` and ``latency_vs_kept_ratio.png`` in ``out``."""
+    """``quality_vs_kept_ratio.png``, ``latency_vs_kept_ratio.png`` and, when variants have a cost and a
+    quality, ``cost_vs_quality.png`` in ``out``."""
     out = Path(out)
     quality = _series(rows, "recall", "circle", " recall") + _series(rows, "accuracy", "square", " accuracy")
     quality += _series(rows, "fidelity", "triangle", " fidelity")
@@ -226,7 +309,7 @@ def write_plots(rows: list[Row], out: str | Path) -> list[Path]:
             ylabel="latency, ms",
             xrange=(0.0, 1.0),
         ),
-    ]
+    ] + ([cost_plot(points, out)] if (points := cost_points(rows)) else [])
 
 
 def run_compare(sources: list[str], out: str | Path) -> int:
@@ -235,6 +318,7 @@ def run_compare(sources: list[str], out: str | Path) -> int:
     if not rows:
         raise NoRunsError("the runs hold no eval, serve or train summaries to compare", field="runs")
     print(format_rows(rows))
+    print(format_front(cost_points(rows)))
     for path in write_plots(rows, out):
         print(f"wrote {path}")
     return 0

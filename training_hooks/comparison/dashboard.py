@@ -9,6 +9,10 @@ while eval runs stay in. Sections:
 - time to first token: prefill and whole-request latency p50/p95 per variant, latency over time (serve runs);
 - throughput: answered requests per second, batch sizes per runner;
 - kept tokens: the kept-ratio distribution per variant, over time and in the eval summaries;
+- cost: US$ per 1,000 answers over time and per variant, and cost against accuracy and
+  against fidelity per variant (eval runs) with the running maximum of quality along
+  cost drawn: that staircase is the Pareto front (the best quality any variant gives
+  at that cost or less);
 - examples: the sampled requests with their heatmaps (``serve/examples``).
 """
 
@@ -84,6 +88,31 @@ def build_workspace(entity: str, project: str, deployment: str | None = None, na
                     groupby="config.variant",
                 ),
             ],
+        ),
+        ws.Section(
+            name="Cost per answer",
+            panels=[
+                wr.LinePlot(title="US$ per 1,000 answers (serve windows)", y=[f"{PREFIX}cost/dollars_per_1k_answers"]),
+                wr.BarPlot(
+                    title="US$ per 1,000 answers per variant",
+                    metrics=[summary("cost_per_1k_answers")],
+                    groupby="config.variant",
+                ),
+                wr.ScatterPlot(
+                    title="accuracy vs US$ per 1,000 answers (eval runs; line: Pareto front)",
+                    x=summary("cost_per_1k_answers"),
+                    y=summary("accuracy"),
+                    running_ymax=True,
+                ),
+                wr.ScatterPlot(
+                    title="fidelity vs US$ per 1,000 answers (eval runs; line: Pareto front)",
+                    x=summary("cost_per_1k_answers"),
+                    y=summary("fidelity"),
+                    running_ymax=True,
+                ),
+                wr.LinePlot(title="GPU-seconds per answer (serve windows)", y=[f"{PREFIX}cost/gpu_s_per_answer"]),
+            ],
+            is_open=True,
         ),
         ws.Section(
             name="Examples with heatmaps",

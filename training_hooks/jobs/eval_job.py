@@ -3,7 +3,9 @@
 The run config is ``variant.as_config()`` plus the model and the evaluation
 parameters, so every variant's runs meet on the same panels; ``run.summary``
 holds what parallel-coordinates panels read: accuracy, recall, kept tokens and
-ratio, latency p50/p95 (total and per stage), throughput; with ``fidelity`` also
+ratio, latency p50/p95 (total and per stage), throughput, US$ per 1,000 answers
+(``cost_per_1k_answers``: each answer's share of its batch's time, priced as the
+instance time of :mod:`arr_coc.pricing`); with ``fidelity`` also
 answer fidelity and first-token KL against the model's own all-token answers (answered
 first, a second pass over the samples). History: one row per
 sample (correct, recall, kept ratio, latency by stage, agreement and KL with
@@ -130,8 +132,16 @@ def _evaluate_and_log(run, variant: Variant, params: EvalParams, device: str, dt
     import wandb
     from tqdm.auto import tqdm
 
-    from arr_coc.evaluation import Stopwatch, evaluate_variant, reference_answers, sample_count, summarize
+    from arr_coc.evaluation import (
+        Stopwatch,
+        cost_per_1k_answers,
+        evaluate_variant,
+        reference_answers,
+        sample_count,
+        summarize,
+    )
     from arr_coc.heatmap import overlay
+    from arr_coc.pricing import get_pricing_settings
     from arr_coc.tasks import load_dataset
     from arr_coc.training.data import processor_grid
     from arr_coc.vlm.pipeline import VLMPipeline
@@ -179,6 +189,9 @@ def _evaluate_and_log(run, variant: Variant, params: EvalParams, device: str, dt
                 wandb.Image(heatmap),
             )
     summary = summarize(records, clock.elapsed_s)
+    instance = get_pricing_settings().instance(on_gpu=pipeline.vlm.device.type == "cuda")
+    summary["cost_per_1k_answers"] = cost_per_1k_answers(records, instance.dollars_per_s)
+    run.config.update({"pricing": instance.model_dump()}, allow_val_change=True)
     run.log({"examples": table})
     run.summary.update(summary)
     return summary

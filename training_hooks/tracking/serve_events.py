@@ -52,6 +52,9 @@ class RequestEvent:
     decoding: the step scheduler's view of it: ``running_rows`` (mean rows of its
         decode steps), ``queue_depth`` (requests ahead of it on arrival), ``step_ms``
         (mean time of its decode steps); empty with the batch scheduler.
+    cost_dollars: what it cost, US$ (``arr_coc.pricing``: its share of the runners'
+        busy time priced as instance time); ``None`` for a failed request.
+    gpu_s: the GPU-seconds billed for it (0 without a GPU).
     """
 
     latency_ms: float
@@ -63,6 +66,8 @@ class RequestEvent:
     vision_cached: bool | None = None
     generated_tokens: int = 0
     decoding: Mapping[str, float] = field(default_factory=dict)
+    cost_dollars: float | None = None
+    gpu_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +104,8 @@ class WindowStats:
         self.cache_lookups: list[bool] = []
         self.generated_tokens = 0
         self.decoding: dict[str, list[float]] = defaultdict(list)
+        self.costs: list[float] = []
+        self.gpu_s: list[float] = []
 
     def add(self, event: RequestEvent) -> None:
         self.requests += 1
@@ -117,6 +124,9 @@ class WindowStats:
         self.generated_tokens += event.generated_tokens
         for name, value in event.decoding.items():
             self.decoding[name].append(value)
+        if event.cost_dollars is not None:
+            self.costs.append(event.cost_dollars)
+            self.gpu_s.append(event.gpu_s or 0.0)
 
     def metrics(self, ended: float, dropped: int, dropped_total: int) -> dict[str, float]:
         """The window's row: counts, ``throughput_rps`` (answered requests / s), latency
@@ -124,7 +134,7 @@ class WindowStats:
         kept ratio, batch size mean/max per runner (as seen by requests), the share of
         tower passes served by the feature cache (``vision_cache/hit_rate``), generated
         tokens per second, the step scheduler's running rows and queue depth (mean)
-        and step time (p50, p95), drops."""
+        and step time (p50, p95), US$ per 1,000 answers and GPU-seconds per answer, drops."""
         seconds = max(ended - self.started, 1e-9)
         row: dict[str, float] = {
             "requests": self.requests,
@@ -154,6 +164,9 @@ class WindowStats:
             row.update(
                 {f"scheduler/step_ms/p{q}": v for q, v in percentiles(self.decoding["step_ms"], (50, 95)).items()}
             )
+        if self.costs:
+            row["cost/dollars_per_1k_answers"] = 1000.0 * sum(self.costs) / len(self.costs)
+            row["cost/gpu_s_per_answer"] = sum(self.gpu_s) / len(self.gpu_s)
         return {PREFIX + key: value for key, value in row.items()}
 
 
@@ -165,6 +178,7 @@ class RunTotals:
         self.requests = self.answered = self.errors = 0
         self.active_s = 0.0
         self.kept_sum, self.kept_n = 0.0, 0
+        self.cost_sum, self.gpu_s_sum, self.cost_n = 0.0, 0.0, 0
         self.samples: dict[str, list[float]] = defaultdict(list)
         self._seen: dict[str, int] = defaultdict(int)
 
@@ -189,10 +203,14 @@ class RunTotals:
                 self._sample(stage, value)
         self.kept_sum += sum(window.kept)
         self.kept_n += len(window.kept)
+        self.cost_sum += sum(window.costs)
+        self.gpu_s_sum += sum(window.gpu_s)
+        self.cost_n += len(window.costs)
 
     def summary(self, dropped_total: int) -> dict[str, float]:
         """``latency_p50_ms``/``_p95``/``_p99``, ``<stage>_p50_ms``..., ``throughput_rps``
-        (answered requests per second of windows that saw requests), counts."""
+        (answered requests per second of windows that saw requests), counts, and the
+        run's ``cost_per_1k_answers`` (US$) and ``gpu_s_per_answer``."""
         out: dict[str, float] = {
             "requests": self.requests,
             "answered": self.answered,
@@ -204,6 +222,9 @@ class RunTotals:
             out.update({f"{name}_p{q}_ms": v for q, v in percentiles(values).items()})
         if self.kept_n:
             out["kept_ratio_mean"] = self.kept_sum / self.kept_n
+        if self.cost_n:
+            out["cost_per_1k_answers"] = 1000.0 * self.cost_sum / self.cost_n
+            out["gpu_s_per_answer"] = self.gpu_s_sum / self.cost_n
         return out
 
 

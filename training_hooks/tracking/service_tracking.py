@@ -10,7 +10,9 @@ tracker; an ad-hoc ``method``+``budget`` request shares ``<method>@custom`` (or
 ratio it got is logged per request); a name that matches no variant (a rejected
 request) counts under ``unknown``. The serving commit is read once per process. The
 run config names the scorer (``scorer``: its checkpoint, ``testbed:<family>`` for the
-shipped one, or ``untrained``) and ``scorer_state`` (``trained``/``untrained``).
+shipped one, or ``untrained``) and ``scorer_state`` (``trained``/``untrained``), the
+traffic split and the variant's share of it (``traffic``), and the instance and its
+prices the answers' cost is computed with (``pricing``).
 """
 
 from __future__ import annotations
@@ -91,9 +93,17 @@ class Tracking:
             "scorer": self.settings.scorer or self.scorer_default(),
             "scorer_state": self.settings.scorer_state,
             "scorer_artifact": self.settings.scorer_artifact,
+            "traffic": self.traffic_config(name),
+            "pricing": self.settings.instance(self.settings.on_gpu).model_dump(),
             "git_commit": git_commit(),
             "bento_tag": os.environ.get("BENTOML_BENTO_TAG", os.environ.get("BENTO_TAG", "")),
         }
+
+    def traffic_config(self, name: str) -> dict:
+        """The deployment's split (``ARR_COC_TRAFFIC``, empty without one) and this variant's share of it."""
+        split = self.settings.traffic_split
+        shares = split.shares() if split else {}
+        return {"split": self.settings.traffic, "share": shares.get(name, 0.0)}
 
     def scorer_default(self) -> str:
         """The scorer a deployment without ``ARR_COC_SCORER`` serves: the shipped testbed's, or ``untrained``."""

@@ -286,6 +286,8 @@ class InferenceTracker:
         vision_cached: bool | None = None,
         generated_tokens: int = 0,
         decoding: Mapping[str, float] | None = None,
+        cost_dollars: float | None = None,
+        gpu_s: float | None = None,
     ) -> bool:
         """Queue one request's event without blocking; ``False`` if dropped or closed.
 
@@ -306,6 +308,8 @@ class InferenceTracker:
                 vision_cached,
                 generated_tokens,
                 decoding or {},
+                cost_dollars,
+                gpu_s,
             )
             self._queue.put_nowait(event)
             return True
