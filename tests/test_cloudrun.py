@@ -252,3 +252,17 @@ def test_help_prints_the_options(stubs):
     assert result.returncode == 0
     for option in ("--tag", "--variant", "--traffic", "--dry-run", "--vlm", "--scorer"):
         assert option in result.stdout
+
+
+def test_the_cost_of_an_answer_prices_the_instance_the_manifest_asks_for(template):
+    from arr_coc.pricing import PricingSettings
+
+    limits = template["spec"]["containers"][0]["resources"]["limits"]
+    instance = PricingSettings().instance(on_gpu=True)
+    assert (instance.vcpus, instance.memory_gib, instance.gpus) == (
+        float(limits["cpu"]),
+        quantity(limits["memory"]),
+        int(limits["nvidia.com/gpu"]),
+    )
+    annotations = template["metadata"]["annotations"]
+    assert annotations["run.googleapis.com/gpu-zonal-redundancy-disabled"] == "true"  # the price of the default
