@@ -51,6 +51,7 @@ def test_distill_run_logs_teacher_maps_fidelity_and_the_scorer(distilled) -> Non
     assert scorer.trained_for == ScorerProvenance.of(EMBEDDED_MODEL, vlm=scorer.trained_for.vlm)
     assert scorer.calibration != IDENTITY and scorer.calibration.coverage_table  # auto, fitted to the teacher
     assert (out / "teacher-maps" / "teacher-attention-0-of-1.safetensors").is_file()
+    assert not list(out.glob(".encoded-samples-*"))  # the encoded samples lived on disk only while training
 
 
 def test_shard_jobs_share_the_teacher_and_training_reads_every_shard(tmp_path) -> None:
@@ -96,6 +97,7 @@ def test_a_folder_of_the_users_images_with_an_unreadable_file(tmp_path) -> None:
     assert 0.0 <= run.summary["fidelity/arr-coc@0.1"] <= 1.0
     assert "accuracy" not in {k.split("/")[0] for k in run.summary}  # no labels, no accuracy
     assert RelevanceScorer.load(root / "scorer").trained_for is not None
+    assert not list((root / "scorer").glob(".encoded-samples-*"))
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,8 @@ share the work with no coordination. A shard file (safetensors) keeps one
 source and question and the model's own answer; the images stay where they are
 and training re-encodes them (a processor pass and an embedding lookup, no VLM
 forward). :func:`load_teacher_maps` reads every shard of a folder and checks that
-together they cover the set once.
+together they cover the set once. A :class:`Pair` may hold only where its image is
+(:class:`ImageReader`), so every pass decodes it again.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from PIL import Image
@@ -29,16 +31,31 @@ from arr_coc.vlm.loading import LoadedVLM
 SHARD_GLOB = "teacher-*-of-*.safetensors"
 
 
+class ImageReader(Protocol):
+    """An image kept as where to get it (a file, a synthetic draw); :meth:`read` decodes it anew each call."""
+
+    def read(self) -> Image.Image: ...
+
+
 @dataclass
 class Pair:
-    """One (image, question) to distil from; ``target [H', W']`` bool only where the task has labels."""
+    """One (image, question) to distil from; ``target [H', W']`` bool only where the task has labels.
 
-    image: Image.Image
+    ``picture`` is the RGB image itself or an :class:`ImageReader`, which holds no pixels:
+    ``image`` then decodes it on each access, so a large set of pairs stays small in memory.
+    """
+
+    picture: Image.Image | ImageReader
     question: str
     source: str
     target: torch.Tensor | None = None
     answer: str = ""
     kind: str = ""
+
+    @property
+    def image(self) -> Image.Image:
+        """The RGB image (read anew from an :class:`ImageReader`)."""
+        return self.picture if isinstance(self.picture, Image.Image) else self.picture.read()
 
 
 @dataclass

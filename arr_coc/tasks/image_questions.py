@@ -18,6 +18,10 @@ Bad input: a folder without images, or whose images all fail, raises
 :class:`~arr_coc.errors.NoQuestionsError`. Anything less is skipped and counted under a
 reason (:data:`SKIP_REASONS`). Images are decoded by :func:`arr_coc.images.load_image`,
 limits first, so a decompression bomb is skipped as ``image too large``.
+
+Large sets need not sit in memory: :func:`find_images` and ``load_question_file(lazy=True)``
+decode each image once to check it, then keep only its path (:class:`ImageFile`); the
+pairs they give (:class:`ImageFileQuestion`) decode their image again on each use.
 """
 
 from __future__ import annotations
@@ -25,10 +29,10 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -70,8 +74,23 @@ DEFAULT_PROMPT = (
 )
 """What :func:`self_questions` asks the VLM; ``{n}`` becomes the number of questions."""
 
-ImageList = Sequence[tuple[str, Image.Image]] | Sequence[Image.Image]
-"""Images to question: ``(source, image)`` pairs as :func:`load_images` gives them, or bare PIL images."""
+
+@dataclass(frozen=True)
+class ImageFile:
+    """An image file that is decoded on each :meth:`read` and never kept, within the limits it was checked with."""
+
+    path: Path
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def read(self) -> Image.Image:
+        """The RGB image (:func:`arr_coc.images.load_image`); its typed errors if the file broke since."""
+        return load_image(self.path, max_bytes=self.max_bytes, max_pixels=self.max_pixels)
+
+
+ImageList = Sequence[tuple[str, Image.Image | ImageFile]] | Sequence[Image.Image]
+"""Images to question: ``(source, image)`` pairs as :func:`load_images` or :func:`find_images` give them,
+or bare PIL images."""
 
 
 @dataclass
@@ -87,17 +106,30 @@ class ImageQuestion:
     source: str
 
 
+@dataclass(frozen=True)
+class ImageFileQuestion:
+    """One question about an image file: as :class:`ImageQuestion`, but ``image`` decodes ``file`` on each access."""
+
+    file: ImageFile
+    question: str
+    source: str
+
+    @property
+    def image(self) -> Image.Image:
+        return self.file.read()
+
+
 @dataclass
 class ImageQuestionSet:
     """Pairs in source order, and ``skipped``: reason -> how many inputs were dropped for it."""
 
-    samples: list[ImageQuestion] = field(default_factory=list)
+    samples: list[ImageQuestion | ImageFileQuestion] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __iter__(self) -> Iterator[ImageQuestion]:
+    def __iter__(self) -> Iterator[ImageQuestion | ImageFileQuestion]:
         return iter(self.samples)
 
     def as_dataset(self) -> QuestionDataset:
@@ -110,9 +142,11 @@ class QuestionDataset:
 
     Each :class:`~arr_coc.synthetic.Sample` has ``answer=""``, ``kind=""`` and an empty
     ``target_mask`` (``[0, 0]`` bool): evaluation leaves them out of accuracy and recall.
+    A sample's image is whatever its pair's ``image`` gives at indexing (decoded then for
+    an :class:`ImageFileQuestion`).
     """
 
-    def __init__(self, samples: Sequence[ImageQuestion]) -> None:
+    def __init__(self, samples: Sequence[ImageQuestion | ImageFileQuestion]) -> None:
         self.samples = list(samples)
 
     def __len__(self) -> int:
@@ -138,9 +172,55 @@ def _read(path: Path, skipped: Counter, max_bytes: int, max_pixels: int) -> Imag
     return None
 
 
+def _checked(path: Path, skipped: Counter, max_bytes: int, max_pixels: int) -> ImageFile | None:
+    """``path`` as an :class:`ImageFile` once it decodes (the pixels are dropped), else ``None`` as :func:`_read`."""
+    if _read(path, skipped, max_bytes, max_pixels) is None:
+        return None
+    return ImageFile(path, max_bytes, max_pixels)
+
+
+def _question(image: Image.Image | ImageFile, question: str, source: str) -> ImageQuestion | ImageFileQuestion:
+    if isinstance(image, ImageFile):
+        return ImageFileQuestion(image, question, source)
+    return ImageQuestion(image, question, source)
+
+
 def _check_limit(limit: int | None) -> None:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise InvalidConfigError(f"limit must be an int >= 1, got {limit!r}", field="limit")
+
+
+def _scan_folder(
+    directory: str | Path, limit: int | None, read: Callable[[Path, Counter], Any]
+) -> tuple[list[tuple[str, Any]], dict[str, int]]:
+    """``read(path, skipped)`` of every image file below ``directory`` that is not ``None``; see :func:`load_images`."""
+    _check_limit(limit)
+    root = Path(directory)
+    if not root.is_dir():
+        raise NoImagesError(f"no such folder: {root}", field="images")
+    skipped: Counter = Counter()
+    images: list[tuple[str, Any]] = []
+    files = 0
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            skipped[NOT_AN_IMAGE] += 1
+            continue
+        files += 1
+        image = read(path, skipped)
+        if image is not None:
+            images.append((str(path), image))
+            if limit is not None and len(images) >= limit:
+                break
+    if files == 0:
+        kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise NoImagesError(f"{root} holds no image files ({kinds})", field="images")
+    if not images:
+        raise NoImagesError(
+            f"none of the {files} image files in {root} could be read ({_describe(skipped)})", field="images"
+        )
+    return images, dict(skipped)
 
 
 def load_images(
@@ -158,33 +238,21 @@ def load_images(
     Raises :class:`NoImagesError` (``field="images"``) when the folder does not exist,
     holds no image file, or none of them decodes.
     """
-    _check_limit(limit)
-    root = Path(directory)
-    if not root.is_dir():
-        raise NoImagesError(f"no such folder: {root}", field="images")
-    skipped: Counter = Counter()
-    images: list[tuple[str, Image.Image]] = []
-    files = 0
-    for path in sorted(root.rglob("*")):
-        if not path.is_file() or any(part.startswith(".") for part in path.relative_to(root).parts):
-            continue
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
-            skipped[NOT_AN_IMAGE] += 1
-            continue
-        files += 1
-        image = _read(path, skipped, max_bytes, max_pixels)
-        if image is not None:
-            images.append((str(path), image))
-            if limit is not None and len(images) >= limit:
-                break
-    if files == 0:
-        kinds = ", ".join(sorted(IMAGE_SUFFIXES))
-        raise NoImagesError(f"{root} holds no image files ({kinds})", field="images")
-    if not images:
-        raise NoImagesError(
-            f"none of the {files} image files in {root} could be read ({_describe(skipped)})", field="images"
-        )
-    return images, dict(skipped)
+    return _scan_folder(directory, limit, lambda path, skipped: _read(path, skipped, max_bytes, max_pixels))
+
+
+def find_images(
+    directory: str | Path,
+    *,
+    limit: int | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> tuple[list[tuple[str, ImageFile]], dict[str, int]]:
+    """As :func:`load_images`, but only one image is decoded at a time: each is checked, then kept as its path.
+
+    Returns ``([(path, ImageFile)], skipped)`` with the same skips, counts and errors as :func:`load_images`.
+    """
+    return _scan_folder(directory, limit, lambda path, skipped: _checked(path, skipped, max_bytes, max_pixels))
 
 
 def load_question_file(
@@ -193,11 +261,14 @@ def load_question_file(
     limit: int | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    lazy: bool = False,
 ) -> ImageQuestionSet:
     """The pairs of a JSONL file of ``{"image": path, "question": text}`` lines.
 
     Relative image paths are taken from the file's folder; an image named by several
-    lines is decoded once (the samples share it). Blank lines are ignored; a line that is
+    lines is decoded once (the samples share it). ``lazy``: each image is decoded once to
+    check it and dropped; the pairs are :class:`ImageFileQuestion` s sharing one
+    :class:`ImageFile` per path. Blank lines are ignored; a line that is
     not a JSON object (``bad json``), has no image path or question, a question over
     :data:`MAX_QUESTION_CHARS`, or an image that does not decode is skipped and counted.
     At most ``limit`` pairs are read. Raises :class:`NoQuestionsError`
@@ -211,8 +282,9 @@ def load_question_file(
         raise NoQuestionsError(f"cannot read the question file {path} ({error})", field="questions") from error
     folder = path.parent
     skipped: Counter = Counter()
-    decoded: dict[Path, Image.Image | str] = {}  # an image, or why it failed
-    samples: list[ImageQuestion] = []
+    read = _checked if lazy else _read
+    decoded: dict[Path, Image.Image | ImageFile | str] = {}  # an image, or why it failed
+    samples: list[ImageQuestion | ImageFileQuestion] = []
     lines = 0
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -241,13 +313,13 @@ def load_question_file(
         resolved = (folder / image_path).resolve()
         if resolved not in decoded:
             failed: Counter = Counter()
-            read = _read(resolved, failed, max_bytes, max_pixels)
-            decoded[resolved] = read if read is not None else next(iter(failed))
+            found = read(resolved, failed, max_bytes, max_pixels)
+            decoded[resolved] = found if found is not None else next(iter(failed))
         image = decoded[resolved]
         if isinstance(image, str):  # every line that names a bad image is a skipped line
             skipped[image] += 1
         else:
-            samples.append(ImageQuestion(image, question, f"{path}:{number}"))
+            samples.append(_question(image, question, f"{path}:{number}"))
             if limit is not None and len(samples) >= limit:
                 break
     if not samples:
@@ -256,10 +328,13 @@ def load_question_file(
     return ImageQuestionSet(samples, dict(skipped))
 
 
-def _pairs(images: ImageList) -> list[tuple[str, Image.Image]]:
+def _pairs(images: ImageList) -> list[tuple[str, Image.Image | ImageFile]]:
     pairs = []
     for index, item in enumerate(images):
         source, image = item if isinstance(item, tuple) else (f"image {index}", item)
+        if isinstance(image, ImageFile):
+            pairs.append((str(source), image))
+            continue
         if not isinstance(image, Image.Image):
             raise InvalidImageError(f"expected a PIL image, got {type(image).__name__}", field="images")
         pairs.append((str(source), to_rgb(image)))
@@ -268,13 +343,18 @@ def _pairs(images: ImageList) -> list[tuple[str, Image.Image]]:
     return pairs
 
 
+def _decoded(image: Image.Image | ImageFile) -> Image.Image:
+    return image.read() if isinstance(image, ImageFile) else image
+
+
 def template_questions(images: ImageList, *, seed: int = 0) -> ImageQuestionSet:
     """The synthetic task's three templates (:func:`arr_coc.tasks.shapes_vqa.question_for`) for each image.
 
     For the embedded testbed, which answers those templates but cannot write questions.
     Subjects (a shape for ``colour``, a colour for ``shape`` and ``count``) are drawn
     per image from ``(seed, index)``; whether the image shows them does not matter, the
-    answers are never used.
+    answers are never used. Images given as :class:`ImageFile` are not read and give
+    :class:`ImageFileQuestion` s.
     """
     samples = []
     colours = list(COLOURS)
@@ -283,7 +363,7 @@ def template_questions(images: ImageList, *, seed: int = 0) -> ImageQuestionSet:
         shape = SHAPES[int(rng.integers(len(SHAPES)))]
         colour, counted = (colours[int(i)] for i in rng.integers(len(colours), size=2))
         for kind, subject in (("colour", shape), ("shape", colour), ("count", counted)):
-            samples.append(ImageQuestion(image, question_for(kind, subject), source))
+            samples.append(_question(image, question_for(kind, subject), source))
     return ImageQuestionSet(samples, {})
 
 
@@ -334,7 +414,8 @@ def self_questions(
 
     The VLM sees every visual token (method ``none``) and decodes greedily up to
     ``max_new_tokens``; ``prompt`` (``{n}`` filled in) is the user turn beside the image.
-    An image it wrote no question for counts as ``no question written``. Raises
+    An image it wrote no question for counts as ``no question written``. An
+    :class:`ImageFile` is decoded for its batch only and gives :class:`ImageFileQuestion` s. Raises
     :class:`MissingChatTemplateError` when the model has no chat template (it is not
     instruction-tuned), :class:`NoQuestionsError` when no image got a question.
     """
@@ -353,16 +434,18 @@ def self_questions(
     pairs = _pairs(images)
     text = prompt.replace("{n}", str(n))
     generation = GenerationParams(max_new_tokens=max_new_tokens)
-    samples: list[ImageQuestion] = []
+    samples: list[ImageQuestion | ImageFileQuestion] = []
     skipped: Counter = Counter()
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
-        requests = [AnswerRequest(image, text, method="none", budget=1.0, generation=generation) for _, image in chunk]
+        requests = [
+            AnswerRequest(_decoded(image), text, method="none", budget=1.0, generation=generation) for _, image in chunk
+        ]
         for (source, image), result in zip(chunk, pipeline.answer_batch(requests)):
             questions = parse_questions(result.answer, n)
             if not questions:
                 skipped[NONE_WRITTEN] += 1
-            samples.extend(ImageQuestion(image, question, source) for question in questions)
+            samples.extend(_question(image, question, source) for question in questions)
     if not samples:
         raise NoQuestionsError(
             f"the model wrote no question for any of {len(pairs)} images; try another prompt or more max_new_tokens",

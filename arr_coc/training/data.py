@@ -108,27 +108,36 @@ def encode_sample(pipeline: VLMPipeline, sample, with_features: bool) -> CachedS
     )
 
 
+def encoded_samples(
+    pipeline: VLMPipeline, dataset: Dataset, *, with_features: bool = False, desc: str = "encode", progress: bool = True
+) -> Iterator[CachedSample]:
+    """Every sample of ``dataset`` through :func:`encode_sample`, one at a time, with a tqdm bar."""
+    if len(dataset) == 0:
+        raise EmptyDatasetError("the dataset has no samples", field="dataset")
+    for i in tqdm(range(len(dataset)), desc=desc, disable=not progress, leave=False):
+        yield encode_sample(pipeline, dataset[i], with_features)
+
+
 def encode_dataset(
     pipeline: VLMPipeline, dataset: Dataset, *, with_features: bool = False, desc: str = "encode", progress: bool = True
 ) -> list[CachedSample]:
     """Every sample of ``dataset`` through :func:`encode_sample`, with a tqdm bar."""
-    if len(dataset) == 0:
-        raise EmptyDatasetError("the dataset has no samples", field="dataset")
-    indices = tqdm(range(len(dataset)), desc=desc, disable=not progress, leave=False)
-    return [encode_sample(pipeline, dataset[i], with_features) for i in indices]
+    return list(encoded_samples(pipeline, dataset, with_features=with_features, desc=desc, progress=progress))
 
 
 def batches(samples: Sequence[CachedSample], batch_size: int, seed: int) -> Iterator[list[CachedSample]]:
     """Endless shuffled batches of ``batch_size`` samples (any image sizes; see :func:`size_groups`).
 
-    Each pass shuffles the samples with ``random.Random(seed + pass)``; the last
-    short batch of a pass is used too.
+    Each pass shuffles the samples' indices with ``random.Random(seed + pass)``; the last
+    short batch of a pass is used too. Only a batch's samples are indexed at a time, so a
+    disk-backed ``samples`` is read one batch at a time.
     """
     epoch = 0
     while True:
-        order = list(samples)
+        order = list(range(len(samples)))
         random.Random(seed + epoch).shuffle(order)
-        yield from (order[i : i + batch_size] for i in range(0, len(order), batch_size))
+        for start in range(0, len(order), batch_size):
+            yield [samples[i] for i in order[start : start + batch_size]]
         epoch += 1
 
 

@@ -13,7 +13,9 @@ phases, so N Launch jobs can share the teacher's work:
    it was trained for and calibrated for ``auto`` budgets against the teacher's top
    tokens (no labels), logged as the ``relevance-scorer`` model artifact, with the
    teacher maps as images and a fidelity table on held-out pairs (answers equal to
-   the model's own all-token answers).
+   the model's own all-token answers). The encoded samples wait on disk, in a hidden
+   temporary folder of ``out`` removed once training ends (:mod:`arr_coc.distill.store`),
+   and no pair keeps its decoded image, so memory does not grow with the number of pairs.
 
 Where the pairs have labels (the synthetic task) they only evaluate: held-out
 recall of the target tokens and the teacher's own top-K recall of them.
@@ -22,6 +24,7 @@ recall of the target tokens and the teacher's own top-K recall of them.
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -150,32 +153,15 @@ def _teacher_image(pair, record):
 def _train(run, config: DistillConfig, pipeline, pairs, records, progress: bool) -> Path:
     import wandb
 
-    from arr_coc.distill.data import encode_pairs
     from arr_coc.provenance import ScorerProvenance
-    from arr_coc.selection import FEATURE_METHODS
-    from arr_coc.tasks import load_dataset
-    from arr_coc.tasks.image_questions import ImageQuestion, ImageQuestionSet
-    from arr_coc.training.data import encode_dataset, processor_grid
     from arr_coc.training.loop import train_scorer
 
-    if config.user_data:
-        cut = max(1, round(len(pairs) * (1 - config.heldout_share)))
-        if cut >= len(pairs):
-            cut = len(pairs) - 1
-        train = encode_pairs(pipeline, pairs[:cut], records[:cut], config.teacher_top, progress)
-        heldout = encode_pairs(pipeline, pairs[cut:], records[cut:], config.teacher_top, progress)
-        config = config.model_copy(update={"methods": [m for m in config.methods if m not in FEATURE_METHODS]})
-        held = [ImageQuestion(p.image, p.question, p.source) for p in pairs[cut:]]
-        heldout_set = ImageQuestionSet(held, {}).as_dataset()
-    else:
-        train = encode_pairs(pipeline, pairs, records, config.teacher_top, progress)
-        grid_for = processor_grid(pipeline.vlm.processor)
-        heldout_set = load_dataset(config.dataset, "heldout", config.heldout_size, seed=config.seed, grid_for=grid_for)
-        heldout = encode_dataset(pipeline, heldout_set, with_features=True, desc="encode held-out", progress=progress)
-        if config.teacher != "labels":
-            run.summary.update(_teacher_recall(pairs, records))
-    result = train_scorer(config, train, heldout, pipeline.vlm.hidden_size, WandbTrainLogger(run), progress)
-    result.scorer.calibrate(_calibration(result.scorer, train[:CALIBRATION_SAMPLES], config.teacher_top))
+    if not config.user_data and config.teacher != "labels":
+        run.summary.update(_teacher_recall(pairs, records))
+    with _encoding_folder(config.out) as folder:
+        train, heldout, heldout_set, config = _encoded(config, pipeline, pairs, records, Path(folder), progress)
+        result = train_scorer(config, train, heldout, pipeline.vlm.hidden_size, WandbTrainLogger(run), progress)
+        result.scorer.calibrate(_calibration(result.scorer, train[:CALIBRATION_SAMPLES], config.teacher_top))
     trained_for = ScorerProvenance.of(pipeline.vlm, vlm=config.model or None)
     out = result.scorer.save(config.out, trained_for=trained_for)
     summary = {"final_loss": result.losses[-1], **flat_recall(result.recall)}
@@ -198,6 +184,48 @@ def _train(run, config: DistillConfig, pipeline, pairs, records, progress: bool)
     for row in fidelity:
         print(row, file=sys.stdout)
     return out
+
+
+def _encoding_folder(out: str) -> tempfile.TemporaryDirectory:
+    """A hidden folder in ``out`` for the encoded samples, removed with its files when the ``with`` block ends."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(prefix=".encoded-samples-", dir=out)
+
+
+def _encoded(config: DistillConfig, pipeline, pairs, records, folder: Path, progress: bool):
+    """``(train, heldout, heldout_set, config)``: the training and held-out samples written to ``folder`` and read
+    back as they are used, the held-out set fidelity is measured on, and the config (feature methods dropped for
+    the user's pairs, which are encoded without features)."""
+    from arr_coc.distill.data import encoded_pairs
+    from arr_coc.distill.store import write_samples
+    from arr_coc.selection import FEATURE_METHODS
+    from arr_coc.tasks import load_dataset
+    from arr_coc.tasks.image_questions import ImageQuestionSet
+    from arr_coc.training.data import encoded_samples, processor_grid
+
+    top = config.teacher_top
+    if config.user_data:
+        cut = min(max(1, round(len(pairs) * (1 - config.heldout_share))), len(pairs) - 1)
+        train = write_samples(encoded_pairs(pipeline, pairs[:cut], records[:cut], top, progress), folder / "train")
+        held = encoded_pairs(pipeline, pairs[cut:], records[cut:], top, progress, desc="encode held-out")
+        heldout = write_samples(held, folder / "heldout")
+        config = config.model_copy(update={"methods": [m for m in config.methods if m not in FEATURE_METHODS]})
+        heldout_set = ImageQuestionSet([_held_question(p) for p in pairs[cut:]], {}).as_dataset()
+        return train, heldout, heldout_set, config
+    train = write_samples(encoded_pairs(pipeline, pairs, records, top, progress), folder / "train")
+    grid_for = processor_grid(pipeline.vlm.processor)
+    heldout_set = load_dataset(config.dataset, "heldout", config.heldout_size, seed=config.seed, grid_for=grid_for)
+    held = encoded_samples(pipeline, heldout_set, with_features=True, desc="encode held-out", progress=progress)
+    return train, write_samples(held, folder / "heldout"), heldout_set, config
+
+
+def _held_question(pair):
+    """``pair`` as an image question for evaluation, still reading its image file only when used."""
+    from arr_coc.tasks.image_questions import ImageFile, ImageFileQuestion, ImageQuestion
+
+    if isinstance(pair.picture, ImageFile):
+        return ImageFileQuestion(pair.picture, pair.question, pair.source)
+    return ImageQuestion(pair.image, pair.question, pair.source)
 
 
 @torch.no_grad()
