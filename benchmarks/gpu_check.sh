@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU check of the serving path: correctness, then every speed figure, into one text file.
 #
-#   bash benchmarks/gpu_check.sh [OUT_FILE]        # default gpu_check.txt; ~6.5 min on one H200
+#   bash benchmarks/gpu_check.sh [OUT_FILE]        # default gpu_check.txt; ~9 min on one H200
 #   bash benchmarks/gpu_check.sh --smoke [OUT_FILE] # the same steps on CPU at toy sizes (CI runs this)
 #
 # For a machine with one CUDA GPU, Python 3.12, torch preinstalled and no network.
@@ -82,6 +82,11 @@ step "served: both runners on the GPU" 120 env ARR_COC_VLM_GPU=$SERVE_GPU ARR_CO
     "$PY" benchmarks/bench_serve.py --requests $REQUESTS --concurrency $CONCURRENCY --batching on step --no-in-process
 step "served: mixed load, batch vs step scheduler" 150 env ARR_COC_VLM_GPU=$SERVE_GPU ARR_COC_RELEVANCE_GPU=$SERVE_GPU \
     "$PY" benchmarks/bench_serve.py --workload mixed --requests $REQUESTS --width $WIDTH
+step "served: requests/s and cost per variant" 150 env ARR_COC_VLM_GPU=$SERVE_GPU ARR_COC_RELEVANCE_GPU=$SERVE_GPU \
+    "$PY" benchmarks/bench_serve.py --workload variants --variants full arr-coc-25 arr-coc-10 divprune-25 \
+    --requests $REQUESTS --concurrency $CONCURRENCY --out "${OUT%.txt}-variants.json"
+step "Cloud Run capacity per variant: 1M requests a month, peak 10/s, 8 active hours a day" 20 \
+    "$PY" -m arr_coc_cli capacity "${OUT%.txt}-variants.json" --requests-per-month 1000000 --peak-rps 10 --active-hours 8
 
 echo "failed steps: $FAILED; figures in $OUT"
 exit $FAILED

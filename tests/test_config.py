@@ -7,6 +7,7 @@ from bentoml.exceptions import InternalServerError
 from pydantic import ValidationError
 
 from arr_coc.errors import InvalidBudgetError, UnknownMethodError, UnknownVariantError
+from arr_coc.pricing import PricingSettings
 from arr_coc.settings import Settings
 from arr_coc.variants import PERCENTS, VARIANTS, ad_hoc, get_variant
 from front.errors import INTERNAL_DETAIL, error_response, status_for_kind
@@ -27,10 +28,19 @@ LIBRARY_FIELDS = {
     "warm_up",
     "warm_cache_tokens",
 }
+PRICING_FIELDS = {
+    "price_gpu_s",
+    "price_vcpu_s",
+    "price_gib_s",
+    "instance_gpus",
+    "instance_vcpus",
+    "instance_memory_gib",
+}
 TRACKING_FIELDS = {"wandb", "wandb_project", "wandb_window_s", "wandb_sample_rate", "deployment", "scorer_artifact"}
 SERVER_FIELDS = {
     "api_key",
     "default_variant",
+    "traffic",
     "max_image_bytes",
     "max_image_pixels",
     "max_question_chars",
@@ -96,7 +106,8 @@ def test_bad_settings_are_refused(monkeypatch, key, value):
 def test_the_library_settings_hold_no_server_or_tracking_field():
     assert set(Settings.model_fields) == LIBRARY_FIELDS
     assert set(TrackingSettings.model_fields) == TRACKING_FIELDS
-    assert set(ServerSettings.model_fields) == LIBRARY_FIELDS | TRACKING_FIELDS | SERVER_FIELDS
+    assert set(PricingSettings.model_fields) == PRICING_FIELDS
+    assert set(ServerSettings.model_fields) == LIBRARY_FIELDS | TRACKING_FIELDS | PRICING_FIELDS | SERVER_FIELDS
     assert not hasattr(Settings(), "api_key") and not hasattr(Settings(), "wandb_project")
 
 

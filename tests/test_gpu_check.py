@@ -29,9 +29,10 @@ def test_gpu_check_smoke_runs_every_step(tmp_path):
     assert run.returncode == 0, report[-6000:]
     started = re.findall(r"^== (.+?) \(limit", report, flags=re.M)
     finished = re.findall(r"^-- (.+?): exit 0 after", report, flags=re.M)
-    assert started == finished and len(started) == 12  # one dtype on CPU; the GPU run has 13
+    assert started == finished and len(started) == 14  # one dtype on CPU; the GPU run has 15
     for figure in ("images/s", "attention calls", "TTFT ms", "ms/step", "req/s", "passed", "same answer"):
         assert figure in report, figure
+    assert "rps/instance" in report and "cheaper" in report  # the capacity table
     assert "step / batch throughput" in report and re.search(r"^\s+step\s+2\s", report, flags=re.M)
     assert "NO" not in re.findall(r"\b(yes|NO)\b", report), "graph/static decode ids differ from eager"
 
