@@ -43,6 +43,7 @@ def test_distill_run_logs_teacher_maps_fidelity_and_the_scorer(distilled) -> Non
             assert 0.0 <= run.summary[f"fidelity/arr-coc@{budget}{stage}"] <= 1.0
             assert run.summary[f"first_token_kl/arr-coc@{budget}{stage}"] >= 0.0
     assert any("teacher_maps.count" in row for row in run.history)  # the maps as images
+    assert [row["_step"] for row in run.history if "train/loss" in row] == [1, 2, 3, 4], "no training step dropped"
     assert any("fidelity_table" in key for row in run.history for key in row)
     kinds = {(a.name, a.type) for a in run.artifacts}
     assert ("teacher-maps-attention-0-of-1", "teacher-maps") in kinds

@@ -119,7 +119,8 @@ def _teacher(run, config: DistillConfig, pipeline, pairs):
         return config.teacher_config()
     choice = choose_layers(pipeline, pairs[: config.layer_probe], config.teacher_config())
     rows = [[f"{lo:g}-{hi:g}", fidelity] for (lo, hi), fidelity in choice.fidelity.items()]
-    run.log({"teacher_layers_table": wandb.Table(columns=["layers", "fidelity"], data=rows)})
+    # logged with step 0 (not committed): the training loop logs its steps from 1 on
+    run.log({"teacher_layers_table": wandb.Table(columns=["layers", "fidelity"], data=rows)}, commit=False)
     run.summary["teacher_layers"] = list(choice.layers)
     print(f"teacher layers {choice.layers} (fidelity by layers: {choice.fidelity})")
     return config.teacher_config(choice.layers)
@@ -139,7 +140,7 @@ def _teacher_shard(run, config: DistillConfig, teacher, pipeline, pairs, shard, 
     )
     artifact.add_file(str(path))
     run.log_artifact(artifact)
-    run.log({"teacher_maps": [_teacher_image(pairs[r.index], r) for r in records[:SHOWN_MAPS]]})
+    run.log({"teacher_maps": [_teacher_image(pairs[r.index], r) for r in records[:SHOWN_MAPS]]}, commit=False)
 
 
 def _teacher_image(pair, record):
