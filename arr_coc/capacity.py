@@ -84,15 +84,6 @@ class BenchResult(BaseModel):
 
 
 @dataclass(frozen=True)
-class Prices:
-    """US$ per second of each resource."""
-
-    gpu_s: float
-    vcpu_s: float
-    gib_s: float
-
-
-@dataclass(frozen=True)
 class Profile:
     """The traffic to plan for."""
 
@@ -191,19 +182,6 @@ def instances_for(rps: float, usable: float) -> int:
     return math.ceil(rps / usable - FLOAT_SLACK)
 
 
-def instance_dollars_per_s(instance: BenchInstance, prices: Prices) -> float:
-    """US$ per second one instance is up: every resource it holds, priced (``arr_coc.pricing.Instance``)."""
-    priced = Instance(
-        gpus=instance.gpus,
-        vcpus=instance.vcpus,
-        memory_gib=instance.memory_gib,
-        price_gpu_s=prices.gpu_s,
-        price_vcpu_s=prices.vcpu_s,
-        price_gib_s=prices.gib_s,
-    )
-    return priced.dollars_per_s
-
-
 def active_seconds(active_hours: float) -> float:
     """Seconds with traffic per month."""
     return active_hours * 3600 * DAYS_PER_MONTH
@@ -261,8 +239,9 @@ def cheaper_option(scale_to_zero: float, min_one: float, always_on: float) -> st
     return cloud_run if min(scale_to_zero, min_one) <= always_on else "always-on endpoint"
 
 
-def plan_variant(name: str, variant: BenchVariant, instance: BenchInstance, prices: Prices, profile: Profile) -> Plan:
-    """The planning figures of one variant (:data:`RULES`); the profile must have passed :func:`check_profile`."""
+def plan_variant(name: str, variant: BenchVariant, instance: Instance, profile: Profile) -> Plan:
+    """The planning figures of one variant on ``instance`` (its resources and their prices, :data:`RULES`);
+    the profile must have passed :func:`check_profile`."""
     if all(level.requests_per_s <= 0 for level in variant.levels):
         raise InvalidConfigError(
             f"every level of {name!r} answered 0 requests/s: nothing to plan on (see its failures)", field="bench"
@@ -272,7 +251,7 @@ def plan_variant(name: str, variant: BenchVariant, instance: BenchInstance, pric
     at_peak = instances_for(profile.peak_rps, usable)
     active_s = active_seconds(profile.active_hours)
     busy = busy_instances(profile.requests_per_month, active_s, usable)
-    dollars_per_s = instance_dollars_per_s(instance, prices)
+    dollars_per_s = instance.dollars_per_s
     tail_s = idle_tail_s(profile.active_hours, profile.idle_minutes)
     scale_to_zero = scale_to_zero_dollars(dollars_per_s, busy, active_s, tail_s)
     min_one = min_one_dollars(dollars_per_s, busy, active_s)
@@ -298,8 +277,9 @@ def plan_variant(name: str, variant: BenchVariant, instance: BenchInstance, pric
     )
 
 
-def plan(bench: BenchResult, variants: list[str] | None, prices: Prices, profile: Profile) -> list[Plan]:
-    """One :class:`Plan` per variant asked for (default: every one the bench holds, in its order)."""
+def plan(bench: BenchResult, variants: list[str] | None, instance: Instance, profile: Profile) -> list[Plan]:
+    """One :class:`Plan` per variant asked for (default: every one the bench holds, in its order) on
+    ``instance`` (the bench's resources, priced)."""
     check_profile(profile)
     names = variants or list(bench.variants)
     missing = [name for name in names if name not in bench.variants]
@@ -307,7 +287,7 @@ def plan(bench: BenchResult, variants: list[str] | None, prices: Prices, profile
         raise InvalidConfigError(
             f"{', '.join(missing)} not in the bench file; it holds {', '.join(bench.variants)}", field="variants"
         )
-    return [plan_variant(name, bench.variants[name], bench.instance, prices, profile) for name in names]
+    return [plan_variant(name, bench.variants[name], instance, profile) for name in names]
 
 
 def read_bench(path: str | Path) -> BenchResult:

@@ -9,10 +9,8 @@ import math
 import pytest
 
 from arr_coc.capacity import (
-    BenchInstance,
     BenchLevel,
     BenchVariant,
-    Prices,
     Profile,
     bench_document,
     idle_tail_s,
@@ -21,11 +19,11 @@ from arr_coc.capacity import (
     read_bench,
 )
 from arr_coc.errors import InvalidConfigError
+from arr_coc.pricing import Instance
 from arr_coc_cli.main import main
 
-L4_PRICES = Prices(gpu_s=0.0001867, vcpu_s=0.000018, gib_s=0.000002)
+L4 = Instance(gpus=1, vcpus=8, memory_gib=32, price_gpu_s=0.0001867, price_vcpu_s=0.000018, price_gib_s=0.000002)
 PRICE_OPTIONS = ["--price-gpu-s", "0.0001867", "--price-vcpu-s", "0.000018", "--price-gib-s", "0.000002"]
-L4_INSTANCE = BenchInstance(gpus=1, vcpus=8, memory_gib=32)
 
 
 def levels(*figures: tuple[int, float]) -> list[dict]:
@@ -70,7 +68,7 @@ def test_an_eight_hour_profile_gives_the_figures_worked_by_hand():
     # per 1,000 answers: 351.6777 / 1000 = 0.3517; 1,023.0624 / 1000 = 1.0231; 4,092.2496 / 1000 = 4.0922
     profile = Profile(requests_per_month=1_000_000, peak_rps=10, active_hours=8)
     variant = BenchVariant(levels=KNEE_AT_8)
-    plan = plan_variant("arr-coc-25", variant, L4_INSTANCE, L4_PRICES, profile)
+    plan = plan_variant("arr-coc-25", variant, L4, profile)
     assert (plan.concurrency, plan.rps_per_instance) == (8, 4.0)
     assert (plan.instances_at_peak, plan.busy_instances) == (4, 1)
     assert plan.dollars_per_s == pytest.approx(0.0003947, abs=1e-12)
@@ -92,7 +90,7 @@ def test_heavy_round_the_clock_traffic_on_a_cheap_always_on_endpoint_makes_it_th
     # cold starts: scale to zero = 30 x (4 - 3) = 30 (no daily first start); min-1 = 30 x (4 - 3) = 30
     # per 1,000 answers: 3,069.1872 / 20,000 = 0.1535; 720 / 20,000 = 0.036
     profile = Profile(requests_per_month=20_000_000, peak_rps=10, active_hours=24, always_on_hourly=0.25)
-    plan = plan_variant("arr-coc-25", BenchVariant(levels=KNEE_AT_8), L4_INSTANCE, L4_PRICES, profile)
+    plan = plan_variant("arr-coc-25", BenchVariant(levels=KNEE_AT_8), L4, profile)
     assert (plan.instances_at_peak, plan.busy_instances) == (4, 3)
     assert round(plan.scale_to_zero, 2) == round(plan.min_one, 2) == 3069.19
     assert round(plan.always_on, 2) == 720.00
@@ -106,7 +104,7 @@ def test_round_the_clock_traffic_has_no_idle_tail_and_no_daily_cold_start():
     # scale to zero = min-1 = 0.0003947 x 2,592,000 = $1,023.06; cold starts 30 x (1 - 1) = 0 each
     assert idle_tail_s(24, 15) == 0.0 and idle_tail_s(8, 15) == 30 * 15 * 60
     profile = Profile(requests_per_month=1_000_000, peak_rps=2, active_hours=24)
-    plan = plan_variant("arr-coc-25", BenchVariant(levels=KNEE_AT_8), L4_INSTANCE, L4_PRICES, profile)
+    plan = plan_variant("arr-coc-25", BenchVariant(levels=KNEE_AT_8), L4, profile)
     assert round(plan.scale_to_zero, 2) == round(plan.min_one, 2) == 1023.06
     assert (plan.cold_starts_scale_to_zero, plan.cold_starts_min_one) == (0, 0)
 
@@ -124,7 +122,7 @@ def test_the_operating_point_is_the_lowest_concurrency_near_the_best():
 def test_peak_instances_are_not_rounded_up_by_float_noise():
     # usable = 4.0 x 0.8 = 3.2; 6.4 / 3.2 is 2.0000000000000004 in floats: 2 instances, not 3
     profile = Profile(requests_per_month=1_000, peak_rps=6.4, active_hours=8)
-    plan = plan_variant("v", BenchVariant(levels=KNEE_AT_8), L4_INSTANCE, L4_PRICES, profile)
+    plan = plan_variant("v", BenchVariant(levels=KNEE_AT_8), L4, profile)
     assert plan.instances_at_peak == 2
 
 

@@ -68,15 +68,15 @@ def comparison(plan) -> str:
     )
 
 
-def report(bench, prices, profile, plans) -> str:
+def report(bench, instance, profile, plans) -> str:
     """The table, what it rests on, and the rules."""
     from arr_coc.capacity import RULES
 
-    instance = bench.instance
     lines = [
         f"bench: {bench.date} on {bench.device}; instance {instance.gpus} GPU, {instance.vcpus:g} vCPUs, "
-        f"{instance.memory_gib:g} GiB at ${plans[0].dollars_per_s:.7f}/s "
-        f"(${prices.gpu_s:.7f}/GPU-s, ${prices.vcpu_s:.7f}/vCPU-s, ${prices.gib_s:.7f}/GiB-s)",
+        f"{instance.memory_gib:g} GiB at ${instance.dollars_per_s:.7f}/s "
+        f"(${instance.price_gpu_s:.7f}/GPU-s, ${instance.price_vcpu_s:.7f}/vCPU-s, "
+        f"${instance.price_gib_s:.7f}/GiB-s)",
         f"traffic: {profile.requests_per_month:,.0f} requests/month, peak {profile.peak_rps:g} requests/s, "
         f"{profile.active_hours:g} active hours/day, utilization {profile.utilization:g}, "
         f"idle {profile.idle_minutes:g} min before scale to zero",
@@ -92,8 +92,8 @@ def report(bench, prices, profile, plans) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from arr_coc.capacity import Prices, Profile, finite_number, plan, price, read_bench
-    from arr_coc.pricing import get_pricing_settings
+    from arr_coc.capacity import Profile, finite_number, plan, price, read_bench
+    from arr_coc.pricing import Instance, get_pricing_settings
 
     bench = read_bench(args.bench)
     profile = Profile(
@@ -105,22 +105,22 @@ def run(args: argparse.Namespace) -> int:
         always_on_hourly=None if args.always_on_hourly is None else price(args.always_on_hourly, "always_on_hourly"),
     )
     settings = get_pricing_settings()
-    prices = Prices(
-        gpu_s=settings.price_gpu_s if args.price_gpu_s is None else price(args.price_gpu_s, "price_gpu_s"),
-        vcpu_s=settings.price_vcpu_s if args.price_vcpu_s is None else price(args.price_vcpu_s, "price_vcpu_s"),
-        gib_s=settings.price_gib_s if args.price_gib_s is None else price(args.price_gib_s, "price_gib_s"),
-    )
-    plans = plan(bench, args.variants, prices, profile)
+    prices = {
+        name: getattr(settings, name) if getattr(args, name) is None else price(getattr(args, name), name)
+        for name in ("price_gpu_s", "price_vcpu_s", "price_gib_s")
+    }
+    instance = Instance(**bench.instance.model_dump(), **prices)
+    plans = plan(bench, args.variants, instance, profile)
     if args.json:
         figures = {
             "profile": vars(profile),
-            "prices": vars(prices),
+            "prices": {name.removeprefix("price_"): value for name, value in prices.items()},
             "instance": bench.instance.model_dump(),
             "variants": {p.variant: p.as_dict() for p in plans},
         }
         print(json.dumps(figures, indent=2))
     else:
-        print(report(bench, prices, profile, plans))
+        print(report(bench, instance, profile, plans))
     return 0
 
 
