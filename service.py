@@ -160,8 +160,10 @@ class ARRCOC:
                 return StreamingResponse(streams.chat_chunks(self.pipeline, job, body), media_type="text/event-stream")
             output = await self.pipeline.answer(job, body)
             answered = self.pipeline.answered(job, output)
-            cost = answered.cost.model_dump() if answered.cost else None
-            return JSONResponse(openai_chat.completion(output, job.variant.name, job.request_id, answered.scorer, cost))
+            completion = openai_chat.completion(
+                output, job.variant.name, job.request_id, answered.scorer, answered.cost
+            )
+            return JSONResponse(completion)
 
         return await self._serve(http, respond)
 

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field
 
 from arr_coc.errors import InvalidImageError, InvalidQuestionError, UnknownVariantError
+from arr_coc.pricing import AnswerCost
 from arr_coc.variants import VARIANTS
 from arr_coc.vocabulary import STAGES
 from front.schemas import AnswerRequestBody, Budget
@@ -156,13 +157,13 @@ def usage(output: AnswerOutput) -> dict[str, int]:
     }
 
 
-def extension(scorer: str | None, cost: dict | None) -> dict[str, Any]:
+def extension(scorer: str | None, cost: AnswerCost | None) -> dict[str, Any]:
     """The ``arr_coc`` object of a response: the scorer the selection read and, when known, the answer's cost."""
-    return {"scorer": scorer} if cost is None else {"scorer": scorer, "cost": cost}
+    return {"scorer": scorer} if cost is None else {"scorer": scorer, "cost": cost.model_dump()}
 
 
 def completion(
-    output: AnswerOutput, model: str, request_id: str, scorer: str | None = None, cost: dict | None = None
+    output: AnswerOutput, model: str, request_id: str, scorer: str | None = None, cost: AnswerCost | None = None
 ) -> dict[str, Any]:
     """A ``chat.completion`` object; ``scorer`` (``trained``/``untrained``/``None``) and ``cost`` go into ``arr_coc``."""
     return {
@@ -189,7 +190,7 @@ def chunk(
     finish_reason: str | None = None,
     output: AnswerOutput | None = None,
     scorer: str | None = None,
-    cost: dict | None = None,
+    cost: AnswerCost | None = None,
 ) -> dict[str, Any]:
     """A ``chat.completion.chunk`` object; the last one carries ``finish_reason``, ``usage`` and ``arr_coc``."""
     body = {

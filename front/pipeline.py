@@ -97,7 +97,7 @@ class Pipeline:
         self.tracking = tracking
         self.settings = settings
         self.split = settings.traffic_split
-        self.instance = settings.instance(settings.on_gpu)
+        self.instance = settings.served_instance
         self.spent: dict[str, tuple[float, int]] = {}  # variant -> (US$, answers) in this worker
         if notice := settings.untrained_scorer_notice():  # at start-up; also in /v1/models and on the web page
             logger.warning(notice)

@@ -53,8 +53,7 @@ async def chat_chunks(pipeline: Pipeline, job: Job, generation: GenerationFields
                 output = event["done"]
                 answered = pipeline.answered(job, output)
                 reason = openai_chat.FINISH_REASONS.get(output.finish_reason, "stop")
-                cost = answered.cost.model_dump() if answered.cost else None
-                yield sse(openai_chat.chunk(completion_id, model, {}, reason, output, answered.scorer, cost))
+                yield sse(openai_chat.chunk(completion_id, model, {}, reason, output, answered.scorer, answered.cost))
     except Exception as error:
         yield sse(error_event(pipeline, job, error, "/v1/chat/completions"))
     yield sse("[DONE]")

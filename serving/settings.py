@@ -19,12 +19,12 @@ the default variant is :data:`TRAINING_FREE_DEFAULT` instead.
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Literal
 
 from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from arr_coc.pricing import PricingSettings
+from arr_coc.pricing import Instance, PricingSettings
 from arr_coc.settings import Settings
 from arr_coc.vocabulary import TRAIN_SCORER_COMMAND
 from serving.traffic import TrafficSplit
@@ -118,15 +118,15 @@ class ServerSettings(Settings, TrackingSettings, PricingSettings):
         TrafficSplit.parse(value)  # raises on an unknown variant or a weight that is not positive
         return value
 
-    @property
+    @cached_property
     def traffic_split(self) -> TrafficSplit | None:
         """The parsed :attr:`traffic`; ``None`` when requests that name no variant get :attr:`default_variant`."""
         return TrafficSplit.parse(self.traffic)
 
-    @property
-    def on_gpu(self) -> bool:
-        """Whether a runner holds a GPU share (the instance then has a GPU, for the cost of answers)."""
-        return self.vlm_gpu > 0 or self.relevance_gpu > 0
+    @cached_property
+    def served_instance(self) -> Instance:
+        """The instance answers are priced on: one GPU when a runner holds a GPU share (unless set otherwise)."""
+        return self.instance(on_gpu=self.vlm_gpu > 0 or self.relevance_gpu > 0)
 
     @model_validator(mode="after")
     def _no_random_default(self) -> ServerSettings:

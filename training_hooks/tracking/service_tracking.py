@@ -94,7 +94,7 @@ class Tracking:
             "scorer_state": self.settings.scorer_state,
             "scorer_artifact": self.settings.scorer_artifact,
             "traffic": self.traffic_config(name),
-            "pricing": self.settings.instance(self.settings.on_gpu).model_dump(),
+            "pricing": self.settings.served_instance.model_dump(),
             "git_commit": git_commit(),
             "bento_tag": os.environ.get("BENTOML_BENTO_TAG", os.environ.get("BENTO_TAG", "")),
         }
