@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from arr_coc.distill.config import distill_config
-from arr_coc.distill.data import TaskImage, distill_pairs, encode_pairs, encoded_pairs, task_pairs
+from arr_coc.distill.data import TaskImage, distill_pairs, encoded_pairs, task_pairs
 from arr_coc.distill.maps import Pair, TeacherRecord
 from arr_coc.distill.store import StoredSample, StoredSamples, write_samples
 from arr_coc.errors import NoImagesError
@@ -238,7 +238,7 @@ def test_stored_encoding_equals_the_in_memory_encoding(embedded, tmp_path) -> No
     task = ShapesVQA(5, "heldout", 4)
     pairs = [Pair(TaskImage(task, i), task[i].question, f"task:{i}") for i in range(5)]
     records = [record(i, pair, embedded.token_grid(pair.image).grid) for i, pair in enumerate(pairs)]
-    in_memory = encode_pairs(embedded, pairs, records, 0.1, progress=False)
+    in_memory = list(encoded_pairs(embedded, pairs, records, 0.1, progress=False))
     stored = write_samples(encoded_pairs(embedded, pairs, records, 0.1, progress=False), tmp_path, chunk_size=2)
     assert len(stored) == len(in_memory) == 5
     for item, sample in zip(stored, in_memory):
@@ -259,7 +259,7 @@ def test_training_from_stored_samples_matches_training_in_memory(embedded, tmp_p
     pairs = [Pair(TaskImage(task, i), task[i].question, f"task:{i}") for i in range(12)]
     grids = [embedded.token_grid(pair.image).grid for pair in pairs]
     records = [record(i, pair, grid) for i, (pair, grid) in enumerate(zip(pairs, grids))]
-    in_memory = encode_pairs(embedded, pairs, records, 0.1, progress=False)
+    in_memory = list(encoded_pairs(embedded, pairs, records, 0.1, progress=False))
     stored = write_samples(encoded_pairs(embedded, pairs, records, 0.1, progress=False), tmp_path, chunk_size=5)
     config = train_config(
         {

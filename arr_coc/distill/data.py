@@ -120,17 +120,6 @@ def encoded_pairs(
         yield encode_pair(pipeline, pair, record, top_share)
 
 
-def encode_pairs(
-    pipeline: VLMPipeline,
-    pairs: Sequence[Pair],
-    records: Sequence[TeacherRecord | None],
-    top_share: float,
-    progress: bool = True,
-) -> list[CachedSample]:
-    """:func:`encoded_pairs` as a list (every sample in memory)."""
-    return list(encoded_pairs(pipeline, pairs, records, top_share, progress))
-
-
 @torch.no_grad()
 def encode_pair(pipeline: VLMPipeline, pair: Pair, record: TeacherRecord | None, top_share: float) -> CachedSample:
     """``pair`` as the scorer sees it: image ``[3, H, W]``, query ``[D]``, target and teacher ``[H', W']``."""
